@@ -1,0 +1,1 @@
+"""Routers that decide, batch by batch, between a LoRA step and a symbolic update."""

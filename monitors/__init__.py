@@ -1,0 +1,1 @@
+"""Training-signal monitors (loss slope, gradient norm, plateau). Pure Python/torch, no I/O."""
