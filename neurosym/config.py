@@ -1,0 +1,393 @@
+"""The job's configuration: one YAML file, validated with pydantic before anything heavy loads.
+
+Every error names the file, the line, the key and a fix. Unknown keys are refused with a
+"did you mean" suggestion (a typo must never be silently ignored). ``--set a.b=v`` overrides any key.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration problem a user can fix; the message says what, where and how."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunConfig(_Section):
+    name: str = Field("run", description="Run name; the run directory is <output_dir>/<name>.")
+    output_dir: str = Field("runs", description="Parent folder of run directories (relative to the cwd).")
+    seed: int = 0
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not v or "/" in v or v in {".", ".."}:
+            raise ValueError("run.name must be a plain folder name (no '/')")
+        return v
+
+
+class ModelConfig(_Section):
+    name_or_path: str = Field(..., description="Hub id, local directory, or tiny://llama for a local tiny model.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    quantization: Literal["none", "4bit"] = "none"
+    trust_remote_code: bool = False
+    revision: Optional[str] = None
+
+
+class LoraConfig(_Section):
+    r: int = Field(8, gt=0)
+    alpha: float = Field(16, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: Union[Literal["all-linear"], list[str]] = "all-linear"
+
+
+class DataFields(_Section):
+    """Names of the fields in your records, if they differ from the defaults."""
+    prompt: str = "prompt"
+    response: str = "response"
+    system: str = "system"
+    instruction: str = "instruction"
+    input: str = "input"
+    output: str = "output"
+    messages: str = "messages"
+
+
+class DataConfig(_Section):
+    train: str = Field(..., description="JSONL file, .parquet file, or a `datasets.save_to_disk` folder.")
+    eval: Optional[str] = None
+    format: Literal["auto", "prompt_response", "alpaca", "chat"] = "auto"
+    fields: DataFields = DataFields()
+    system_prompt: Optional[str] = Field(None, description="Task system prompt (the symbolic route rewrites it).")
+    max_length: int = Field(512, gt=8)
+    packing: Literal[False] = Field(False, description="Packing is not supported; sequences are padded per batch.")
+    on_error: Literal["raise", "skip"] = "raise"
+
+
+class TrainConfig(_Section):
+    batch_size: int = Field(4, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    lr: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    scheduler: Literal["constant", "linear", "cosine"] = "cosine"
+    warmup: int = Field(0, ge=0, description="Warm-up steps (optimizer steps).")
+    max_steps: Optional[int] = Field(None, gt=0)
+    epochs: Optional[float] = Field(None, gt=0)
+    max_grad_norm: Optional[float] = Field(1.0, gt=0, description="Clip threshold; null disables clipping.")
+    eval_every: int = Field(0, ge=0, description="0 = only at the end.")
+    save_every: int = Field(50, ge=0, description="0 = only at the end (and on Ctrl-C).")
+    keep_last_n: int = Field(3, gt=0)
+    log_every: int = Field(10, gt=0, description="Progress lines in non-interactive mode.")
+
+    @model_validator(mode="after")
+    def _steps_or_epochs(self):
+        if (self.max_steps is None) == (self.epochs is None):
+            raise ValueError("set exactly one of train.max_steps and train.epochs")
+        return self
+
+
+class TrackingConfig(_Section):
+    mode: Optional[Literal["disabled", "offline", "online"]] = Field(
+        None, description="Default: $WANDB_MODE, else online when WANDB_API_KEY is set, else offline.")
+    project: Optional[str] = None
+    entity: Optional[str] = None
+    tags: list[str] = []
+
+    def resolved_mode(self) -> str:
+        if self.mode:
+            return self.mode
+        env = os.environ.get("WANDB_MODE")
+        if env in {"disabled", "offline", "online"}:
+            return env
+        if env == "dryrun":
+            return "offline"
+        return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+
+    def resolved_project(self) -> str:
+        return self.project or os.environ.get("WANDB_PROJECT") or "neurosym"
+
+
+class Price(_Section):
+    input: float = Field(0.0, ge=0, description="USD per 1k prompt tokens.")
+    output: float = Field(0.0, ge=0, description="USD per 1k completion tokens.")
+
+
+class TeacherConfig(_Section):
+    provider: Literal["openai", "local"] = "openai"
+    model: str = "gpt-4o-mini"
+    base_url: Optional[str] = Field(None, description="OpenAI-compatible endpoint; None = api.openai.com.")
+    api_key_env: str = Field("OPENAI_API_KEY", description="Name of the environment variable holding the key.")
+    timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(4, ge=0)
+    max_concurrency: int = Field(4, gt=0)
+    temperature: float = Field(0.0, ge=0)
+    max_tokens: int = Field(1024, gt=0)
+    price_per_1k_tokens: Price = Price()
+    budget_usd: Optional[float] = Field(None, ge=0)
+
+
+class SymbolicConfig(_Section):
+    async_: bool = Field(False, alias="async", description="Run symbolic updates on a worker pool.")
+    max_inflight: int = Field(2, gt=0)
+    constraints: list[str] = ["Keep the prompt under 120 words.", "Never state the answer to any example."]
+    max_prompt_chars: int = Field(2000, gt=0)
+    rewrite_examples: bool = True
+    max_rewrites_per_batch: int = Field(4, ge=0)
+    max_new_tokens: int = Field(32, gt=0, description="Student generation length during symbolic updates.")
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+
+class RemakeConfig(_Section):
+    mix_ratio: float = Field(0.25, ge=0, le=1, description="Share of each LoRA batch drawn from refined examples.")
+
+
+class RouterConfig(_Section):
+    kind: Literal["always_lora", "always_symbolic", "alternate", "reward_classifier", "plateau", "random"] = "always_lora"
+    every: int = Field(4, gt=0, description="alternate: a symbolic update every N batches.")
+    epsilon: float = Field(0.2, ge=0, le=1, description="Initial exploration rate.")
+    epsilon_decay: float = Field(0.98, gt=0, le=1)
+    epsilon_min: float = Field(0.02, ge=0, le=1)
+    warmup: int = Field(4, ge=0, description="Decisions that try both routes before the model is trusted.")
+    cost_weight: float = Field(1.0, ge=0, description="lambda in utility = gain - lambda * cost_usd.")
+    random_p: float = Field(0.5, ge=0, le=1, description="random: probability of the symbolic route.")
+    hash_features: int = Field(64, gt=0, description="Width of the hashed text features of batch prompts.")
+
+
+class MonitorsConfig(_Section):
+    window: int = Field(20, gt=1)
+    ema: float = Field(0.9, gt=0, lt=1)
+    plateau_threshold: float = Field(1e-3, gt=0, description="|relative slope| under this counts as flat.")
+    patience: int = Field(10, gt=0)
+    spike_z: float = Field(3.0, gt=0)
+
+
+class RewardConfig(_Section):
+    kind: Literal["exact_match", "numeric_match", "regex", "neg_loss", "function"] = "neg_loss"
+    pattern: Optional[str] = None
+    function: Optional[str] = Field(None, description="module:function(output, reference) -> float")
+    probe: Optional[str] = Field(None, description="JSONL of held-out probe examples (default: from eval).")
+    probe_size: int = Field(8, gt=0)
+
+    @model_validator(mode="after")
+    def _needs(self):
+        if self.kind == "regex" and not self.pattern:
+            raise ValueError("reward.kind=regex needs reward.pattern")
+        if self.kind == "function" and (not self.function or ":" not in self.function):
+            raise ValueError("reward.kind=function needs reward.function as 'module:function'")
+        return self
+
+
+class Config(_Section):
+    run: RunConfig = RunConfig()
+    model: ModelConfig
+    lora: LoraConfig = LoraConfig()
+    data: DataConfig
+    train: TrainConfig
+    tracking: TrackingConfig = TrackingConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    symbolic: SymbolicConfig = SymbolicConfig()
+    remake: RemakeConfig = RemakeConfig()
+    router: RouterConfig = RouterConfig()
+    monitors: MonitorsConfig = MonitorsConfig()
+    reward: RewardConfig = RewardConfig()
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.output_dir) / self.run.name
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json", by_alias=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+
+SECRET_WORDS = ("api_key", "apikey", "token", "secret", "password")
+
+
+def redact(obj: Any, key: str = "") -> Any:
+    """Replace values of secret-looking keys (``*_env`` keys name a variable, they are kept)."""
+    if isinstance(obj, dict):
+        return {k: redact(v, k) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [redact(v, key) for v in obj]
+    low = key.lower()
+    if obj and not low.endswith("_env") and any(w in low for w in SECRET_WORDS):
+        return "***"
+    return obj
+
+
+def _key_lines(node, prefix=()) -> dict[tuple, int]:
+    """Map each key path in a composed YAML document to its 1-based line number."""
+    lines: dict[tuple, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            path = prefix + (k.value,)
+            lines[path] = k.start_mark.line + 1
+            lines.update(_key_lines(v, path))
+    return lines
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.lr=1e-4")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def _apply_override(raw: dict, path: list[str], value: Any, item: str) -> None:
+    node = raw
+    for part in path[:-1]:
+        nxt = node.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"--set {item}: `{part}` is not a section")
+        node = nxt
+    node[path[-1]] = value
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model that owns the last element of ``loc`` (for suggestions)."""
+    model: Any = Config
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
+        if field is None:
+            return None
+        model = field.annotation
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+    return model
+
+
+# Names other tools use for our keys, so a habit from HF Trainer or axolotl gets a useful hint.
+SYNONYMS = {
+    "learning_rate": "lr", "lr_scheduler": "scheduler", "lr_scheduler_type": "scheduler",
+    "warmup_steps": "warmup", "gradient_accumulation_steps": "grad_accum", "micro_batch_size": "batch_size",
+    "per_device_train_batch_size": "batch_size", "num_epochs": "epochs", "num_train_epochs": "epochs",
+    "max_seq_length": "max_length", "sequence_len": "max_length", "lora_r": "r", "lora_alpha": "alpha",
+    "lora_dropout": "dropout", "base_model": "name_or_path", "model_name": "name_or_path",
+    "torch_dtype": "dtype", "load_in_4bit": "quantization", "eval_steps": "eval_every",
+    "save_steps": "save_every", "save_total_limit": "keep_last_n", "wandb_project": "project",
+}
+
+
+def suggest(key: str, names: list[str]) -> str | None:
+    """Closest valid key to a misspelt one, also through common synonyms (learnig_rate -> lr)."""
+    close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+    if close:
+        return close[0]
+    for alias in difflib.get_close_matches(key, list(SYNONYMS), n=3, cutoff=0.75):
+        if SYNONYMS[alias] in names:
+            return SYNONYMS[alias]
+    close = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
+    return close[0] if close else None
+
+
+def _field_names(model: type[BaseModel]) -> list[str]:
+    return [f.alias or n for n, f in model.model_fields.items()]
+
+
+def _format_errors(err: ValidationError, source: str, lines: dict, overridden: dict) -> str:
+    out = []
+    for e in err.errors():
+        loc = tuple(str(p) for p in e["loc"])
+        dotted = ".".join(loc)
+        where = source
+        if loc in overridden:
+            where = f"--set {overridden[loc]}"
+        else:
+            for n in range(len(loc), 0, -1):
+                if loc[:n] in lines:
+                    where = f"{source}:{lines[loc[:n]]}"
+                    break
+        if e["type"] == "extra_forbidden":
+            owner = _model_at(loc)
+            hint = ""
+            if owner is not None:
+                names = _field_names(owner)
+                close = suggest(loc[-1], names)
+                section = ".".join(loc[:-1])
+                prefix = f"{section}." if section else ""
+                hint = (f" Did you mean `{prefix}{close}`?" if close
+                        else f" Valid keys here: {', '.join(names)}.")
+            out.append(f"{where}: unknown key `{dotted}`.{hint}")
+        elif e["type"] == "missing":
+            out.append(f"{where}: missing required key `{dotted}`. Add it to the config.")
+        else:
+            got = e.get("input")
+            got_s = f" (got {got!r})" if not isinstance(got, dict) else ""
+            msg = e["msg"]
+            if msg.startswith("Value error, "):
+                msg = msg[len("Value error, "):]
+            key = f"`{dotted}`: " if dotted else ""
+            out.append(f"{where}: {key}{msg}{got_s}")
+    return "\n".join(out)
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | tuple = (), check_files: bool = True) -> Config:
+    """Read, override, validate. Data paths are resolved relative to the config file's folder."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    text = path.read_text()
+    try:
+        doc = yaml.compose(text)
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (run:, model:, data:, ...)")
+    lines = _key_lines(doc) if doc is not None else {}
+    overridden: dict[tuple, str] = {}
+    for item in overrides:
+        keys, value = _parse_override(item)
+        _apply_override(raw, keys, value, item)
+        overridden[tuple(keys)] = item
+    base = path.resolve().parent
+    data = raw.get("data")
+    if isinstance(data, dict):
+        for key in ("train", "eval"):
+            if isinstance(data.get(key), str):
+                data[key] = _resolve(data[key], base)
+    reward = raw.get("reward")
+    if isinstance(reward, dict) and isinstance(reward.get("probe"), str):
+        reward["probe"] = _resolve(reward["probe"], base)
+    try:
+        cfg = Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(f"invalid config {path}:\n" + _format_errors(err, str(path), lines, overridden)) from None
+    if check_files:
+        for key, value in (("train", cfg.data.train), ("eval", cfg.data.eval), ("probe", cfg.reward.probe)):
+            if value and not Path(value).exists():
+                section = "reward" if key == "probe" else "data"
+                loc = (section, key)
+                where = f"--set {overridden[loc]}" if loc in overridden else f"{path}:{lines.get(loc, '?')}"
+                raise ConfigError(f"{where}: `{section}.{key}` points to a missing file: {value}\n"
+                                  f"  Paths are relative to the config file's folder ({base}).")
+    return cfg
+
+
+def _resolve(value: str, base: Path) -> str:
+    p = Path(os.path.expanduser(value))
+    return str(p if p.is_absolute() else (base / p).resolve())
+
+
+def save_resolved(cfg: Config, path: Path) -> None:
+    """Write the resolved config (secrets redacted) so `neurosym resume` can rebuild the job."""
+    from neurosym.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(redact(cfg.to_dict()), sort_keys=False))
