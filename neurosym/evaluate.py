@@ -1,0 +1,30 @@
+"""`neurosym eval`: loss and perplexity of a saved checkpoint on the eval split."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from neurosym.checkpoint import find_checkpoint
+from neurosym.config import Config
+from neurosym.data import Renderer, collate, load_examples
+from neurosym.model import autocast_for, load_with_adapter
+from neurosym.steps.lora import eval_loss
+
+
+def evaluate_checkpoint(cfg: Config, run_dir: Path, checkpoint: str | None = None) -> dict:
+    ckpt = find_checkpoint(run_dir, checkpoint)
+    split = cfg.data.eval or cfg.data.train
+    examples, _ = load_examples(split, cfg.data)
+    model, tokenizer, device, dtype = load_with_adapter(cfg, run_dir.parent / ".models", ckpt)
+    from neurosym.state import TrainState
+    state = TrainState.load(ckpt / "state.json")
+    prompt = state.components.get("prompts", {}).get("current", cfg.data.system_prompt)
+    renderer = Renderer(tokenizer, cfg.data.max_length, prompt)
+    bs = cfg.train.batch_size
+    batches = []
+    for i in range(0, len(examples), bs):
+        b = collate([renderer.encode(ex) for ex in examples[i:i + bs]], tokenizer.pad_token_id)
+        batches.append({k: v.to(device) for k, v in b.items()})
+    loss, n = eval_loss(model, batches, autocast_for(device, dtype))
+    return {"checkpoint": str(ckpt), "split": split, "examples": len(examples), "tokens": n,
+            "loss": loss, "ppl": math.exp(min(loss, 50))}

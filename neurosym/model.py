@@ -1,0 +1,131 @@
+"""Loading the base model and tokenizer, and putting a LoRA (or QLoRA) adapter on it."""
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+
+import torch
+
+from neurosym.tiny import resolve_tiny
+
+log = logging.getLogger(__name__)
+
+
+class ModelError(RuntimeError):
+    """The model cannot be loaded as configured; the message says how to fix it."""
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def autocast_for(device: torch.device, dtype: torch.dtype):
+    """bf16/fp16 autocast on GPU; plain fp32 on CPU (CPU autocast is slow and changes numerics)."""
+    if device.type == "cuda" and dtype in (torch.bfloat16, torch.float16):
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def model_source(model_cfg, cache_dir: Path) -> str:
+    return resolve_tiny(model_cfg.name_or_path, cache_dir)
+
+
+def load_tokenizer(model_cfg, cache_dir: Path):
+    from transformers import AutoTokenizer
+
+    src = model_source(model_cfg, cache_dir)
+    try:
+        tok = AutoTokenizer.from_pretrained(src, trust_remote_code=model_cfg.trust_remote_code,
+                                            revision=model_cfg.revision)
+    except (OSError, ValueError) as exc:
+        raise ModelError(_load_hint(model_cfg.name_or_path, exc)) from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _load_hint(name: str, exc: Exception) -> str:
+    return (f"could not load model.name_or_path={name!r}: {str(exc).splitlines()[0]}\n"
+            f"  No network or no access to the Hugging Face hub? Use a local folder, or run the offline "
+            f"example: neurosym train experiments/tiny.yaml")
+
+
+def load_base_model(model_cfg, cache_dir: Path, device: torch.device):
+    from transformers import AutoModelForCausalLM
+
+    dtype = resolve_dtype(model_cfg.dtype, device)
+    kwargs = dict(trust_remote_code=model_cfg.trust_remote_code, revision=model_cfg.revision, dtype=dtype)
+    if model_cfg.quantization == "4bit":
+        kwargs["quantization_config"] = qlora_config(dtype)
+        kwargs["device_map"] = {"": device.index or 0}
+    src = model_source(model_cfg, cache_dir)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(src, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelError(_load_hint(model_cfg.name_or_path, exc)) from None
+    if model_cfg.quantization == "4bit":
+        from peft import prepare_model_for_kbit_training
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    else:
+        model.to(device)
+    return model, dtype
+
+
+def check_quantization(model_cfg) -> None:
+    """Fail early (before any download) when 4-bit cannot work on this machine."""
+    if model_cfg.quantization != "4bit":
+        return
+    if not torch.cuda.is_available():
+        raise ModelError("model.quantization: 4bit (QLoRA) needs a CUDA GPU: bitsandbytes NF4 kernels do not run "
+                         "on CPU. Set model.quantization: none, or run on a machine with a GPU.")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ModelError("model.quantization: 4bit needs bitsandbytes: pip install 'neurosym[qlora]'") from None
+
+
+def qlora_config(compute_dtype: torch.dtype):
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute_dtype if compute_dtype != torch.float32 else torch.bfloat16)
+
+
+def add_lora(model, lora_cfg):
+    from peft import LoraConfig, get_peft_model
+
+    target = lora_cfg.target_modules
+    config = LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
+                        target_modules=target, task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def load_for_training(cfg, cache_dir: Path):
+    """Base model + fresh LoRA adapter, on the best device. The LoRA init uses the torch RNG."""
+    check_quantization(cfg.model)
+    device = pick_device()
+    tokenizer = load_tokenizer(cfg.model, cache_dir)
+    model, dtype = load_base_model(cfg.model, cache_dir, device)
+    model = add_lora(model, cfg.lora)
+    return model, tokenizer, device, dtype
+
+
+def load_with_adapter(cfg, cache_dir: Path, adapter_dir: Path, trainable: bool = False):
+    """Base model + a saved adapter (eval, merge, generate)."""
+    from peft import PeftModel
+
+    check_quantization(cfg.model)
+    device = pick_device()
+    tokenizer = load_tokenizer(cfg.model, cache_dir)
+    model, dtype = load_base_model(cfg.model, cache_dir, device)
+    model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
+    return model, tokenizer, device, dtype

@@ -1,0 +1,79 @@
+"""Importing TextGrad without side effects outside the run directory.
+
+``import textgrad`` (0.1.8) creates ``./logs/`` in the current directory and opens a JSONL log file
+there, and it takes ~6 s (it imports litellm). :func:`load_textgrad` imports it once, lazily, with
+its log pointed at a throw-away folder that is removed straight away; :func:`route_textgrad_log`
+then sends TextGrad's prompt log to ``<run_dir>/teacher/textgrad.jsonl``. A user who sets
+``TEXTGRAD_LOG_DIR`` keeps TextGrad's own behaviour.
+
+Other neurosym modules should get TextGrad through ``load_textgrad()`` rather than a bare
+``import textgrad``, so the first import is the clean one.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from types import ModuleType
+
+_lock = threading.Lock()
+_HANDLER_ATTR = "_neurosym_run_log"
+
+
+def load_textgrad() -> ModuleType:
+    """Import and return the ``textgrad`` module without leaving ``./logs`` behind.
+
+    While the import runs, ``TEXTGRAD_LOG_DIR`` is set to a temporary folder (the previous
+    environment is restored right after, so ``os.environ`` is unchanged on return).
+    """
+    with _lock:
+        if "textgrad" in sys.modules:
+            return sys.modules["textgrad"]
+        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # also set by neurosym/__init__
+        if "TEXTGRAD_LOG_DIR" in os.environ:  # the user chose where TextGrad logs: respect it
+            import textgrad
+            return textgrad
+        tmp = tempfile.mkdtemp(prefix="neurosym-textgrad-")
+        os.environ["TEXTGRAD_LOG_DIR"] = tmp
+        try:
+            import textgrad
+        finally:
+            os.environ.pop("TEXTGRAD_LOG_DIR", None)
+            _drop_file_handlers(logging.getLogger("textgrad"), under=Path(tmp))
+            shutil.rmtree(tmp, ignore_errors=True)
+        return textgrad
+
+
+def _drop_file_handlers(logger: logging.Logger, under: Path) -> None:
+    for h in list(logger.handlers):
+        if isinstance(h, logging.FileHandler) and Path(h.baseFilename).resolve().is_relative_to(under.resolve()):
+            logger.removeHandler(h)
+            h.close()
+
+
+def route_textgrad_log(run_dir: str | Path) -> Path | None:
+    """Send TextGrad's JSONL log to ``<run_dir>/teacher/textgrad.jsonl`` (replacing a previous
+    run's routing and TextGrad's default ``./logs`` file). Returns the path, or ``None`` when the
+    user set ``TEXTGRAD_LOG_DIR`` (their choice is kept)."""
+    tg = load_textgrad()
+    if "TEXTGRAD_LOG_DIR" in os.environ:
+        return None
+    path = Path(run_dir) / "teacher" / "textgrad.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    logger = logging.getLogger("textgrad")
+    with _lock:
+        for h in list(logger.handlers):
+            if isinstance(h, logging.FileHandler):
+                if Path(h.baseFilename) == path.resolve() and getattr(h, _HANDLER_ATTR, False):
+                    return path
+                logger.removeHandler(h)
+                h.close()
+        handler = logging.FileHandler(path, delay=True)
+        handler.setFormatter(getattr(tg, "cf", None) or logging.Formatter())
+        setattr(handler, _HANDLER_ATTR, True)
+        logger.addHandler(handler)
+    return path

@@ -1,0 +1,70 @@
+"""Weights & Biases: one run per run directory, resumed by the id stored in ``wandb_run_id``.
+
+``tracking.mode: disabled`` never imports wandb. Offline runs are written under the run directory
+(or $WANDB_DIR) and can be synced later with the command printed at the end.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Optional
+
+from neurosym.config import Config, redact
+from neurosym.io import atomic_write_text
+
+log = logging.getLogger(__name__)
+ID_FILE = "wandb_run_id"
+
+
+class Tracker:
+    def __init__(self, cfg: Config, run_dir: Path):
+        self.mode = cfg.tracking.resolved_mode()
+        self.run = None
+        self.run_dir = Path(run_dir)
+        if self.mode == "disabled":
+            return
+        import wandb
+
+        id_path = self.run_dir / ID_FILE
+        run_id = id_path.read_text().strip() if id_path.exists() else wandb.util.generate_id()
+        if not id_path.exists():
+            atomic_write_text(id_path, run_id + "\n")
+        self.run = wandb.init(
+            project=cfg.tracking.resolved_project(), entity=cfg.tracking.entity, tags=cfg.tracking.tags or None,
+            name=cfg.run.name, id=run_id, resume="allow", mode=self.mode,
+            dir=os.environ.get("WANDB_DIR") or str(self.run_dir), config=redact(cfg.to_dict()),
+        )
+        self.run.define_metric("*", step_metric="train/step")
+
+    @property
+    def run_id(self) -> Optional[str]:
+        return self.run.id if self.run else None
+
+    def log(self, metrics: dict, step: int) -> None:
+        if self.run:
+            self.run.log({**metrics, "train/step": step})
+
+    def log_table(self, key: str, columns: list, rows: list, step: int) -> None:
+        if self.run and rows:
+            import wandb
+            self.run.log({key: wandb.Table(columns=columns, data=rows), "train/step": step})
+
+    def log_artifact(self, files: list, name: str, kind: str) -> None:
+        if not self.run:
+            return
+        import wandb
+        art = wandb.Artifact(name, type=kind)
+        for f in files:
+            art.add_file(str(f))
+        self.run.log_artifact(art)
+
+    def finish(self, exit_code: int = 0) -> Optional[str]:
+        """Close the run; for offline runs return the `wandb sync` command to upload it."""
+        if not self.run:
+            return None
+        run_dir = getattr(self.run, "dir", None)
+        self.run.finish(exit_code=exit_code)
+        if self.mode == "offline" and run_dir:
+            return f"wandb sync {Path(run_dir).parent}"
+        return None
