@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 from pathlib import Path
 from typing import Optional
 
@@ -27,7 +28,7 @@ class Tracker:
         import wandb
 
         id_path = self.run_dir / ID_FILE
-        run_id = id_path.read_text().strip() if id_path.exists() else wandb.util.generate_id()
+        run_id = id_path.read_text().strip() if id_path.exists() else secrets.token_hex(6)
         if not id_path.exists():
             atomic_write_text(id_path, run_id + "\n")
         self.run = wandb.init(

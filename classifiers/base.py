@@ -1,0 +1,142 @@
+"""The router interface: ``decide`` a route for a batch, ``learn`` from the gain it bought."""
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+
+from monitors.signals import Signals
+
+Route = Literal["lora", "symbolic"]
+ROUTES: tuple[Route, Route] = ("lora", "symbolic")
+
+BATCH_FEATURE_NAMES: tuple[str, ...] = (
+    "batch_has_loss", "batch_mean_loss", "batch_max_loss", "batch_has_reward", "batch_reward_before",
+    "log1p_batch_size",
+)
+
+
+def _num(x: float | None) -> float:
+    return 0.0 if x is None or not math.isfinite(x) else float(x)
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    """What the router knows about the batch it routes (computed before the update).
+
+    ``mean_loss``/``max_loss``: mean and max per-example loss (None if not computed);
+    ``reward_before``: the batch's mean reward under the current model and prompt (None if not
+    measured); ``prompts``: the batch's prompt texts.
+    """
+
+    mean_loss: float | None = None
+    max_loss: float | None = None
+    reward_before: float | None = None
+    prompts: tuple[str, ...] = ()
+
+    def as_features(self) -> np.ndarray:
+        """One float64 entry per name in ``BATCH_FEATURE_NAMES`` (missing values: 0.0 + indicator)."""
+        return np.asarray((
+            float(self.mean_loss is not None),
+            _num(self.mean_loss),
+            _num(self.max_loss),
+            float(self.reward_before is not None),
+            _num(self.reward_before),
+            math.log1p(len(self.prompts)),
+        ), dtype=np.float64)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-safe summary (the prompt texts are left out; their count is kept)."""
+        return {"mean_loss": self.mean_loss, "max_loss": self.max_loss,
+                "reward_before": self.reward_before, "n_prompts": len(self.prompts)}
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A routing decision, kept until its gain is known and passed back to ``Router.learn``.
+
+    ``features``: the feature vector the router decided on (empty for baselines that use none);
+    ``predicted``: predicted gain per route, or None; ``explored``: the route was chosen to explore
+    (warm-up, epsilon, an untried route or a random baseline) rather than as the best guess;
+    ``reason``: a short human-readable why; ``index``: the router's decision counter;
+    ``router``: the router kind.
+    """
+
+    route: Route
+    features: list[float] = field(default_factory=list)
+    predicted: dict[str, float] | None = None
+    explored: bool = False
+    reason: str = ""
+    index: int = 0
+    router: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-safe dict for events.jsonl (features included as a list of floats)."""
+        return {"route": self.route, "features": [float(x) for x in self.features],
+                "predicted": None if self.predicted is None else {k: float(v) for k, v in self.predicted.items()},
+                "explored": bool(self.explored), "reason": self.reason, "index": int(self.index),
+                "router": self.router}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Decision":
+        """Inverse of ``as_dict`` (e.g. a decision still awaiting its gain at a checkpoint)."""
+        return cls(d["route"], [float(x) for x in d.get("features", [])],
+                   None if d.get("predicted") is None else {k: float(v) for k, v in d["predicted"].items()},
+                   bool(d.get("explored", False)), str(d.get("reason", "")), int(d.get("index", 0)),
+                   str(d.get("router", "")))
+
+
+class Router(ABC):
+    """Base class: counts decisions and forces LoRA whenever the symbolic route is unavailable.
+
+    Subclasses implement ``_choose`` (called only when symbolic is available) and may override
+    ``learn``, ``_extra_state`` and ``_load_extra_state``.
+    """
+
+    kind: ClassVar[str] = ""
+
+    def __init__(self) -> None:
+        self.n_decisions = 0
+
+    def decide(self, signals: Signals, batch: BatchStats) -> Decision:
+        """Pick a route for ``batch``; always "lora" when ``signals.symbolic_available`` is False."""
+        index = self.n_decisions
+        self.n_decisions += 1
+        if not signals.symbolic_available:
+            why = signals.symbolic_unavailable_reason
+            if why is None:
+                left = signals.symbolic_budget_left
+                why = "budget spent" if left is not None and left <= 0 else "not available"
+            return Decision("lora", self._unavailable_features(signals, batch), None, False,
+                            f"symbolic unavailable: {why}", index, self.kind)
+        return self._choose(signals, batch, index)
+
+    def _unavailable_features(self, signals: Signals, batch: BatchStats) -> list[float]:
+        """Features recorded on a forced-LoRA decision (so it can still be learnt from)."""
+        return []
+
+    @abstractmethod
+    def _choose(self, signals: Signals, batch: BatchStats, index: int) -> Decision:
+        """Pick a route when both are available."""
+
+    def learn(self, decision: Decision, gain: float, cost_usd: float) -> None:
+        """Record the realised gain (and USD cost) of a decided update. Baselines ignore it."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain JSON data (no bytes, no pickle)."""
+        return {"kind": self.kind, "n_decisions": self.n_decisions, **self._extra_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("kind") != self.kind:
+            raise ValueError(f"router state is for kind {state.get('kind')!r}, this router is {self.kind!r}")
+        self.n_decisions = int(state["n_decisions"])
+        self._load_extra_state(state)
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
