@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -211,17 +212,17 @@ class Config(_Section):
 # ----------------------------------------------------------------------------------------------
 # Loading
 
-SECRET_WORDS = ("api_key", "apikey", "token", "secret", "password")
+SECRET_KEY = re.compile(r"(^|_)(api_?key|token|secret|password|auth)$")
 
 
 def redact(obj: Any, key: str = "") -> Any:
-    """Replace values of secret-looking keys (``*_env`` keys name a variable, they are kept)."""
+    """Replace string values of secret-looking keys (``api_key``, ``hf_token``; not ``api_key_env``,
+    which names a variable, nor ``max_tokens``)."""
     if isinstance(obj, dict):
         return {k: redact(v, k) for k, v in obj.items()}
     if isinstance(obj, list):
         return [redact(v, key) for v in obj]
-    low = key.lower()
-    if obj and not low.endswith("_env") and any(w in low for w in SECRET_WORDS):
+    if isinstance(obj, str) and obj and SECRET_KEY.search(key.lower()):
         return "***"
     return obj
 

@@ -84,8 +84,10 @@ def test_tracking_mode_default(tmp_path, monkeypatch):
 
 
 def test_redact_hides_secret_values_but_keeps_env_names():
-    out = redact({"teacher": {"api_key_env": "OPENAI_API_KEY", "api_key": "sk-123"}, "x": {"hf_token": "t"}})
-    assert out == {"teacher": {"api_key_env": "OPENAI_API_KEY", "api_key": "***"}, "x": {"hf_token": "***"}}
+    out = redact({"teacher": {"api_key_env": "OPENAI_API_KEY", "api_key": "sk-123", "max_tokens": 5},
+                  "x": {"hf_token": "t", "tokens": "many"}})
+    assert out == {"teacher": {"api_key_env": "OPENAI_API_KEY", "api_key": "***", "max_tokens": 5},
+                   "x": {"hf_token": "***", "tokens": "many"}}
 
 
 def test_generated_test_config_is_valid(tmp_path, tiny_model_dir):
