@@ -14,7 +14,6 @@ message, log line or repr, and the environment is never written.
 """
 from __future__ import annotations
 
-import email.utils
 import logging
 import random
 import time
@@ -22,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import httpx
 import openai
 
 from neurosym.config import TeacherConfig
@@ -30,9 +28,9 @@ from neurosym.config import TeacherConfig
 from .apikey import read_api_key, redact
 from .base import CachedTeacher, Completion
 from .errors import TeacherConfigError, TeacherUnavailable
+from .protocol import OPENAI_URL, error_detail, is_model_not_found, retry_after_s
 
 log = logging.getLogger("neurosym.teacher")
-OPENAI_URL = "https://api.openai.com/v1"
 
 
 @dataclass
@@ -48,46 +46,6 @@ class Backoff:
 
     def delay(self, attempt: int, rng: random.Random) -> float:
         return min(self.max_s, self.base_s * (2 ** attempt)) * rng.uniform(0.5, 1.0)
-
-
-def retry_after_s(response: Optional[httpx.Response]) -> Optional[float]:
-    """Seconds from ``retry-after-ms`` / ``Retry-After`` (seconds or an HTTP date), else ``None``."""
-    if response is None:
-        return None
-    headers = response.headers
-    try:
-        if headers.get("retry-after-ms"):
-            return max(0.0, float(headers["retry-after-ms"]) / 1000.0)
-    except ValueError:
-        pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-        return max(0.0, when.timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
-
-
-def error_detail(exc: openai.APIStatusError) -> str:
-    """The server's error message, short."""
-    body = exc.body
-    if isinstance(body, dict):
-        msg = body.get("message") or body.get("detail") or body
-    else:
-        msg = body if body is not None else exc.message
-    return str(msg)[:300]
-
-
-def is_model_not_found(exc: openai.APIStatusError) -> bool:
-    """A 404 about the model (vs. a 404 because the URL path is wrong)."""
-    code = getattr(exc, "code", None)
-    return code == "model_not_found" or "model" in error_detail(exc).lower()
 
 
 class OpenAITeacher(CachedTeacher):
@@ -117,10 +75,10 @@ class OpenAITeacher(CachedTeacher):
         attempts = self.cfg.max_retries + 1
         last = ""
         for attempt in range(attempts):
+            status_error: Optional[openai.APIStatusError] = None
             try:
                 response = self._client.chat.completions.create(
                     model=self.model_string, messages=messages, **params)
-                return self._parse(response, messages)
             except openai.APITimeoutError:
                 kind, wait = "timeout", None
                 last = f"no answer within teacher.timeout_s={self.cfg.timeout_s}s"
@@ -128,7 +86,14 @@ class OpenAITeacher(CachedTeacher):
                 kind, wait = "connection", None
                 last = f"cannot connect ({self._redact(str(exc.__cause__ or exc))})"
             except openai.APIStatusError as exc:
-                kind, wait, last = self._classify(exc)
+                status_error = exc
+            else:
+                return self._parse(response, messages)
+            if status_error is not None:
+                # classified outside the except block: our exceptions carry no __context__, whose
+                # message (the server's body) may echo the key
+                kind, wait, last = self._classify(status_error)
+                status_error = None
             self.usage.record_failure(kind)
             if attempt + 1 >= attempts:
                 break

@@ -1,0 +1,62 @@
+"""The teacher: an external (or local) LLM that TextGrad uses for feedback and prompt rewrites.
+
+    from neurosym.teacher import make_teacher, preflight, TeacherUnavailable, BudgetExhausted
+    preflight(cfg.teacher)                       # at job start: fails fast on URL/key/model
+    teacher = make_teacher(cfg.teacher, run_dir) # a textgrad EngineLM
+    with teacher.meter() as m:                   # usage of this thread's calls
+        text = teacher("prompt", system_prompt="...")
+    m.cost_usd; teacher.usage.state_dict(); teacher.budget_left
+
+Importing this package is cheap; TextGrad (~6 s) is imported on first use of an engine class or
+:func:`make_teacher`. Use :func:`load_textgrad` instead of ``import textgrad`` elsewhere in neurosym
+(TextGrad's own import writes ``./logs/`` in the working directory; this one does not).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .accounting import TeacherUsage, UsageMeter
+from .cache import ResponseCache, cache_key
+from .errors import BudgetExhausted, TeacherConfigError, TeacherError, TeacherUnavailable
+from .preflight import PreflightResult, preflight
+from .tg import load_textgrad, route_textgrad_log
+
+if TYPE_CHECKING:  # pragma: no cover
+    from neurosym.config import TeacherConfig
+
+    from .base import CachedTeacher, TeacherReply
+    from .engine import OpenAITeacher
+    from .local import LocalTeacher
+
+_LAZY = {"OpenAITeacher": "engine", "Backoff": "engine", "LocalTeacher": "local",
+         "CachedTeacher": "base", "TeacherReply": "base"}
+
+
+def make_teacher(cfg: "TeacherConfig", run_dir: str | Path, **kwargs: Any) -> "CachedTeacher":
+    """The TextGrad engine for ``cfg.provider`` (``openai`` or ``local``), caching under ``run_dir``.
+
+    Extra keyword arguments go to the engine's constructor (e.g. ``backoff=``, ``usage=``).
+    """
+    if cfg.provider == "openai":
+        from .engine import OpenAITeacher
+        return OpenAITeacher(cfg, run_dir, **kwargs)
+    if cfg.provider == "local":
+        from .local import LocalTeacher
+        return LocalTeacher(cfg, run_dir, **kwargs)
+    raise TeacherConfigError(f"teacher.provider {cfg.provider!r} is not supported; use 'openai' or 'local'")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "make_teacher", "preflight", "PreflightResult", "load_textgrad", "route_textgrad_log",
+    "TeacherError", "TeacherUnavailable", "BudgetExhausted", "TeacherConfigError",
+    "TeacherUsage", "UsageMeter", "ResponseCache", "cache_key",
+    "OpenAITeacher", "LocalTeacher", "CachedTeacher", "TeacherReply", "Backoff",
+]
