@@ -21,6 +21,7 @@ class TrainState:
     step: int = 0                    # optimizer/symbolic steps completed
     tokens: int = 0                  # tokens seen by LoRA steps
     lr: float = 0.0                  # learning rate after the last step (checked on resume)
+    total_steps: int = 0             # length of the LR schedule the run was started with
     sampler: dict = field(default_factory=dict)
     lora_steps: int = 0
     symbolic_steps: int = 0

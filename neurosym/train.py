@@ -107,16 +107,28 @@ def micro_batches(examples, renderer: Renderer, cfg: Config, pad_id: int, device
     return out
 
 
-def verify_restored(state: TrainState, ckpt: Path, scheduler, sampler: EpochSampler) -> None:
+def scheduled_lr(scheduler) -> float:
+    """The LR the schedule gives at its current step, computed afresh (not the restored _last_lr)."""
+    return scheduler.base_lrs[0] * scheduler.lr_lambdas[0](scheduler.last_epoch)
+
+
+def verify_restored(state: TrainState, ckpt: Path, scheduler, sampler: EpochSampler, steps: int) -> None:
     """Guard against the classic resume bugs: LR schedule reset, data order drift."""
     problems = []
     if ckpt.name != f"step-{state.step}":
         problems.append(f"state.json step {state.step} but folder {ckpt.name}")
     if scheduler.last_epoch != state.step:
         problems.append(f"scheduler at step {scheduler.last_epoch}, state at {state.step}")
-    lr = scheduler.get_last_lr()[0]
-    if not math.isclose(lr, state.lr, rel_tol=1e-9, abs_tol=1e-12):
-        problems.append(f"restored lr {lr} != saved lr {state.lr}")
+    lr = scheduled_lr(scheduler)
+    if steps != state.total_steps:  # the user asked for a longer/shorter run: the schedule changes here
+        print(f"note: the LR schedule was built for {state.total_steps} steps and now spans {steps}; "
+              f"lr at step {state.step} moves from {state.lr:.3g} to {lr:.3g}", file=sys.stderr)
+        for group in scheduler.optimizer.param_groups:
+            group["lr"] = lr
+        scheduler._last_lr = [lr] * len(scheduler.optimizer.param_groups)
+        state.total_steps, state.lr = steps, lr
+    elif not math.isclose(lr, state.lr, rel_tol=1e-9, abs_tol=1e-12):
+        problems.append(f"the schedule gives lr {lr} at step {state.step}, state.json says {state.lr}")
     if sampler.state_dict() != state.sampler:
         problems.append(f"sampler {sampler.state_dict()} != saved {state.sampler}")
     if problems:
@@ -139,12 +151,12 @@ def train(cfg: Config, resume: bool = False, quiet: Optional[bool] = None) -> Ou
     sampler = EpochSampler(len(train_set), cfg.run.seed)
     per_step = cfg.train.batch_size * cfg.train.grad_accum
 
-    state = TrainState(lr=scheduler.get_last_lr()[0], sampler=sampler.state_dict())
+    state = TrainState(lr=scheduler.get_last_lr()[0], total_steps=steps, sampler=sampler.state_dict())
     ckpt = latest_checkpoint(run_dir) if resume else None
     if ckpt is not None:
         state = restore_checkpoint(ckpt, model, optimizer, scheduler)
         sampler.load_state_dict(state.sampler)
-        verify_restored(state, ckpt, scheduler, sampler)
+        verify_restored(state, ckpt, scheduler, sampler, steps)
         print(f"resumed from {ckpt} (step {state.step}/{steps})", file=sys.stderr)
     elif resume:
         print(f"no complete checkpoint in {run_dir}; starting from step 0", file=sys.stderr)
