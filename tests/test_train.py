@@ -20,7 +20,8 @@ def test_run_directory_events_and_peft_checkpoints(tmp_path, tiny_model_dir):
     events = read_events(run / "events.jsonl")
     steps = [e["step"] for e in events if e["kind"] == "train"]
     assert steps == [1, 2, 3, 4, 5, 6]
-    rec = events[0]
+    assert events[0] == {"kind": "prompt", "step": 0, "version": 0, "text": "Add the numbers."}
+    rec = next(e for e in events if e["kind"] == "train")
     assert {"loss", "grad_norm", "lr", "tokens", "wall_s", "route"} <= set(rec) and rec["route"] == "lora"
     assert [e["step"] for e in events if e["kind"] == "eval"] == [3, 6]
     assert all(e["grad_norm"] > 0 for e in events if e["kind"] == "train")
@@ -34,7 +35,7 @@ def test_run_directory_events_and_peft_checkpoints(tmp_path, tiny_model_dir):
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(ckpts[0]))
     assert any("lora_A" in n for n, _ in model.named_parameters())
     assert not list(run.glob("checkpoints/.tmp*"))
-    assert out.final_eval_loss is not None and out.final_eval_loss < events[0]["loss"]
+    assert out.final_eval_loss is not None and out.final_eval_loss < rec["loss"]
 
 
 def test_no_pickle_in_checkpoints(tmp_path, tiny_model_dir):

@@ -1,0 +1,38 @@
+"""Where each batch comes from: the training file (resumable epoch sampler) plus, once the symbolic
+route has produced some, refined examples from the remake store (``remake.mix_ratio`` of the batch)."""
+from __future__ import annotations
+
+import numpy as np
+
+from neurosym.data import EpochSampler, Example
+
+
+class BatchSource:
+    def __init__(self, train: list[Example], seed: int, per_step: int, mix_ratio: float):
+        self.train, self.per_step, self.mix_ratio = train, per_step, mix_ratio
+        self.sampler = EpochSampler(len(train), seed)
+        self.rng = np.random.default_rng([seed, 0x5EED])
+        self.refined: list[Example] = []
+
+    def add_refined(self, examples: list[Example]) -> None:
+        self.refined.extend(examples)
+
+    def next(self) -> list[Example]:
+        k = min(self.per_step - 1, round(self.mix_ratio * self.per_step)) if self.refined else 0
+        batch = [self.train[i] for i in self.sampler.take(self.per_step - k)]
+        if k:
+            batch += [self.refined[int(j)] for j in self.rng.integers(len(self.refined), size=k)]
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"sampler": self.sampler.state_dict(), "rng": self.rng.bit_generator.state,
+                "n_refined": len(self.refined)}
+
+    def load_state_dict(self, state: dict, refined: list[Example]) -> None:
+        """``refined`` is the store's content at the checkpoint (rows written later are discarded)."""
+        if len(refined) != state["n_refined"]:
+            raise ValueError(f"remake store has {len(refined)} refined examples, the checkpoint "
+                             f"expected {state['n_refined']}")
+        self.sampler.load_state_dict(state["sampler"])
+        self.rng.bit_generator.state = state["rng"]
+        self.refined = list(refined)
