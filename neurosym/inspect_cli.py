@@ -1,0 +1,140 @@
+"""Verbs that look at a finished (or running) run directory: ``export``, ``prompts``, ``report``.
+
+Loaded by :func:`neurosym.cli.build_parser` through :func:`register`.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from neurosym.cli import UserError, _parser
+from neurosym.data.examples import DataError
+
+STORE_FILE = "remake.sqlite"
+
+
+class InspectError(UserError, DataError):
+    """A user-fixable problem with the run directory: printed as one message, exit 2.
+
+    Also a ``DataError`` (one of ``neurosym.errors.USER_ERRORS``) so that ``python -m neurosym.cli``,
+    whose ``main`` catches the ``UserError`` of its own ``__main__`` copy of the module, treats it the same.
+    """
+WANDB_ID_FILE = "wandb_run_id"
+
+
+def _run_dir(path: str) -> Path:
+    run_dir = Path(path)
+    if not run_dir.is_dir():
+        raise InspectError(f"{path} is not a run directory; pass runs/<name>")
+    return run_dir
+
+
+def _config(run_dir: Path):
+    """The run's saved config, not requiring its data files to still exist (export may not need them)."""
+    from neurosym.config import load_config
+    path = run_dir / "config.yaml"
+    if not path.exists():
+        raise InspectError(f"{run_dir} is not a run directory (no config.yaml); pass runs/<name>")
+    return load_config(path, check_files=False)
+
+
+# ---------------------------------------------------------------------------------------- export
+
+def cmd_export(args) -> int:
+    from neurosym.data import load_examples
+    from neurosym.remake.export import export_refined
+    from neurosym.remake.store import RemakeStore
+
+    run_dir = _run_dir(args.run_dir)
+    cfg = _config(run_dir)
+    store_path = run_dir / STORE_FILE
+    if not store_path.exists():  # RemakeStore would create an empty one
+        raise InspectError(f"{run_dir} has no remake store yet ({STORE_FILE}): no symbolic update has stored "
+                        f"a refined example in this run")
+    train = []
+    if args.only == "all":
+        train, _ = load_examples(cfg.data.train, cfg.data)
+    with RemakeStore(store_path) as store:
+        refined = store.count()
+        try:
+            out = export_refined(store, train, args.out, fmt=args.format, only=args.only, fields=cfg.data.fields)
+        except ValueError as exc:
+            raise InspectError(str(exc)) from None
+    rows = refined + len(train)
+    detail = f" ({refined} refined + {len(train)} training)" if args.only == "all" else ""
+    print(f"exported {rows} rows{detail} to {out}")
+    if args.wandb:
+        _upload(run_dir, cfg, out, rows, args)
+    return 0
+
+
+def _upload(run_dir: Path, cfg, out: Path, rows: int, args) -> None:
+    id_path = run_dir / WANDB_ID_FILE
+    run_id = id_path.read_text().strip() if id_path.exists() else ""
+    if not run_id:
+        raise InspectError(f"{run_dir} has no W&B run ({WANDB_ID_FILE} missing): it was trained with "
+                        f"tracking.mode disabled; export without --wandb")
+    mode = cfg.tracking.resolved_mode()
+    if mode == "disabled":
+        raise InspectError("tracking.mode is disabled for this run (config or $WANDB_MODE); "
+                        "set WANDB_MODE=offline or online to upload")
+    import wandb
+
+    run = wandb.init(id=run_id, resume="allow", mode=mode, project=cfg.tracking.resolved_project(),
+                     entity=cfg.tracking.entity, dir=os.environ.get("WANDB_DIR") or str(run_dir))
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{cfg.run.name}-refined")
+    art = wandb.Artifact(name, type="dataset",
+                         metadata={"rows": rows, "format": args.format, "only": args.only, "source": str(run_dir)})
+    if out.is_dir():
+        art.add_dir(str(out))
+    else:
+        art.add_file(str(out))
+    run.log_artifact(art)
+    run_files = getattr(run, "dir", None)
+    run.finish()
+    where = f"W&B run {run_id} ({mode})"
+    print(f"uploaded artifact {name} (type dataset) to {where}")
+    if mode == "offline" and run_files:
+        print(f"upload it with: wandb sync {Path(run_files).parent}")
+
+
+# ---------------------------------------------------------------------------------------- prompts, report
+
+def cmd_prompts(args) -> int:
+    from neurosym.prompts_history import format_prompt_history, prompt_history
+    print(format_prompt_history(prompt_history(_run_dir(args.run_dir))))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from neurosym.report import write_report
+    print(write_report(_run_dir(args.run_dir), args.out))
+    return 0
+
+
+def register(sub) -> None:
+    q = _parser(sub, "export", "Write the run's refined examples as a dataset the job can train on.",
+                "neurosym export runs/tiny --out refined.jsonl --only all --wandb")
+    q.add_argument("run_dir")
+    q.add_argument("--out", required=True, help="file (jsonl, parquet) or folder (hf) to write")
+    q.add_argument("--format", choices=("jsonl", "parquet", "hf"), default="jsonl",
+                   help="jsonl (default), parquet, or hf (a datasets.save_to_disk folder)")
+    q.add_argument("--only", choices=("refined", "all"), default="refined",
+                   help="refined examples only (default), or all: the training data first, then the refined")
+    q.add_argument("--wandb", action="store_true", help="also upload the file as a W&B dataset artifact of the run")
+    q.set_defaults(func=cmd_export)
+
+    q = _parser(sub, "prompts", "Show the system prompt's versions, the step of each and its eval loss.",
+                "neurosym prompts runs/tiny")
+    q.add_argument("run_dir")
+    q.set_defaults(func=cmd_prompts)
+
+    q = _parser(sub, "report", "Plot loss, grad norm, slope, routes, prompt versions and router gains as a PNG.",
+                "neurosym report runs/tiny --out tiny.png")
+    q.add_argument("run_dir")
+    q.add_argument("--out", help="PNG to write (default: RUN_DIR/report.png)")
+    q.set_defaults(func=cmd_report)
+
+
+__all__ = ["register", "cmd_export", "cmd_prompts", "cmd_report"]
