@@ -2,6 +2,7 @@
 from neurosym.config import ConfigError
 from neurosym.data.examples import DataError
 from neurosym.model import ModelError
+from neurosym.teacher.errors import TeacherConfigError
 from neurosym.train import ResumeMismatch, RunDirError
 
-USER_ERRORS = (ConfigError, DataError, ModelError, RunDirError, ResumeMismatch, FileNotFoundError)
+USER_ERRORS = (ConfigError, DataError, ModelError, RunDirError, ResumeMismatch, TeacherConfigError, FileNotFoundError)

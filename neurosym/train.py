@@ -224,9 +224,9 @@ def train(cfg: Config, resume: bool = False, quiet: Optional[bool] = None) -> Ou
     def measure(batch):
         return probe.measure(model, batch) if probe is not None else None
 
-    def apply_symbolic(landed, record: dict) -> None:
+    def apply_symbolic(landed, record: dict, at_step: int) -> None:
         """Land a finished symbolic update: new prompt version, refined examples, accounting."""
-        symbolic.note_outcome(landed, state.step)
+        symbolic.note_outcome(landed, at_step)
         usage = landed.usage
         info = {"calls": usage.get("calls", 0), "cost_usd": usage.get("cost_usd", 0.0),
                 "tokens": usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0),
@@ -237,18 +237,19 @@ def train(cfg: Config, resume: bool = False, quiet: Optional[bool] = None) -> Ou
             return
         result = landed.result
         info.update(accepted=len(result.rewrites), rejected=dict(result.rejected), malformed=result.malformed)
-        version = prompts.propose(result.new_system_prompt, state.step) if result.new_system_prompt else None
+        version = prompts.propose(result.new_system_prompt, at_step) if result.new_system_prompt else None
         if version is not None:
             renderer.system_prompt = prompts.current
-            events.write({"kind": "prompt", "step": state.step, "version": version, "text": prompts.current})
-            progress.write(f"step {state.step}: system prompt v{version}")
-        batches.add_refined(symbolic.store_rewrites(result, state.step, prompts.version))
+            events.write({"kind": "prompt", "step": at_step, "version": version, "text": prompts.current})
+            progress.write(f"step {at_step}: system prompt v{version}")
+        batches.add_refined(symbolic.store_rewrites(result, at_step, prompts.version))
 
-    def finish_symbolic(landed) -> dict:
-        """Apply a landed update, measure what it bought, and hand a failure back to LoRA."""
+    def finish_symbolic(landed, at_step: int) -> dict:
+        """Apply a landed update (as of step ``at_step``), measure what it bought, and hand a
+        failure back to LoRA."""
         record = {"route": "symbolic"}
         before = measure(landed.job.batch)
-        apply_symbolic(landed, record)
+        apply_symbolic(landed, record, at_step)
         if landed.error is not None:
             fallbacks.append((landed.job.batch, landed.error))
             return record
@@ -284,7 +285,7 @@ def train(cfg: Config, resume: bool = False, quiet: Optional[bool] = None) -> Ou
                 # ---- land finished asynchronous symbolic updates (at a step boundary)
                 if symbolic is not None and symbolic.async_:
                     for landed in symbolic.collect():
-                        landed_rec = finish_symbolic(landed)
+                        landed_rec = finish_symbolic(landed, at_step=state.step)
                         events.write({"kind": "symbolic", "step": state.step, **landed_rec})
                 # ---- monitor
                 forced = fallbacks.pop(0) if fallbacks else None
@@ -305,7 +306,7 @@ def train(cfg: Config, resume: bool = False, quiet: Optional[bool] = None) -> Ou
                         symbolic.submit(job)
                         record = {"route": "symbolic", "symbolic": {"submitted_step": state.step + 1}}
                     else:
-                        record = finish_symbolic(symbolic.run(job))
+                        record = finish_symbolic(symbolic.run(job), at_step=state.step + 1)
                         if record["symbolic"].get("error"):  # the same batch takes a LoRA step instead
                             fallbacks.pop()
                             record.update(route="lora", fallback=record["symbolic"]["error"])
@@ -331,7 +332,8 @@ def train(cfg: Config, resume: bool = False, quiet: Optional[bool] = None) -> Ou
                           "loss": result.loss if result else None, "grad_norm": result.grad_norm if result else None,
                           "lr": state.lr, "tokens": result.tokens if result else 0, "wall_s": dt,
                           "tokens_per_s": (result.tokens / dt) if result else 0.0, "time": time.time(),
-                          "prompt_version": prompts.version}
+                          "prompt_version": prompts.version,
+                          "refined_in_batch": sum(ex.source.startswith("remake:") for ex in batch)}
                 if decision is not None and cfg.router.kind != "always_lora":
                     record["decision"] = {k: v for k, v in decision.as_dict().items() if k != "features"}
                     record["signals"] = signals.as_dict()
@@ -367,7 +369,7 @@ def train(cfg: Config, resume: bool = False, quiet: Optional[bool] = None) -> Ou
             interrupted = stop.requested and state.step < steps
         if symbolic is not None and symbolic.async_ and not interrupted:
             for landed in symbolic.collect(wait=True):  # let the last updates land before the final save
-                events.write({"kind": "symbolic", "step": state.step, **finish_symbolic(landed)})
+                events.write({"kind": "symbolic", "step": state.step, **finish_symbolic(landed, state.step)})
         if state.step != last_saved or latest_checkpoint(run_dir) is None or (symbolic and symbolic.async_):
             save()
         if interrupted:
