@@ -283,10 +283,12 @@ def train(cfg: Config, resume: bool = False, quiet: Optional[bool] = None) -> Ou
             while state.step < steps and not stop.requested:
                 t0 = time.perf_counter()
                 # ---- land finished asynchronous symbolic updates (at a step boundary)
+                # (a landing belongs to the step about to run: a checkpoint taken before it still
+                # lists the job as in flight, and resume submits it again; nothing twice, nothing lost)
                 if symbolic is not None and symbolic.async_:
                     for landed in symbolic.collect():
-                        landed_rec = finish_symbolic(landed, at_step=state.step)
-                        events.write({"kind": "symbolic", "step": state.step, **landed_rec})
+                        landed_rec = finish_symbolic(landed, at_step=state.step + 1)
+                        events.write({"kind": "symbolic", "step": state.step + 1, **landed_rec})
                 # ---- monitor
                 forced = fallbacks.pop(0) if fallbacks else None
                 batch = forced[0] if forced else batches.next()
