@@ -1,0 +1,27 @@
+"""Compiled neural networks (CoNNs) beside the language model.
+
+A CoNN is a transformer whose attention and MLP weights are set by construction from a small
+RASP-like program, so it executes a rule exactly for every input up to the length it was compiled
+for, with no training. ``ConnGate`` hands the next tokens of ``model.generate`` to a CoNN when the text
+reaches a rule's trigger (β = 1) and back to the language model once the answer is written (β = 0).
+
+Modules: ``program`` (the language), ``compiler`` (program -> weights), ``model`` (the nn.Module),
+``programs`` (parity, reverse, add, subtract), ``ops`` (validated, compiled operations), ``gate``
+(the LogitsProcessor), ``cli`` (``neurosym conn ...`` and ``neurosym generate``).
+"""
+from neurosym.conn.compiler import CompiledProgram, compile_program
+from neurosym.conn.errors import ConnInputError
+from neurosym.conn.ops import OPS, ConnOp, get_op
+
+
+def __getattr__(name: str):
+    """The gate classes import transformers: loaded on first use, so ``conn run`` starts fast."""
+    if name in ("ConnGate", "GateEvent", "StopWhenAnswered"):
+        from neurosym.conn import gate
+
+        return getattr(gate, name)
+    raise AttributeError(f"module 'neurosym.conn' has no attribute {name!r}")
+
+
+__all__ = ["CompiledProgram", "compile_program", "ConnInputError", "ConnGate", "GateEvent", "StopWhenAnswered",
+           "OPS", "ConnOp", "get_op"]
