@@ -212,4 +212,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main, not this __main__ copy: verbs defined elsewhere raise
+    # neurosym.cli.UserError, which must be the class main() catches.
+    from neurosym.cli import main as _main
+    sys.exit(_main())

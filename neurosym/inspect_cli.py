@@ -9,17 +9,12 @@ import re
 from pathlib import Path
 
 from neurosym.cli import UserError, _parser
-from neurosym.data.examples import DataError
 
 STORE_FILE = "remake.sqlite"
 
 
-class InspectError(UserError, DataError):
-    """A user-fixable problem with the run directory: printed as one message, exit 2.
-
-    Also a ``DataError`` (one of ``neurosym.errors.USER_ERRORS``) so that ``python -m neurosym.cli``,
-    whose ``main`` catches the ``UserError`` of its own ``__main__`` copy of the module, treats it the same.
-    """
+class InspectError(UserError):
+    """A user-fixable problem with the run directory: printed as one message, exit 2."""
 WANDB_ID_FILE = "wandb_run_id"
 
 

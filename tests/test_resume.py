@@ -49,6 +49,19 @@ def _wait_for_step(events: Path, proc, step: int, timeout=120.0) -> int:
     raise AssertionError(f"step {step} never reached")
 
 
+def _kill_at(cfg, run, step):
+    proc = subprocess.Popen(_cli("train", str(cfg), "--quiet"), env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        at = _wait_for_step(run / "events.jsonl", proc, step)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return at, proc.returncode
+
+
 def _final(run: Path):
     ckpt = latest_checkpoint(run)
     losses = [(e["step"], e["loss"]) for e in read_events(run / "events.jsonl") if e["kind"] == "train"]
@@ -78,16 +91,8 @@ def _assert_same(reference, run: Path):
 def test_sigkill_at_an_arbitrary_step_then_resume_is_exact(tmp_path, tiny_model_dir, reference):
     cfg = write_config(tmp_path, tiny_model_dir, name="killed", n_train=20, train=TRAIN)
     run = tmp_path / "runs" / "killed"
-    proc = subprocess.Popen(_cli("train", str(cfg), "--quiet"), env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        at = _wait_for_step(run / "events.jsonl", proc, 8)  # after the step-6 save, past epoch 1
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL
+    at, returncode = _kill_at(cfg, run, 8)  # after the step-6 save, past epoch 1
+    assert returncode == -signal.SIGKILL
     assert at < 14, "the run finished before it could be killed"
     ckpt = latest_checkpoint(run)
     assert ckpt is not None and int(ckpt.name.split("-")[1]) < 14
@@ -130,19 +135,6 @@ def teacher(openai_server, monkeypatch):
     return openai_server
 
 
-def _kill_at(cfg, run, step):
-    proc = subprocess.Popen(_cli("train", str(cfg), "--quiet"), env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        at = _wait_for_step(run / "events.jsonl", proc, step)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    return at
-
-
 def test_sequential_hybrid_with_learned_router_resumes_exactly(tmp_path, tiny_model_dir, teacher):
     """Router, monitors, prompt versions, remake store and sampler mix are all restored exactly."""
     router = {"kind": "reward_classifier", "warmup": 4, "epsilon": 0.3}
@@ -152,7 +144,7 @@ def test_sequential_hybrid_with_learned_router_resumes_exactly(tmp_path, tiny_mo
     ref_run = tmp_path / "a" / "runs" / "ref"
     cfg = hybrid_config(tmp_path / "b", tiny_model_dir, teacher, name="killed", router=router, **sections)
     run = tmp_path / "b" / "runs" / "killed"
-    at = _kill_at(cfg, run, 5)
+    at, _ = _kill_at(cfg, run, 5)
     assert at < 10
     _run("resume", str(run), "--quiet")
 
