@@ -337,7 +337,7 @@ def train(cfg: Config, resume: bool = False, quiet: Optional[bool] = None) -> Ou
                           "prompt_version": prompts.version,
                           "refined_in_batch": sum(ex.source.startswith("remake:") for ex in batch)}
                 if decision is not None and cfg.router.kind != "always_lora":
-                    record["decision"] = {k: v for k, v in decision.as_dict().items() if k != "features"}
+                    record["decision"] = decision.as_dict()  # features, predicted gains, route, explored
                     record["signals"] = signals.as_dict()
                     decisions_table.append([state.step, decision.route, decision.explored, decision.reason,
                                             record.get("gain")])
@@ -387,6 +387,10 @@ def train(cfg: Config, resume: bool = False, quiet: Optional[bool] = None) -> Ou
                               decisions_table, state.step)
             tracker.log_table("prompt/versions", ["version", "step", "text"],
                               [[v["version"], v["step"], v["text"]] for v in prompts.versions], state.step)
+            if symbolic is not None:
+                tracker.log_table("symbolic/rewrites", ["step", "parent_prompt", "prompt", "response", "feedback"],
+                                  [[r["step"], r["parent_prompt"], r["prompt"], r["response"], r["feedback"][:500]]
+                                   for r in symbolic.store.rows()[:100]], state.step)
     finally:
         progress.close()
         events.close()

@@ -40,6 +40,7 @@ def test_prompt_versions_remade_examples_and_export(tmp_path, tiny_model_dir, te
     later_lora = [e for e in events if e["route"] == "lora" and e["step"] > first_sym["step"]]
     assert later_lora and all(e["prompt_version"] >= 1 for e in later_lora)
     assert all(e["symbolic"]["calls"] > 0 and e["symbolic"]["cost_usd"] > 0 for e in events if e["route"] == "symbolic")
+    assert all(len(e["decision"]["features"]) > 0 or e["decision"]["router"] for e in events)
     # rewrites of wrong examples are stored with provenance and mixed into later LoRA batches
     with RemakeStore(run / "remake.sqlite") as store:
         rows = store.rows()
@@ -59,6 +60,12 @@ def test_prompt_versions_remade_examples_and_export(tmp_path, tiny_model_dir, te
         if path.is_file():
             assert secret not in path.read_bytes(), f"API key leaked into {path}"
     assert not (tmp_path / "logs").exists() and not os.path.exists("logs")
+    from wandb_reader import summarize
+    history = summarize(run / "wandb")["history"]
+    assert {"symbolic/calls", "symbolic/cost_usd", "prompt/version", "route/symbolic"} <= set().union(*history)
+    tables = {k[: -len("/nrows")]: v for h in history for k, v in h.items() if k.endswith("/nrows")}
+    assert tables["router/decisions"] == 8 and tables["prompt/versions"] == 5
+    assert tables["symbolic/rewrites"] == len(rows)
 
 
 def test_leaked_answers_are_refused_and_counted(tmp_path, tiny_model_dir, teacher):
