@@ -24,11 +24,12 @@ def _load(config: str, overrides=(), check_files: bool = True):
     return load_config(config, overrides or (), check_files=check_files)
 
 
-def _run_config(run_dir: str):
+def _run_config(run_dir: str, check_files: bool = True):
+    """The saved config of a run directory (``check_files=False``: its data files may be gone)."""
     path = Path(run_dir) / "config.yaml"
     if not path.exists():
         raise UserError(f"{run_dir} is not a run directory (no config.yaml); pass runs/<name>")
-    cfg = _load(str(path))
+    cfg = _load(str(path), check_files=check_files)
     # The saved config may have been moved with its run directory: trust where it is now.
     return cfg.model_copy(update={"run": cfg.run.model_copy(
         update={"output_dir": str(Path(run_dir).parent), "name": Path(run_dir).name})})

@@ -8,7 +8,7 @@ import os
 import re
 from pathlib import Path
 
-from neurosym.cli import UserError, _parser
+from neurosym.cli import UserError, _parser, _run_config
 
 STORE_FILE = "remake.sqlite"
 
@@ -27,11 +27,7 @@ def _run_dir(path: str) -> Path:
 
 def _config(run_dir: Path):
     """The run's saved config, not requiring its data files to still exist (export may not need them)."""
-    from neurosym.config import load_config
-    path = run_dir / "config.yaml"
-    if not path.exists():
-        raise InspectError(f"{run_dir} is not a run directory (no config.yaml); pass runs/<name>")
-    return load_config(path, check_files=False)
+    return _run_config(str(run_dir), check_files=False)
 
 
 # ---------------------------------------------------------------------------------------- export

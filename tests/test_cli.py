@@ -8,7 +8,8 @@ import yaml
 from neurosym.cli import build_parser, main
 from jobs import write_config
 
-VERBS = ["train", "resume", "eval", "validate", "preview", "merge"]
+VERBS = ["train", "resume", "eval", "validate", "preview", "merge", "export", "prompts", "report",
+         "conn", "generate"]
 
 
 @pytest.mark.parametrize("verb", VERBS)
@@ -17,7 +18,7 @@ def test_every_verb_has_help_with_an_example(verb, capsys):
         main([verb, "--help"])
     assert exit_.value.code == 0
     out = capsys.readouterr().out
-    assert "example:" in out and f"neurosym {verb}" in out
+    assert ("example:" in out or "examples:" in out) and f"neurosym {verb}" in out
 
 
 def test_validate_checks_data_without_loading_a_model(tmp_path, capsys):

@@ -364,12 +364,3 @@ def test_export_uploads_a_dataset_artifact_to_the_runs_wandb_id(tmp_path, capsys
                     "entity": None, "dir": str(run_dir)}
     assert art.type == "dataset" and art.files == [("file", str(out))] and art.metadata["rows"] == 3
     assert finish == ("finish",)
-
-
-@pytest.mark.parametrize("verb", ["export", "prompts", "report"])
-def test_new_verbs_have_help_with_an_example(verb, capsys):
-    with pytest.raises(SystemExit) as exit_:
-        main([verb, "--help"])
-    assert exit_.value.code == 0
-    out = capsys.readouterr().out
-    assert "example:" in out and f"neurosym {verb} runs/" in out
