@@ -6,9 +6,10 @@ from pathlib import Path
 
 from neurosym.checkpoint import find_checkpoint
 from neurosym.config import Config
-from neurosym.data import Renderer, collate, load_examples
+from neurosym.data import Renderer, load_examples
 from neurosym.model import autocast_for, load_with_adapter
 from neurosym.steps.lora import eval_loss
+from neurosym.train import micro_batches
 
 
 def evaluate_checkpoint(cfg: Config, run_dir: Path, checkpoint: str | None = None) -> dict:
@@ -20,11 +21,7 @@ def evaluate_checkpoint(cfg: Config, run_dir: Path, checkpoint: str | None = Non
     state = TrainState.load(ckpt / "state.json")
     prompt = state.components.get("prompts", {}).get("current", cfg.data.system_prompt)
     renderer = Renderer(tokenizer, cfg.data.max_length, prompt)
-    bs = cfg.train.batch_size
-    batches = []
-    for i in range(0, len(examples), bs):
-        b = collate([renderer.encode(ex) for ex in examples[i:i + bs]], tokenizer.pad_token_id)
-        batches.append({k: v.to(device) for k, v in b.items()})
+    batches = micro_batches(examples, renderer, cfg, tokenizer.pad_token_id, device)
     loss, n = eval_loss(model, batches, autocast_for(device, dtype))
     return {"checkpoint": str(ckpt), "split": split, "examples": len(examples), "tokens": n,
             "loss": loss, "ppl": math.exp(min(loss, 50))}
