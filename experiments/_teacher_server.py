@@ -1,18 +1,16 @@
 """Shared bits of the experiment scripts: a local scripted teacher, and reading a run's events.
 
-The teacher is the test double from ``tests/`` (``OpenAIServer`` + ``hybrid.Teacher``): a real
+The teacher is the library's test double (``neurosym.testing``: ``OpenAIServer`` + ``Teacher``): a real
 OpenAI-compatible HTTP server on 127.0.0.1, so the product talks to it as to any remote teacher.
 Product code never imports it; only these scripts do.
 """
 from __future__ import annotations
 
 import os
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-REPO = Path(__file__).resolve().parent.parent
 KEY_ENV = "NEUROSYM_LOCAL_TEACHER_KEY"
 
 
@@ -22,10 +20,8 @@ def local_teacher(latency_s: float = 0.0) -> Iterator[list[str]]:
 
     The API key is put in ``$NEUROSYM_LOCAL_TEACHER_KEY`` of this process (the config names the
     variable, never the key)."""
-    if str(REPO / "tests") not in sys.path:
-        sys.path.insert(0, str(REPO / "tests"))
-    from hybrid import Teacher
-    from openai_server import OpenAIServer
+    from neurosym.testing.openai_server import OpenAIServer
+    from neurosym.testing.scripted_teacher import Teacher
 
     server = OpenAIServer(latency_s=latency_s, responder=Teacher()).start()
     old = os.environ.get(KEY_ENV)

@@ -1,7 +1,6 @@
 """Shared fixtures: a tiny local model (no hub), small datasets, an isolated environment."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -12,12 +11,18 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
-try:  # the scripted OpenAI-compatible server (tests/openai_server.py)
-    from openai_server import openai_server  # noqa: F401
-except ImportError:  # pragma: no cover - while the module is being written
-    pass
-
+from neurosym.testing.openai_server import OpenAIServer  # noqa: E402
 from neurosym.tiny import build_tiny_model  # noqa: E402
+
+
+@pytest.fixture
+def openai_server():
+    """A started scripted OpenAI-compatible server (key ``.api_key``, model ``.model``); stopped at teardown."""
+    server = OpenAIServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -33,11 +38,3 @@ def _isolate_env(monkeypatch, tmp_path):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / ".wandb-config"))
     monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / ".wandb-cache"))
-
-
-def write_jsonl(path: Path, rows) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        for row in rows:
-            f.write((row if isinstance(row, str) else json.dumps(row)) + "\n")
-    return path

@@ -6,7 +6,7 @@ import torch
 import yaml
 
 from neurosym.cli import build_parser, main
-from jobs import write_config
+from tests.support.jobs import write_config
 
 VERBS = ["train", "resume", "eval", "validate", "preview", "merge", "export", "prompts", "report",
          "conn", "generate"]

@@ -1,7 +1,7 @@
 import pytest
 
 from neurosym.config import ConfigError, load_config, redact
-from jobs import write_config
+from tests.support.jobs import write_config
 
 
 def _cfg_text(tmp_path, body: str):

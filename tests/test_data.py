@@ -5,7 +5,7 @@ import pytest
 from neurosym.config import DataConfig
 from neurosym.data import DataError, EpochSampler, Renderer, collate, load_examples
 from neurosym.data.render import IGNORE
-from jobs import write_rows
+from tests.support.jobs import write_rows
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from neurosym.data import load_examples
 from neurosym.events import read_events
 from neurosym.remake.store import RemakeStore
 from neurosym.train import train
-from hybrid import KEY_ENV, Teacher, hybrid_config
+from tests.support.hybrid import KEY_ENV, Teacher, hybrid_config
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs import write_config
+from tests.support.jobs import write_config
 from neurosym.cli import main
 from neurosym.config import load_config, save_resolved
 from neurosym.data import load_examples

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from neurosym.checkpoint import complete_checkpoints, latest_checkpoint
 from neurosym.events import read_events
-from jobs import write_config
+from tests.support.jobs import write_config
 
 pytestmark = pytest.mark.slow
 
@@ -123,7 +123,7 @@ def test_train_resume_flag_and_ctrl_c(tmp_path, tiny_model_dir, reference):
 
 # ---- with the router and the symbolic route on
 
-from hybrid import KEY_ENV, Teacher, hybrid_config  # noqa: E402
+from tests.support.hybrid import KEY_ENV, Teacher, hybrid_config  # noqa: E402
 
 ROUTED = {"max_steps": 10, "save_every": 2, "eval_every": 0, "batch_size": 4, "lr": 5e-3}
 

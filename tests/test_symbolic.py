@@ -1,5 +1,5 @@
 """The symbolic update end to end: the tiny local model as the TextGrad student, the scripted
-OpenAI-compatible server (tests/openai_server.py) as the teacher."""
+OpenAI-compatible server (neurosym/testing/openai_server.py) as the teacher."""
 from __future__ import annotations
 
 import os

@@ -16,7 +16,7 @@ import pytest
 from neurosym.config import TeacherConfig
 from neurosym.teacher import (BudgetExhausted, TeacherConfigError, TeacherUnavailable, TeacherUsage,
                               make_teacher, preflight)
-from openai_server import OpenAIServer, count_tokens
+from neurosym.testing.openai_server import OpenAIServer, count_tokens
 
 KEY_ENV = "NEUROSYM_TEST_TEACHER_KEY"
 FAST = dict(base_s=0.01, max_s=0.05)

@@ -8,8 +8,8 @@ from neurosym.checkpoint import complete_checkpoints, latest_checkpoint
 from neurosym.config import load_config
 from neurosym.events import read_events
 from neurosym.train import RunDirError, train
-from jobs import write_config
-from wandb_reader import summarize
+from tests.support.jobs import write_config
+from tests.support.wandb_reader import summarize
 
 
 def test_run_directory_events_and_peft_checkpoints(tmp_path, tiny_model_dir):

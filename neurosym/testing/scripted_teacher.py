@@ -1,13 +1,12 @@
-"""Shared pieces for end-to-end tests of the hybrid job against the scripted teacher server."""
+"""The scripted teacher used by tests and benchmarks: TextGrad calls get the OpenAI test server's
+default answers; example-rewrite calls get a clearer prompt (optionally one that leaks the answer,
+which the guards must refuse). Served over real HTTP by :class:`OpenAIServer`."""
 from __future__ import annotations
 
 import re
 
 from neurosym.steps.symbolic import REWRITE_SYSTEM, REWRITE_TAGS
-from openai_server import default_responder
-from jobs import write_config
-
-KEY_ENV = "NEUROSYM_TEST_TEACHER_KEY"
+from neurosym.testing.openai_server import default_responder
 
 
 class Teacher:
@@ -29,15 +28,3 @@ class Teacher:
                 hint = f" (It is {nums[-1]}.)" if nums else ""
             return f"{REWRITE_TAGS[0]}Compute carefully: {question} Reply as 'The answer is N.'{hint}{REWRITE_TAGS[1]}"
         return default_responder(messages)
-
-
-def hybrid_config(tmp_path, model_dir, server, name="hybrid", router=None, teacher=None, **sections):
-    teacher_cfg = {"provider": "openai", "model": server.model, "base_url": server.base_url, "api_key_env": KEY_ENV,
-                   "timeout_s": 3.0, "max_retries": 1, "price_per_1k_tokens": {"input": 0.001, "output": 0.002}}
-    teacher_cfg.update(teacher or {})
-    sections.setdefault("symbolic", {}).setdefault("max_new_tokens", 4)
-    sections["symbolic"].setdefault("max_rewrites_per_batch", 2)
-    sections.setdefault("reward", {"kind": "numeric_match"})
-    sections.setdefault("remake", {"mix_ratio": 0.25})
-    return write_config(tmp_path, model_dir, name=name, router=router or {"kind": "alternate", "every": 2},
-                        teacher=teacher_cfg, **sections)

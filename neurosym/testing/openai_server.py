@@ -17,8 +17,8 @@ the key it was given, as a careless server might); an unknown model gets a 404 `
 Every request is recorded in :attr:`OpenAIServer.requests` (the Authorization header itself is not
 kept; ``authorized`` says whether it matched).
 
-Usage: the ``openai_server`` pytest fixture, ``with OpenAIServer() as srv: ...`` from a script, or
-``python tests/openai_server.py --port 8000`` from a shell.
+Usage: the ``openai_server`` pytest fixture (tests/conftest.py), ``with OpenAIServer() as srv: ...``
+from a script, or ``python -m neurosym.testing.openai_server --port 8000`` from a shell.
 """
 from __future__ import annotations
 
@@ -31,11 +31,6 @@ import time
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Optional
-
-try:
-    import pytest
-except ImportError:  # pragma: no cover - plain-script use without pytest installed
-    pytest = None
 
 Responder = Callable[[list[dict]], str]
 FAULTS = ("429", "500", "hang", "malformed", "401")
@@ -318,17 +313,6 @@ class OpenAIServer:
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens},
         }
-
-
-if pytest is not None:
-    @pytest.fixture
-    def openai_server():
-        """A started :class:`OpenAIServer` (key ``.api_key``, model ``.model``); stopped at teardown."""
-        server = OpenAIServer().start()
-        try:
-            yield server
-        finally:
-            server.stop()
 
 
 def main(argv: Optional[list[str]] = None) -> None:
