@@ -6,26 +6,27 @@ from typing import Callable
 from classifiers.base import BATCH_FEATURE_NAMES, ROUTES, BatchStats, Decision, Route, Router
 from classifiers.baselines import Alternate, AlwaysLora, AlwaysSymbolic, PlateauRouter, RandomRouter
 from classifiers.reward_router import RewardRouter
-from neurosym.config import RouterConfig
+from classifiers.config import RouterConfig
 
-# cfg.kind -> factory(cfg, seed)
-ROUTERS: dict[str, Callable[[RouterConfig, int], Router]] = {
-    "always_lora": lambda cfg, seed: AlwaysLora(),
-    "always_symbolic": lambda cfg, seed: AlwaysSymbolic(),
-    "alternate": lambda cfg, seed: Alternate(cfg.every),
-    "plateau": lambda cfg, seed: PlateauRouter(),
-    "random": lambda cfg, seed: RandomRouter(cfg.random_p, seed),
-    "reward_classifier": lambda cfg, seed: RewardRouter(cfg, seed),
+# The router registry: cfg.kind -> factory(cfg, seed, routes). A new router is one module + one line here.
+ROUTERS: dict[str, Callable[[RouterConfig, int, tuple], Router]] = {
+    "always_lora": lambda cfg, seed, routes: AlwaysLora(routes),
+    "always_symbolic": lambda cfg, seed, routes: AlwaysSymbolic(routes),
+    "alternate": lambda cfg, seed, routes: Alternate(cfg.every, routes),
+    "plateau": lambda cfg, seed, routes: PlateauRouter(routes),
+    "random": lambda cfg, seed, routes: RandomRouter(cfg.random_p, seed, routes),
+    "reward_classifier": lambda cfg, seed, routes: RewardRouter(cfg, seed, routes),
 }
 
 
-def make_router(cfg: RouterConfig, seed: int) -> Router:
-    """The router named by ``cfg.kind``, seeded with ``seed``."""
+def make_router(cfg: RouterConfig, seed: int, routes: tuple = ROUTES) -> Router:
+    """The router named by ``cfg.kind``, seeded with ``seed``, choosing among ``routes`` (the first is
+    the default route)."""
     try:
         factory = ROUTERS[cfg.kind]
     except KeyError:
         raise ValueError(f"unknown router.kind {cfg.kind!r}; choose one of {', '.join(ROUTERS)}") from None
-    return factory(cfg, seed)
+    return factory(cfg, seed, tuple(routes))
 
 
 __all__ = ["BATCH_FEATURE_NAMES", "ROUTERS", "ROUTES", "Alternate", "AlwaysLora", "AlwaysSymbolic",

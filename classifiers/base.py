@@ -4,14 +4,14 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Mapping, Optional
 
 import numpy as np
 
 from monitors.signals import Signals
 
-Route = Literal["lora", "symbolic"]
-ROUTES: tuple[Route, Route] = ("lora", "symbolic")
+Route = str  # a name from the orchestrator's update registry
+ROUTES: tuple[Route, ...] = ("lora", "symbolic")  # the default routes; routers take the registry's list
 
 BATCH_FEATURE_NAMES: tuple[str, ...] = (
     "batch_has_loss", "batch_mean_loss", "batch_max_loss", "batch_has_reward", "batch_reward_before",
@@ -90,37 +90,56 @@ class Decision:
 
 
 class Router(ABC):
-    """Base class: counts decisions and forces LoRA whenever the symbolic route is unavailable.
+    """Base class: counts decisions and decides only among the routes that are available.
 
-    Subclasses implement ``_choose`` (called only when symbolic is available) and may override
-    ``learn``, ``_extra_state`` and ``_load_extra_state``.
+    ``routes``: the update kinds to choose from, the first being the default route, always available
+    (the orchestrator passes its update registry's names). Subclasses implement ``_choose`` (called
+    when at least two routes are available, with ``available`` in registry order) and may override
+    ``learn``, ``_extra_state`` and ``_load_extra_state``. ``learns_from_gain`` declares that the
+    router needs the gain of each update (measured by the orchestrator only for such routers).
     """
 
     kind: ClassVar[str] = ""
+    learns_from_gain: ClassVar[bool] = False
 
-    def __init__(self) -> None:
+    def __init__(self, routes: tuple[Route, ...] = ROUTES) -> None:
+        if not routes:
+            raise ValueError("a router needs at least one route")
+        self.routes = tuple(routes)
         self.n_decisions = 0
 
-    def decide(self, signals: Signals, batch: BatchStats) -> Decision:
-        """Pick a route for ``batch``; always "lora" when ``signals.symbolic_available`` is False."""
+    @property
+    def default_route(self) -> Route:
+        return self.routes[0]
+
+    def decide(self, signals: Signals, batch: BatchStats,
+               unavailable: Optional[Mapping[Route, str]] = None) -> Decision:
+        """Pick a route for ``batch`` among the routes not in ``unavailable`` (route -> why). Without
+        ``unavailable``, the symbolic route's availability is read from ``signals``."""
         index = self.n_decisions
         self.n_decisions += 1
-        if not signals.symbolic_available:
-            why = signals.symbolic_unavailable_reason
-            if why is None:
-                left = signals.symbolic_budget_left
-                why = "budget spent" if left is not None and left <= 0 else "not available"
-            return Decision("lora", self._unavailable_features(signals, batch), None, False,
-                            f"symbolic unavailable: {why}", index, self.kind)
-        return self._choose(signals, batch, index)
+        if unavailable is None:
+            unavailable = {}
+            if not signals.symbolic_available and "symbolic" in self.routes:
+                why = signals.symbolic_unavailable_reason
+                if why is None:
+                    left = signals.symbolic_budget_left
+                    why = "budget spent" if left is not None and left <= 0 else "not available"
+                unavailable = {"symbolic": why}
+        available = tuple(r for r in self.routes if r == self.default_route or r not in unavailable)
+        if len(available) == 1:
+            why = "; ".join(f"{r} unavailable: {w}" for r, w in unavailable.items() if r in self.routes)
+            return Decision(self.default_route, self._unavailable_features(signals, batch), None, False,
+                            why or "only one route", index, self.kind)
+        return self._choose(signals, batch, index, available)
 
     def _unavailable_features(self, signals: Signals, batch: BatchStats) -> list[float]:
-        """Features recorded on a forced-LoRA decision (so it can still be learnt from)."""
+        """Features recorded on a forced decision (so it can still be learnt from)."""
         return []
 
     @abstractmethod
-    def _choose(self, signals: Signals, batch: BatchStats, index: int) -> Decision:
-        """Pick a route when both are available."""
+    def _choose(self, signals: Signals, batch: BatchStats, index: int, available: tuple[Route, ...]) -> Decision:
+        """Pick one of ``available`` (at least two routes)."""
 
     def learn(self, decision: Decision, gain: float, cost_usd: float) -> None:
         """Record the realised gain (and USD cost) of a decided update. Baselines ignore it."""

@@ -5,72 +5,79 @@ from typing import Any
 
 import numpy as np
 
-from classifiers.base import BatchStats, Decision, Router
+from classifiers.base import ROUTES, BatchStats, Decision, Router
 from monitors.signals import Signals
 
 
 class AlwaysLora(Router):
-    """Every batch takes a LoRA step."""
+    """Every batch takes the default route (a LoRA step)."""
 
     kind = "always_lora"
 
-    def _choose(self, signals: Signals, batch: BatchStats, index: int) -> Decision:
-        return Decision("lora", reason="always lora", index=index, router=self.kind)
+    def _choose(self, signals: Signals, batch: BatchStats, index: int, available) -> Decision:
+        return Decision(self.default_route, reason=f"always {self.default_route}", index=index, router=self.kind)
 
 
 class AlwaysSymbolic(Router):
-    """Every batch takes a symbolic update (while one is available)."""
+    """Every batch takes the first non-default route (the symbolic update) while one is available."""
 
     kind = "always_symbolic"
 
-    def _choose(self, signals: Signals, batch: BatchStats, index: int) -> Decision:
-        return Decision("symbolic", reason="always symbolic", index=index, router=self.kind)
+    def _choose(self, signals: Signals, batch: BatchStats, index: int, available) -> Decision:
+        return Decision(available[1], reason=f"always {available[1]}", index=index, router=self.kind)
 
 
 class Alternate(Router):
-    """A symbolic update on every ``every``-th batch (batches every, 2*every, ... counting from 1)."""
+    """A non-default update on every ``every``-th batch (batches every, 2*every, ... counting from 1),
+    cycling through the available non-default routes; the default route otherwise."""
 
     kind = "alternate"
 
-    def __init__(self, every: int) -> None:
-        super().__init__()
+    def __init__(self, every: int, routes=ROUTES) -> None:
+        super().__init__(routes)
         if every < 1:
             raise ValueError(f"every must be >= 1 (got {every})")
         self.every = int(every)
 
-    def _choose(self, signals: Signals, batch: BatchStats, index: int) -> Decision:
+    def _choose(self, signals: Signals, batch: BatchStats, index: int, available) -> Decision:
         if (index + 1) % self.every == 0:
-            return Decision("symbolic", reason=f"batch {index + 1} is a multiple of {self.every}",
+            others = available[1:]
+            route = others[((index + 1) // self.every - 1) % len(others)]
+            return Decision(route, reason=f"batch {index + 1} is a multiple of {self.every}",
                             index=index, router=self.kind)
-        return Decision("lora", reason=f"symbolic every {self.every} batches", index=index, router=self.kind)
+        return Decision(self.default_route, reason=f"{available[1]} every {self.every} batches",
+                        index=index, router=self.kind)
 
 
 class PlateauRouter(Router):
-    """Symbolic while the plateau monitor is on, LoRA otherwise."""
+    """The first non-default route (symbolic) while the plateau monitor is on, the default otherwise."""
 
     kind = "plateau"
 
-    def _choose(self, signals: Signals, batch: BatchStats, index: int) -> Decision:
+    def _choose(self, signals: Signals, batch: BatchStats, index: int, available) -> Decision:
         if signals.plateau:
-            return Decision("symbolic", reason="loss plateau", index=index, router=self.kind)
-        return Decision("lora", reason="no plateau", index=index, router=self.kind)
+            return Decision(available[1], reason="loss plateau", index=index, router=self.kind)
+        return Decision(self.default_route, reason="no plateau", index=index, router=self.kind)
 
 
 class RandomRouter(Router):
-    """Symbolic with probability ``p``, from its own seeded generator (saved in the state)."""
+    """A non-default route with probability ``p`` (split evenly among the available ones), from its
+    own seeded generator (saved in the state)."""
 
     kind = "random"
 
-    def __init__(self, p: float, seed: int) -> None:
-        super().__init__()
+    def __init__(self, p: float, seed: int, routes=ROUTES) -> None:
+        super().__init__(routes)
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"p must be in [0, 1] (got {p})")
         self.p = float(p)
         self.rng = np.random.default_rng(seed)
 
-    def _choose(self, signals: Signals, batch: BatchStats, index: int) -> Decision:
-        route = "symbolic" if self.rng.random() < self.p else "lora"
-        return Decision(route, explored=True, reason=f"random (p_symbolic={self.p})", index=index,
+    def _choose(self, signals: Signals, batch: BatchStats, index: int, available) -> Decision:
+        draw = self.rng.random()
+        others = available[1:]
+        route = others[min(int(draw / self.p * len(others)), len(others) - 1)] if draw < self.p else available[0]
+        return Decision(route, explored=True, reason=f"random (p_non_default={self.p})", index=index,
                         router=self.kind)
 
     def _extra_state(self) -> dict[str, Any]:

@@ -4,11 +4,12 @@ Features = ``Signals.as_features()`` + ``BatchStats.as_features()`` + the batch 
 bag of words (``HashingVectorizer``, no vocabulary to fit), averaged over the batch. A shared
 ``StandardScaler`` (``partial_fit``) normalises them (scaled values clipped to +-``clip``), and one
 ``SGDRegressor`` per route (``partial_fit``, one sample per learnt decision) predicts the route's
-gain. The symbolic route's utility is its predicted gain minus ``cost_weight`` times the running
-mean of observed symbolic costs (USD). Exploration: the first ``warmup`` decisions alternate
-lora/symbolic, a route never learnt from is tried next, then epsilon-greedy with
-``epsilon_n = max(epsilon_min, epsilon * epsilon_decay**n)`` (an exploring decision takes the
-route the model would *not* pick). All randomness comes from one seeded numpy Generator.
+gain. Each route's utility is its predicted gain minus ``cost_weight`` times the running mean of
+its observed costs (USD). It handles any number of routes (the orchestrator's update registry).
+Exploration: during the first ``warmup`` decisions the least-tried available route is taken, then a
+route never learnt from, then epsilon-greedy with ``epsilon_n = max(epsilon_min, epsilon *
+epsilon_decay**n)`` (an exploring decision takes a random route other than the one the model would
+pick). All randomness comes from one seeded numpy Generator.
 
 The state is plain JSON: estimator arrays as lists, the generator's ``bit_generator.state``.
 """
@@ -24,21 +25,18 @@ from sklearn.preprocessing import StandardScaler
 
 from classifiers.base import BATCH_FEATURE_NAMES, ROUTES, BatchStats, Decision, Route, Router
 from monitors.signals import FEATURE_NAMES, Signals
-from neurosym.config import RouterConfig
-
-
-def _other(route: Route) -> Route:
-    return "symbolic" if route == "lora" else "lora"
+from classifiers.config import RouterConfig
 
 
 class RewardRouter(Router):
-    """Cost-aware contextual epsilon-greedy bandit over the two routes (see module docstring)."""
+    """Cost-aware contextual epsilon-greedy bandit over the routes (see module docstring)."""
 
     kind = "reward_classifier"
+    learns_from_gain = True
 
-    def __init__(self, cfg: RouterConfig, seed: int, *, eta0: float = 0.01, alpha: float = 1e-4,
-                 clip: float = 5.0) -> None:
-        super().__init__()
+    def __init__(self, cfg: RouterConfig, seed: int, routes: tuple[Route, ...] = ROUTES, *, eta0: float = 0.01,
+                 alpha: float = 1e-4, clip: float = 5.0) -> None:
+        super().__init__(routes)
         self.cfg = cfg
         self.seed = int(seed)
         self.eta0 = float(eta0)
@@ -50,12 +48,14 @@ class RewardRouter(Router):
             FEATURE_NAMES + BATCH_FEATURE_NAMES + tuple(f"text_hash_{i}" for i in range(cfg.hash_features)))
         self.rng = np.random.default_rng(seed)
         self.scaler = StandardScaler()
-        self.regressors: dict[str, SGDRegressor] = {r: self._new_regressor() for r in ROUTES}
-        self.n_learned: dict[str, int] = {r: 0 for r in ROUTES}
-        self.n_model_decisions = 0  # decisions made with both routes available
+        self.regressors: dict[str, SGDRegressor] = {r: self._new_regressor() for r in self.routes}
+        self.n_learned: dict[str, int] = {r: 0 for r in self.routes}
+        self.n_tried: dict[str, int] = {r: 0 for r in self.routes}  # decisions that chose each route
+        self.n_model_decisions = 0  # decisions made with at least two routes available
         self.n_skipped = 0  # learn() calls with a non-finite gain
-        self.cost_n = 0
-        self.cost_mean = 0.0
+        self.cost_n: dict[str, int] = {r: 0 for r in self.routes}
+        self.cost_mean: dict[str, float] = {r: 0.0 for r in self.routes}
+        self.gains: list[float] = []  # the first gains learnt (up to warm-up), to tell a flat signal
 
     # ------------------------------------------------------------------ features and predictions
 
@@ -76,31 +76,36 @@ class RewardRouter(Router):
         return np.clip(self.scaler.transform(x.reshape(1, -1)), -self.clip, self.clip)
 
     def predict(self, features: np.ndarray | list[float]) -> dict[str, float] | None:
-        """Predicted gain of each route for these raw features; None until both routes were learnt."""
+        """Predicted gain of each route for these raw features; None until every route was learnt."""
         if min(self.n_learned.values()) == 0:
             return None
         xs = self._scale(np.asarray(features, dtype=np.float64))
-        return {r: float(self.regressors[r].predict(xs)[0]) for r in ROUTES}
+        return {r: float(self.regressors[r].predict(xs)[0]) for r in self.routes}
 
     def utilities(self, predicted: dict[str, float]) -> dict[str, float]:
-        """Utility per route: predicted gain, minus ``cost_weight * expected_cost`` for symbolic."""
-        return {"lora": predicted["lora"],
-                "symbolic": predicted["symbolic"] - self.cfg.cost_weight * self.expected_cost}
+        """Utility per route: predicted gain minus ``cost_weight`` times the route's expected cost."""
+        return {r: g - self.cfg.cost_weight * self.cost_mean[r] for r, g in predicted.items()}
 
-    def _best(self, predicted: dict[str, float]) -> Route:
+    def _best(self, predicted: dict[str, float], among: tuple[Route, ...] | None = None) -> Route:
         u = self.utilities(predicted)
-        return "symbolic" if u["symbolic"] > u["lora"] else "lora"
+        among = among or self.routes
+        return max(among, key=lambda r: (u[r], -among.index(r)))  # ties go to the earlier (cheaper) route
 
     def greedy_route(self, features: np.ndarray | list[float]) -> Route | None:
         """The route the model would pick for these raw features, without exploring or counting
-        a decision; None until both routes were learnt."""
+        a decision; None until every route was learnt."""
         predicted = self.predict(features)
         return None if predicted is None else self._best(predicted)
 
     @property
     def expected_cost(self) -> float:
         """Running mean of the observed USD cost of a symbolic update (0 before any)."""
-        return self.cost_mean
+        return self.cost_mean.get("symbolic", 0.0)
+
+    @property
+    def flat_gains(self) -> bool:
+        """True when every gain learnt during warm-up was the same (no signal to learn from)."""
+        return len(self.gains) >= max(self.cfg.warmup, 2) and max(self.gains) - min(self.gains) < 1e-12
 
     @property
     def epsilon(self) -> float:
@@ -113,7 +118,7 @@ class RewardRouter(Router):
     def _unavailable_features(self, signals: Signals, batch: BatchStats) -> list[float]:
         return self.features(signals, batch).tolist()
 
-    def _choose(self, signals: Signals, batch: BatchStats, index: int) -> Decision:
+    def _choose(self, signals: Signals, batch: BatchStats, index: int, available: tuple[Route, ...]) -> Decision:
         x = self.features(signals, batch)
         feats = x.tolist()
         eps = self.epsilon
@@ -123,36 +128,43 @@ class RewardRouter(Router):
         predicted = self.predict(x)
 
         def decision(route: Route, explored: bool, reason: str) -> Decision:
+            self.n_tried[route] += 1
             return Decision(route, feats, predicted, explored, reason, index, self.kind)
 
         if m < self.cfg.warmup:
-            route = ROUTES[m % 2]
-            return decision(route, True, f"warm-up {m + 1}/{self.cfg.warmup}")
-        untried = [r for r in ROUTES if self.n_learned[r] == 0]
+            route = min(available, key=lambda r: (self.n_tried[r], available.index(r)))
+            return decision(route, True, f"warm-up {m + 1}/{self.cfg.warmup}: least-tried route")
+        untried = [r for r in available if self.n_learned[r] == 0]
         if untried:
             return decision(untried[0], True, f"{untried[0]} never learnt from yet")
         assert predicted is not None
-        penalty = self.cfg.cost_weight * self.expected_cost
-        best = self._best(predicted)
-        summary = (f"gain lora {predicted['lora']:.4g}, symbolic {predicted['symbolic']:.4g} "
-                   f"- cost {penalty:.4g}")
+        best = self._best(predicted, available)
+        summary = ", ".join(f"{r} {predicted[r]:.4g}" + (f" - cost {self.cfg.cost_weight * self.cost_mean[r]:.4g}"
+                                                       if self.cost_mean[r] else "") for r in available)
         if draw < eps:
-            return decision(_other(best), True, f"explore (epsilon={eps:.3g}); best was {best}: {summary}")
-        return decision(best, False, f"best utility: {summary}")
+            others = [r for r in available if r != best]
+            route = others[0] if len(others) == 1 else others[int(self.rng.integers(len(others)))]
+            return decision(route, True, f"explore (epsilon={eps:.3g}); best was {best}: gain {summary}")
+        return decision(best, False, f"best utility: gain {summary}")
 
     def learn(self, decision: Decision, gain: float, cost_usd: float) -> None:
         """Fit the decided route's regressor on (features, gain); track symbolic cost."""
         if len(decision.features) != self.n_features:
             raise ValueError(f"decision has {len(decision.features)} features, this router uses "
                              f"{self.n_features} (was it made by another router?)")
+        route = decision.route
+        if route not in self.regressors:
+            raise ValueError(f"decision for route {route!r}; this router knows {', '.join(self.routes)}")
         cost = float(cost_usd)
-        if decision.route == "symbolic" and math.isfinite(cost):
-            self.cost_n += 1
-            self.cost_mean += (cost - self.cost_mean) / self.cost_n
+        if math.isfinite(cost):
+            self.cost_n[route] += 1
+            self.cost_mean[route] += (cost - self.cost_mean[route]) / self.cost_n[route]
         gain = float(gain)
         if not math.isfinite(gain):
             self.n_skipped += 1
             return
+        if len(self.gains) < max(self.cfg.warmup, 2):
+            self.gains.append(gain)
         x = np.asarray(decision.features, dtype=np.float64).reshape(1, -1)
         self.scaler.partial_fit(x)
         self.regressors[decision.route].partial_fit(self._scale(x[0]), np.asarray([gain]))
@@ -175,20 +187,25 @@ class RewardRouter(Router):
             regs[route] = None if getattr(reg, "coef_", None) is None else {
                 "coef": reg.coef_.tolist(), "intercept": reg.intercept_.tolist(),
                 "t": float(reg.t_), "n_iter": int(reg.n_iter_)}
-        return {"n_features": self.n_features, "n_model_decisions": self.n_model_decisions,
-                "n_learned": dict(self.n_learned), "n_skipped": self.n_skipped,
-                "cost": {"n": self.cost_n, "mean": self.cost_mean},
+        return {"n_features": self.n_features, "routes": list(self.routes),
+                "n_model_decisions": self.n_model_decisions, "n_learned": dict(self.n_learned),
+                "n_tried": dict(self.n_tried), "n_skipped": self.n_skipped, "gains": list(self.gains),
+                "cost": {"n": dict(self.cost_n), "mean": dict(self.cost_mean)},
                 "rng": self.rng.bit_generator.state, "scaler": scaler, "regressors": regs}
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
         if int(state["n_features"]) != self.n_features:
             raise ValueError(f"router state has {state['n_features']} features, this router uses "
                              f"{self.n_features} (router.hash_features changed?)")
+        if list(state.get("routes", ROUTES)) != list(self.routes):
+            raise ValueError(f"router state is for routes {state.get('routes')}, this run has {list(self.routes)}")
         self.n_model_decisions = int(state["n_model_decisions"])
-        self.n_learned = {r: int(state["n_learned"][r]) for r in ROUTES}
+        self.n_learned = {r: int(state["n_learned"][r]) for r in self.routes}
+        self.n_tried = {r: int(state["n_tried"][r]) for r in self.routes}
         self.n_skipped = int(state["n_skipped"])
-        self.cost_n = int(state["cost"]["n"])
-        self.cost_mean = float(state["cost"]["mean"])
+        self.gains = [float(g) for g in state["gains"]]
+        self.cost_n = {r: int(state["cost"]["n"][r]) for r in self.routes}
+        self.cost_mean = {r: float(state["cost"]["mean"][r]) for r in self.routes}
         self.rng = np.random.default_rng()
         self.rng.bit_generator.state = state["rng"]
         self.scaler = StandardScaler()
@@ -199,7 +216,7 @@ class RewardRouter(Router):
             self.scaler.scale_ = np.asarray(s["scale"], dtype=np.float64)
             self.scaler.n_samples_seen_ = np.int64(s["n_samples_seen"])
             self.scaler.n_features_in_ = self.n_features
-        for route in ROUTES:
+        for route in self.routes:
             reg = self._new_regressor()
             r = state["regressors"][route]
             if r is not None:

@@ -8,7 +8,7 @@ from monitors.grad_norm import GradNormMonitor
 from monitors.loss_slope import LossSlope
 from monitors.plateau import PlateauDetector
 from monitors.signals import Signals
-from neurosym.config import MonitorsConfig
+from monitors.config import MonitorsConfig
 
 Route = Literal["lora", "symbolic"]
 

@@ -1,6 +1,9 @@
-"""Where each batch comes from: the training file (resumable epoch sampler) plus, once the symbolic
-route has produced some, refined examples from the remake store (``remake.mix_ratio`` of the batch)."""
+"""Where each batch comes from: a failed update's batch first (it takes a LoRA step instead), else
+the training data (resumable epoch sampler) plus, once the symbolic route has produced some, refined
+examples from the remake store (``remake.mix_ratio`` of the batch). All of it is in the checkpoint."""
 from __future__ import annotations
+
+from typing import Optional
 
 import numpy as np
 
@@ -13,20 +16,28 @@ class BatchSource:
         self.sampler = EpochSampler(len(train), seed)
         self.rng = np.random.default_rng([seed, 0x5EED])
         self.refined: list[Example] = []
+        self.fallbacks: list[tuple[list[Example], str]] = []  # (batch, why its update failed)
 
     def add_refined(self, examples: list[Example]) -> None:
         self.refined.extend(examples)
 
-    def next(self) -> list[Example]:
+    def push_fallback(self, batch: list[Example], why: str) -> None:
+        self.fallbacks.append((list(batch), why))
+
+    def next(self) -> tuple[list[Example], Optional[str]]:
+        """The next batch, and why it is a fallback (None for a fresh batch)."""
+        if self.fallbacks:
+            return self.fallbacks.pop(0)
         k = min(self.per_step - 1, round(self.mix_ratio * self.per_step)) if self.refined else 0
         batch = [self.train[i] for i in self.sampler.take(self.per_step - k)]
         if k:
             batch += [self.refined[int(j)] for j in self.rng.integers(len(self.refined), size=k)]
-        return batch
+        return batch, None
 
     def state_dict(self) -> dict:
         return {"sampler": self.sampler.state_dict(), "rng": self.rng.bit_generator.state,
-                "n_refined": len(self.refined)}
+                "n_refined": len(self.refined),
+                "fallbacks": [{"batch": [ex.to_state() for ex in b], "why": why} for b, why in self.fallbacks]}
 
     def load_state_dict(self, state: dict, refined: list[Example]) -> None:
         """``refined`` is the store's content at the checkpoint (rows written later are discarded)."""
@@ -36,3 +47,4 @@ class BatchSource:
         self.sampler.load_state_dict(state["sampler"])
         self.rng.bit_generator.state = state["rng"]
         self.refined = list(refined)
+        self.fallbacks = [([Example.from_state(e) for e in f["batch"]], f["why"]) for f in state["fallbacks"]]

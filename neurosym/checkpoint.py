@@ -1,15 +1,18 @@
-"""Atomic checkpoints: ``checkpoints/step-N/`` appears complete or not at all.
+"""Atomic, verified checkpoints: ``checkpoints/step-N/`` appears complete or not at all.
 
 Layout of one checkpoint::
 
     adapter_model.safetensors, adapter_config.json   PEFT format (PeftModel.from_pretrained loads it)
-    optimizer.{json,safetensors}  scheduler.json      no pickle
-    rng.{json,safetensors}                            python, numpy, torch, cuda
-    state.json                                        the TrainState, whole
-    COMPLETE                                          written last; resume ignores a folder without it
+    README.md                                        PEFT model card, with the learned system prompt
+    optimizer.{json,safetensors}                     no pickle
+    rng.{json,safetensors}                           python, numpy, torch, cuda
+    state.json                                       the TrainState, whole (counters + every component)
+    COMPLETE                                         written last; resume ignores a folder without it
 
-It is written into ``checkpoints/.tmp-step-N`` and renamed into place, so a crash at any moment
-leaves either the previous checkpoints or the new one, never a half-written folder that resume picks.
+It is written into ``checkpoints/.tmp-step-N-<pid>`` and renamed into place, so a crash at any
+moment leaves either the previous checkpoints or the new one. Before a resume uses a checkpoint,
+every file is read and parsed (:func:`read_checkpoint`); a damaged one is skipped, with a message,
+for the newest intact one.
 """
 from __future__ import annotations
 
@@ -18,10 +21,11 @@ import logging
 import os
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from neurosym.io import _fsync_dir, atomic_write_json, atomic_write_text
+from neurosym.io import _fsync_dir, atomic_write_text
 from neurosym.rng import rng_state, set_rng_state
 from neurosym.serialization import load_tree, save_tree
 from neurosym.state import TrainState
@@ -29,6 +33,12 @@ from neurosym.state import TrainState
 log = logging.getLogger(__name__)
 MARKER = "COMPLETE"
 _STEP = re.compile(r"^step-(\d+)$")
+FILES = ("adapter_model.safetensors", "adapter_config.json", "optimizer.json", "optimizer.safetensors",
+         "rng.json", "rng.safetensors", "state.json", MARKER)
+
+
+class CheckpointDamaged(RuntimeError):
+    pass
 
 
 def checkpoints_dir(run_dir: Path) -> Path:
@@ -66,17 +76,19 @@ def find_checkpoint(run_dir: Path, name: Optional[str]) -> Path:
     return ckpt
 
 
-def save_checkpoint(run_dir: Path, model, optimizer, scheduler, state: TrainState, keep_last_n: int) -> Path:
+def save_checkpoint(run_dir: Path, model, optimizer, state: TrainState, keep_last_n: int,
+                    model_card: str = "") -> Path:
     root = checkpoints_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{state.step}"
     tmp = root / f".tmp-step-{state.step}-{os.getpid()}"
     if tmp.exists():
-        shutil.rmtree(tmp)
+        shutil.rmtree(tmp)  # our own leftover (same pid)
     tmp.mkdir()
     model.save_pretrained(str(tmp))
+    if model_card:
+        atomic_write_text(tmp / "README.md", model_card)
     save_tree(optimizer.state_dict(), tmp / "optimizer")
-    atomic_write_json(tmp / "scheduler.json", scheduler.state_dict())
     save_tree(rng_state(), tmp / "rng")
     state.save(tmp / "state.json")
     atomic_write_text(tmp / MARKER, f"step {state.step}\n")
@@ -98,25 +110,56 @@ def _prune(run_dir: Path, keep_last_n: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
     for junk in checkpoints_dir(run_dir).glob(".tmp-step-*"):
         if not junk.name.endswith(f"-{os.getpid()}"):
-            shutil.rmtree(junk, ignore_errors=True)  # left by a crashed save
+            shutil.rmtree(junk, ignore_errors=True)  # left by a crashed save of ours
 
 
-def load_adapter_weights(model, ckpt: Path) -> None:
-    from peft import set_peft_model_state_dict
+@dataclass
+class LoadedCheckpoint:
+    path: Path
+    adapter: dict
+    optimizer: dict
+    rng: dict
+    state: TrainState
+
+
+def read_checkpoint(ckpt: Path, device: str = "cpu") -> LoadedCheckpoint:
+    """Read and parse every file of a checkpoint; :class:`CheckpointDamaged` says what is wrong."""
     from safetensors.torch import load_file
 
-    weights = load_file(str(ckpt / "adapter_model.safetensors"), device=str(next(model.parameters()).device))
-    result = set_peft_model_state_dict(model, weights)
-    missing = [k for k in getattr(result, "unexpected_keys", [])]
+    missing = [f for f in FILES if not (ckpt / f).is_file()]
     if missing:
-        raise RuntimeError(f"{ckpt}: adapter has keys the model does not: {missing[:3]}...")
+        raise CheckpointDamaged(f"{ckpt}: missing {', '.join(missing)}")
+    try:
+        json.loads((ckpt / "adapter_config.json").read_text())
+        adapter = load_file(str(ckpt / "adapter_model.safetensors"), device=device)
+        optimizer = load_tree(ckpt / "optimizer")
+        rng = load_tree(ckpt / "rng")
+        state = TrainState.load(ckpt / "state.json")
+    except Exception as exc:  # any parse error of any file: this checkpoint is unusable
+        raise CheckpointDamaged(f"{ckpt}: {type(exc).__name__}: {str(exc)[:200]}") from None
+    if not isinstance(state.step, int) or ckpt.name != f"step-{state.step}":
+        raise CheckpointDamaged(f"{ckpt}: state.json says step {state.step!r}")
+    return LoadedCheckpoint(ckpt, adapter, optimizer, rng, state)
 
 
-def restore_checkpoint(ckpt: Path, model, optimizer, scheduler) -> TrainState:
-    """Load everything back; the caller checks the result against state.json."""
-    load_adapter_weights(model, ckpt)
+def newest_intact_checkpoint(run_dir: Path, device: str = "cpu", warn=print) -> Optional[LoadedCheckpoint]:
+    """The newest checkpoint that reads back whole; each damaged newer one is reported and skipped."""
+    for ckpt in reversed(complete_checkpoints(run_dir)):
+        try:
+            return read_checkpoint(ckpt, device)
+        except CheckpointDamaged as exc:
+            warn(f"warning: skipping damaged checkpoint {exc}")
+    return None
+
+
+def apply_checkpoint(loaded: LoadedCheckpoint, model, optimizer) -> None:
+    """Put a read checkpoint's adapter weights, optimizer state and RNG states in place."""
+    from peft import set_peft_model_state_dict
+
+    result = set_peft_model_state_dict(model, loaded.adapter)
+    unexpected = list(getattr(result, "unexpected_keys", []))
+    if unexpected:
+        raise CheckpointDamaged(f"{loaded.path}: adapter has keys the model does not: {unexpected[:3]}")
     # On CPU: load_state_dict moves each state tensor to its parameter's device (keeps `step` on CPU).
-    optimizer.load_state_dict(load_tree(ckpt / "optimizer"))
-    scheduler.load_state_dict(json.loads((ckpt / "scheduler.json").read_text()))
-    set_rng_state(load_tree(ckpt / "rng"))
-    return TrainState.load(ckpt / "state.json")
+    optimizer.load_state_dict(loaded.optimizer)
+    set_rng_state(loaded.rng)

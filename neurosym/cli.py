@@ -1,4 +1,8 @@
-"""The `neurosym` command line. Each verb is a thin wrapper over a library function."""
+"""neurosym: fine-tune a language model batch by batch with either a LoRA/QLoRA gradient step or a
+symbolic update (TextGrad rewrites the prompt with a teacher LLM's feedback), chosen by a router
+that learns which pays. Also: export refined data, compose trained adapters, compiled networks.
+
+Each verb is a thin wrapper over a library function and imports only what it runs."""
 from __future__ import annotations
 
 import argparse
@@ -7,11 +11,19 @@ import logging
 import sys
 from pathlib import Path
 
+from neurosym.errors import UserError, is_user_error
+
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 
-
-class UserError(Exception):
-    """Bad input from the user: printed as one message, exit code 2."""
+# What `neurosym resume RUN --set KEY=VALUE` may change (and applies); anything else is refused,
+# because it would make the checkpoint describe another job. Prefixes end with a dot.
+RESUME_CHANGEABLE = (
+    "train.max_steps", "train.epochs", "train.lr", "train.scheduler", "train.warmup", "train.warmup_ratio",
+    "train.max_grad_norm", "train.eval_every", "train.save_every", "train.keep_last_n", "train.log_every",
+    "train.early_stopping_patience", "train.early_stopping_metric", "train.early_stopping_min_delta",
+    "tracking.", "teacher.", "symbolic.on_teacher_down", "symbolic.down_after_failures", "symbolic.down_for_steps",
+    "symbolic.max_inflight",
+)
 
 
 def _parser(sub, name: str, help: str, example: str, **kw) -> argparse.ArgumentParser:
@@ -24,15 +36,26 @@ def _load(config: str, overrides=(), check_files: bool = True):
     return load_config(config, overrides or (), check_files=check_files)
 
 
-def _run_config(run_dir: str, check_files: bool = True):
-    """The saved config of a run directory (``check_files=False``: its data files may be gone)."""
+def _run_config(run_dir: str, check_files: bool = True, overrides=()):
+    """The saved config of a run directory, anchored where the directory is now (it may have been
+    moved or copied: a verb acts on RUN, never on the path recorded inside it)."""
     path = Path(run_dir) / "config.yaml"
-    if not path.exists():
+    if not path.is_file():
         raise UserError(f"{run_dir} is not a run directory (no config.yaml); pass runs/<name>")
-    cfg = _load(str(path), check_files=check_files)
-    # The saved config may have been moved with its run directory: trust where it is now.
+    cfg = _load(str(path), overrides, check_files=check_files)
     return cfg.model_copy(update={"run": cfg.run.model_copy(
         update={"output_dir": str(Path(run_dir).parent), "name": Path(run_dir).name})})
+
+
+def _resume_keys(overrides) -> list[str]:
+    keys = [item.split("=", 1)[0].strip() for item in overrides]
+    refused = [k for k in keys if not any(k == c or (c.endswith(".") and k.startswith(c)) for c in RESUME_CHANGEABLE)]
+    if refused:
+        raise UserError(f"a resume cannot change {', '.join(refused)}: the checkpoint belongs to the job as it "
+                        f"was configured. Keys a resume may change: {', '.join(RESUME_CHANGEABLE)} "
+                        f"(a trailing dot means the whole section). To change others, start a new run "
+                        f"(--set run.name=<new>).")
+    return keys
 
 
 # ---------------------------------------------------------------------------------------- verbs
@@ -40,27 +63,25 @@ def _run_config(run_dir: str, check_files: bool = True):
 def cmd_train(args) -> int:
     from neurosym.train import train
     cfg = _load(args.config, args.set)
-    outcome = train(cfg, resume=args.resume, quiet=args.quiet)
+    outcome = train(cfg, resume=args.resume, quiet=args.quiet, changed_keys=_resume_keys(args.set) if args.resume else ())
     return _report(outcome)
 
 
 def cmd_resume(args) -> int:
     from neurosym.train import train
-    cfg = _run_config(args.run_dir)
-    if args.set:
-        from neurosym.config import load_config
-        cfg = load_config(Path(args.run_dir) / "config.yaml", args.set)
-    outcome = train(cfg, resume=True, quiet=args.quiet)
+    keys = _resume_keys(args.set)  # refused before anything is read or written
+    cfg = _run_config(args.run_dir, overrides=args.set)
+    if not (Path(args.run_dir) / "events.jsonl").exists():
+        raise UserError(f"{args.run_dir} holds no run yet (no events.jsonl); start it with neurosym train CONFIG")
+    outcome = train(cfg, resume=True, quiet=args.quiet, changed_keys=keys)
     return _report(outcome)
 
 
 def _report(outcome) -> int:
-    s = outcome.state
     if outcome.interrupted:
         return EXIT_INTERRUPTED
-    loss = f", eval loss {outcome.final_eval_loss:.4f}" if outcome.final_eval_loss is not None else ""
-    print(f"done: {s.step} steps ({s.lora_steps} LoRA, {s.symbolic_steps} symbolic){loss}; "
-          f"run directory {outcome.run_dir}")
+    from neurosym.summary import summary_lines
+    print("\n".join(summary_lines(outcome.run_dir, outcome.state, outcome.stop_reason)))
     return 0
 
 
@@ -125,10 +146,12 @@ def cmd_merge(args) -> int:
 # ---------------------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="neurosym", description=__doc__ or "",
+    from neurosym import __version__
+    p = argparse.ArgumentParser(prog="neurosym", description=(__doc__ or "").split("\n\nEach verb")[0],
                                 epilog="example:\n  neurosym train experiments/tiny.yaml",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--version", action="version", version=f"neurosym {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -201,15 +224,16 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    from neurosym.errors import USER_ERRORS
     try:
         return args.func(args)
-    except (UserError, *USER_ERRORS) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
     except KeyboardInterrupt:
         print("aborted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as exc:
+        if not is_user_error(exc):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

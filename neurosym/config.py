@@ -14,25 +14,37 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from classifiers.config import RouterConfig
+from neurosym.errors import UserError
+from monitors.config import MonitorsConfig
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A configuration problem a user can fix; the message says what, where and how."""
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # inf/nan are refused everywhere: `lr: .inf` must fail here, not end a run with NaN weights
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class RunConfig(_Section):
     name: str = Field("run", description="Run name; the run directory is <output_dir>/<name>.")
     output_dir: str = Field("runs", description="Parent folder of run directories (relative to the cwd).")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)
 
     @field_validator("name")
     @classmethod
     def _safe_name(cls, v: str) -> str:
-        if not v or "/" in v or v in {".", ".."}:
-            raise ValueError("run.name must be a plain folder name (no '/')")
+        if not v or "/" in v or "\\" in v or v in {".", ".."} or any(ord(c) < 32 for c in v):
+            raise ValueError("run.name must be a plain folder name (no '/', no control characters)")
+        return v
+
+    @field_validator("output_dir")
+    @classmethod
+    def _safe_dir(cls, v: str) -> str:
+        if not v or "\0" in v:
+            raise ValueError("run.output_dir must be a folder path")
         return v
 
 
@@ -48,7 +60,7 @@ class LoraConfig(_Section):
     r: int = Field(8, gt=0)
     alpha: float = Field(16, gt=0)
     dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: Union[Literal["all-linear"], list[str]] = "all-linear"
+    target_modules: Union[Literal["all-linear"], list[str]] = Field("all-linear", min_length=1)
 
 
 class DataFields(_Section):
@@ -76,22 +88,31 @@ class DataConfig(_Section):
 class TrainConfig(_Section):
     batch_size: int = Field(4, gt=0)
     grad_accum: int = Field(1, gt=0)
-    lr: float = Field(2e-4, gt=0)
+    lr: float = Field(2e-4, gt=0, le=1.0)
+    optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"] = Field(
+        "adamw", description="The 8-bit and paged variants are bitsandbytes' (CUDA only).")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward (less memory).")
     weight_decay: float = Field(0.0, ge=0)
     scheduler: Literal["constant", "linear", "cosine"] = "cosine"
     warmup: int = Field(0, ge=0, description="Warm-up steps (optimizer steps).")
-    max_steps: Optional[int] = Field(None, gt=0)
-    epochs: Optional[float] = Field(None, gt=0)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Warm-up as a share of all steps (if warmup is 0).")
+    max_steps: Optional[int] = Field(None, gt=0, le=10**9)
+    epochs: Optional[float] = Field(None, gt=0, le=10**6)
     max_grad_norm: Optional[float] = Field(1.0, gt=0, description="Clip threshold; null disables clipping.")
     eval_every: int = Field(0, ge=0, description="0 = only at the end.")
     save_every: int = Field(50, ge=0, description="0 = only at the end (and on Ctrl-C).")
     keep_last_n: int = Field(3, gt=0)
     log_every: int = Field(10, gt=0, description="Progress lines in non-interactive mode.")
+    early_stopping_patience: int = Field(0, ge=0, description="Stop after N evaluations without improvement; 0 = off.")
+    early_stopping_metric: Literal["eval_loss", "eval_reward"] = "eval_loss"
+    early_stopping_min_delta: float = Field(0.0, ge=0)
 
     @model_validator(mode="after")
     def _steps_or_epochs(self):
         if (self.max_steps is None) == (self.epochs is None):
             raise ValueError("set exactly one of train.max_steps and train.epochs")
+        if self.warmup and self.warmup_ratio:
+            raise ValueError("set train.warmup (steps) or train.warmup_ratio, not both")
         return self
 
 
@@ -143,32 +164,16 @@ class SymbolicConfig(_Section):
     rewrite_examples: bool = True
     max_rewrites_per_batch: int = Field(4, ge=0)
     max_new_tokens: int = Field(32, gt=0, description="Student generation length during symbolic updates.")
+    on_teacher_down: Literal["continue", "stop"] = Field(
+        "continue", description="When the teacher refuses for good (401/403/404) mid-run: go on with LoRA only, or stop.")
+    down_after_failures: int = Field(3, gt=0, description="Consecutive teacher failures that pause the route.")
+    down_for_steps: int = Field(20, gt=0, description="Steps the route stays paused.")
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
 
 class RemakeConfig(_Section):
     mix_ratio: float = Field(0.25, ge=0, le=1, description="Share of each LoRA batch drawn from refined examples.")
-
-
-class RouterConfig(_Section):
-    kind: Literal["always_lora", "always_symbolic", "alternate", "reward_classifier", "plateau", "random"] = "always_lora"
-    every: int = Field(4, gt=0, description="alternate: a symbolic update every N batches.")
-    epsilon: float = Field(0.2, ge=0, le=1, description="Initial exploration rate.")
-    epsilon_decay: float = Field(0.98, gt=0, le=1)
-    epsilon_min: float = Field(0.02, ge=0, le=1)
-    warmup: int = Field(4, ge=0, description="Decisions that try both routes before the model is trusted.")
-    cost_weight: float = Field(1.0, ge=0, description="lambda in utility = gain - lambda * cost_usd.")
-    random_p: float = Field(0.5, ge=0, le=1, description="random: probability of the symbolic route.")
-    hash_features: int = Field(64, gt=0, description="Width of the hashed text features of batch prompts.")
-
-
-class MonitorsConfig(_Section):
-    window: int = Field(20, gt=1)
-    ema: float = Field(0.9, gt=0, lt=1)
-    plateau_threshold: float = Field(1e-3, gt=0, description="|relative slope| under this counts as flat.")
-    patience: int = Field(10, gt=0)
-    spike_z: float = Field(3.0, gt=0)
 
 
 class RewardConfig(_Section):
@@ -342,7 +347,14 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple = (), chec
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file not found: {path}")
-    text = path.read_text()
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder; pass a YAML config file (e.g. experiments/tiny.yaml)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a text (UTF-8) file; pass a YAML config file") from None
+    if "\0" in text:
+        raise ConfigError(f"{path} contains NUL bytes; pass a YAML config file")
     try:
         doc = yaml.compose(text)
         raw = yaml.safe_load(text) or {}

@@ -1,8 +1,29 @@
-"""The exceptions that mean "the user can fix this": the CLI prints them as one message, exit 2."""
-from neurosym.config import ConfigError
-from neurosym.data.examples import DataError
-from neurosym.model import ModelError
-from neurosym.teacher.errors import TeacherConfigError
-from neurosym.train import ResumeMismatch, RunDirError
+"""The exceptions that mean "the user can fix this": the CLI prints them as one message, exit 2.
 
-USER_ERRORS = (ConfigError, DataError, ModelError, RunDirError, ResumeMismatch, TeacherConfigError, FileNotFoundError)
+Every such error subclasses :class:`UserError`. This module imports nothing, so the CLI can catch
+user errors without importing the training stack (each verb imports only what it runs).
+"""
+
+
+class UserError(Exception):
+    """Bad input or a state the user can fix; the message says what, where and how."""
+
+
+class RunDirError(UserError, RuntimeError):
+    """The run directory cannot be used as asked (taken, locked, not writable, not a run)."""
+
+
+class ResumeMismatch(UserError, RuntimeError):
+    """A checkpoint does not belong to this job (other base model, restored state disagrees, ...)."""
+
+
+class TrainingDiverged(UserError, RuntimeError):
+    """The loss or gradient norm became non-finite; the run stopped before the step reached the weights."""
+
+
+class TeacherDown(UserError, RuntimeError):
+    """The teacher refused for good (401/403/404) and ``symbolic.on_teacher_down: stop`` was asked for."""
+
+
+def is_user_error(exc: BaseException) -> bool:
+    return isinstance(exc, (UserError, FileNotFoundError))

@@ -7,9 +7,9 @@ from pathlib import Path
 from neurosym.checkpoint import find_checkpoint
 from neurosym.config import Config
 from neurosym.data import Renderer, load_examples
-from neurosym.model import autocast_for, load_with_adapter
-from neurosym.steps.lora import eval_loss
-from neurosym.train import micro_batches
+from neurosym.model import load_with_adapter
+from neurosym.runtime import make_runtime
+from neurosym.updates.lora import encode_batches, eval_loss
 
 
 def evaluate_checkpoint(cfg: Config, run_dir: Path, checkpoint: str | None = None) -> dict:
@@ -21,7 +21,8 @@ def evaluate_checkpoint(cfg: Config, run_dir: Path, checkpoint: str | None = Non
     state = TrainState.load(ckpt / "state.json")
     prompt = state.components.get("prompts", {}).get("current", cfg.data.system_prompt)
     renderer = Renderer(tokenizer, cfg.data.max_length, prompt)
-    batches = micro_batches(examples, renderer, cfg, tokenizer.pad_token_id, device)
-    loss, n = eval_loss(model, batches, autocast_for(device, dtype))
+    runtime = make_runtime(device, dtype)
+    batches = encode_batches(examples, renderer, cfg.train.batch_size, tokenizer.pad_token_id, runtime)
+    loss, n = eval_loss(model, batches, runtime)
     return {"checkpoint": str(ckpt), "split": split, "examples": len(examples), "tokens": n,
             "loss": loss, "ppl": math.exp(min(loss, 50))}

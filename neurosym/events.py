@@ -1,7 +1,8 @@
 """``events.jsonl``: one JSON record per step (and per eval), appended as the run goes.
 
 On resume from step N the log is cut back to the records of steps <= N (a SIGKILL can leave
-records past the checkpoint and a half-written last line), so every step appears exactly once.
+records past the checkpoint and a half-written last line), so every step appears exactly once; a
+start from step 0 (no checkpoint) keeps nothing of a killed attempt (``keep_through=-1``).
 """
 from __future__ import annotations
 
@@ -19,13 +20,13 @@ def _clean(v):
 
 
 class EventLog:
-    def __init__(self, path: Path, resume_step: int = 0):
+    def __init__(self, path: Path, keep_through: int = -1):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._truncate(resume_step)
+        self._truncate(keep_through)
         self._f = open(self.path, "a", encoding="utf-8")
 
-    def _truncate(self, resume_step: int) -> None:
+    def _truncate(self, keep_through: int) -> None:
         if not self.path.exists():
             return
         kept = []
@@ -34,7 +35,7 @@ class EventLog:
                 rec = json.loads(line)
             except json.JSONDecodeError:
                 continue  # the torn last line of a killed run
-            if rec.get("step", 0) <= resume_step:
+            if rec.get("step", 0) <= keep_through:
                 kept.append(line)
         atomic_write_text(self.path, "".join(k + "\n" for k in kept))
 

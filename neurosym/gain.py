@@ -1,42 +1,56 @@
-"""The gain an update bought: reward on a probe (the routed batch + a fixed held-out probe set)
-after the update minus before. Measuring is side-effect free: eval mode, no grad, RNG untouched,
-train/eval mode restored, so the training trajectory is the same with or without it."""
+"""The gain an update bought: reward on a probe (the routed batch + a fixed held-out probe set) after
+the update minus before. Measuring is side-effect free (``neurosym.generation.measuring``), so the
+training trajectory is the same with or without it.
+
+Cost: generation rewards answer every example with one batched ``generate`` (KV cache) per chunk,
+and the probe set's part is cached per model version (weights and prompt), so the probe measured
+after step N serves as "before" of step N+1 when nothing changed in between.
+"""
 from __future__ import annotations
 
-import torch
+from dataclasses import dataclass
+from typing import Optional
 
 from neurosym.data import Example, collate
-from neurosym.steps.lora import token_losses
+from neurosym.generation import answer_examples, measuring
+from neurosym.updates.lora import token_losses
+
+
+@dataclass
+class Measurement:
+    reward: float                        # mean over batch + probe examples
+    batch_losses: Optional[list] = None  # per-example loss of the batch (router features)
 
 
 class GainProbe:
-    def __init__(self, probe: list[Example], reward, renderer, pad_id: int, device, autocast,
-                 generate=None, batch_size: int = 8):
-        self.probe, self.reward, self.renderer = probe, reward, renderer
-        self.pad_id, self.device, self.autocast = pad_id, device, autocast
-        self.generate, self.batch_size = generate, batch_size
+    def __init__(self, probe: list[Example], reward, run, max_new_tokens: int):
+        self.probe, self.reward, self.run, self.max_new_tokens = probe, reward, run, max_new_tokens
+        self._cache: tuple = (None, 0.0)  # (model version, summed probe reward)
 
-    @torch.no_grad()
-    def measure(self, model, batch: list[Example]) -> float:
-        """Mean reward over batch + probe under the current weights and system prompt."""
-        examples = list(batch) + self.probe
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-                if not self.reward.needs_generation:
-                    return -self._mean_loss(model, examples)
-                outputs = [self.generate(ex) for ex in examples]
-                return sum(self.reward(o, ex.response) for o, ex in zip(outputs, examples)) / len(examples)
-        finally:
-            model.train(was_training)
+    def measure(self, batch: list[Example], version: int, with_losses: bool = False) -> Measurement:
+        losses = self._losses(batch) if (with_losses or not self.reward.needs_generation) else None
+        batch_sum = -sum(losses) if not self.reward.needs_generation else sum(self._rewards(batch))
+        if self._cache[0] != version:
+            probe_sum = (-sum(self._losses(self.probe)) if not self.reward.needs_generation
+                         else sum(self._rewards(self.probe)))
+            self._cache = (version, probe_sum)
+        return Measurement((batch_sum + self._cache[1]) / (len(batch) + len(self.probe)), losses)
 
-    def _mean_loss(self, model, examples) -> float:
-        per_example = []
-        for i in range(0, len(examples), self.batch_size):
-            b = collate([self.renderer.encode(ex) for ex in examples[i:i + self.batch_size]], self.pad_id)
-            b = {k: v.to(self.device) for k, v in b.items()}
-            with self.autocast:
-                losses, mask = token_losses(model, b)
-            per_example.extend((losses.sum(1) / mask.sum(1).clamp(min=1)).tolist())
-        return sum(per_example) / len(per_example)
+    def _rewards(self, examples) -> list[float]:
+        run = self.run
+        answers = answer_examples(run.model, run.tokenizer, run.renderer, examples, self.max_new_tokens,
+                                  run.cfg.train.batch_size * 4)
+        return [self.reward(a, ex.response) for a, ex in zip(answers, examples)]
+
+    def _losses(self, examples) -> list[float]:
+        run, out = self.run, []
+        if not examples:
+            return out
+        bs = run.cfg.train.batch_size
+        with measuring(run.model):
+            for i in range(0, len(examples), bs):
+                b = run.runtime.to_device(collate([run.renderer.encode(ex) for ex in examples[i:i + bs]], run.pad_id))
+                with run.runtime.autocast():
+                    losses, mask = token_losses(run.model, b)
+                out.extend((losses.sum(1) / mask.sum(1).clamp(min=1)).tolist())
+        return out

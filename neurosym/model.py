@@ -1,18 +1,18 @@
 """Loading the base model and tokenizer, and putting a LoRA (or QLoRA) adapter on it."""
 from __future__ import annotations
 
-import contextlib
 import logging
 from pathlib import Path
 
 import torch
 
+from neurosym.errors import UserError
 from neurosym.tiny import resolve_tiny
 
 log = logging.getLogger(__name__)
 
 
-class ModelError(RuntimeError):
+class ModelError(UserError, RuntimeError):
     """The model cannot be loaded as configured; the message says how to fix it."""
 
 
@@ -26,13 +26,6 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
             return torch.bfloat16
         return torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-
-
-def autocast_for(device: torch.device, dtype: torch.dtype):
-    """bf16/fp16 autocast on GPU; plain fp32 on CPU (CPU autocast is slow and changes numerics)."""
-    if device.type == "cuda" and dtype in (torch.bfloat16, torch.float16):
-        return torch.autocast("cuda", dtype=dtype)
-    return contextlib.nullcontext()
 
 
 def model_source(model_cfg, cache_dir: Path) -> str:
@@ -106,7 +99,14 @@ def add_lora(model, lora_cfg):
     target = lora_cfg.target_modules
     config = LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
                         target_modules=target, task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
+    try:
+        return get_peft_model(model, config)
+    except ValueError as exc:
+        if "target" not in str(exc).lower():
+            raise
+        names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise ModelError(f"lora.target_modules {target!r} matches no layer of this model. Its linear layers are: "
+                         f"{', '.join(names)} (or use all-linear).") from None
 
 
 def load_for_training(cfg, cache_dir: Path):
@@ -115,8 +115,42 @@ def load_for_training(cfg, cache_dir: Path):
     device = pick_device()
     tokenizer = load_tokenizer(cfg.model, cache_dir)
     model, dtype = load_base_model(cfg.model, cache_dir, device)
+    if cfg.train.gradient_checkpointing:
+        # recompute activations in backward: memory for time; inputs must require grad for PEFT's frozen base
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
     model = add_lora(model, cfg.lora)
     return model, tokenizer, device, dtype
+
+
+def base_identity(model, model_cfg) -> dict:
+    """What the adapter was trained on: the base's name, revision, a hash of its architecture config
+    and a fingerprint of its frozen weights (a few tensors' leading values), so that a resume or a
+    composition onto another base of the same shapes is caught."""
+    import hashlib
+    import json
+
+    conf = model.config.to_dict() if hasattr(model, "config") else {}
+    conf = {k: v for k, v in conf.items() if k not in {"_name_or_path", "transformers_version", "torch_dtype",
+                                                       "dtype", "use_cache", "quantization_config"}}
+    frozen = [(n, p) for n, p in model.named_parameters() if not p.requires_grad]
+    h = hashlib.sha256()
+    for name, p in frozen[:3] + frozen[-1:]:
+        h.update(name.encode())
+        h.update(p.detach().reshape(-1)[:4096].float().cpu().numpy().tobytes())
+    return {"name_or_path": model_cfg.name_or_path, "revision": model_cfg.revision,
+            "config_sha256": hashlib.sha256(json.dumps(conf, sort_keys=True, default=str).encode()).hexdigest()[:16],
+            "weights_sha256": h.hexdigest()[:16]}
+
+
+def identity_mismatch(saved: dict, current: dict) -> str:
+    """Why two base identities differ ('' if they match; a moved folder with the same weights matches)."""
+    if not saved:
+        return ""
+    for key, what in (("config_sha256", "architecture config"), ("weights_sha256", "weights")):
+        if saved.get(key) != current.get(key):
+            return f"its {what} differ: trained on {saved.get('name_or_path')}"
+    return ""
 
 
 def load_with_adapter(cfg, cache_dir: Path, adapter_dir: Path, trainable: bool = False):

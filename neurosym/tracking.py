@@ -51,13 +51,14 @@ class Tracker:
             import wandb
             self.run.log({key: wandb.Table(columns=columns, data=rows), "train/step": step})
 
-    def log_artifact(self, files: list, name: str, kind: str) -> None:
+    def log_artifact(self, files: list, name: str, kind: str, metadata: Optional[dict] = None) -> None:
         if not self.run:
             return
         import wandb
-        art = wandb.Artifact(name, type=kind)
+        art = wandb.Artifact(name, type=kind, metadata=metadata)
         for f in files:
-            art.add_file(str(f))
+            if Path(f).exists():
+                art.add_file(str(f))
         self.run.log_artifact(art)
 
     def finish(self, exit_code: int = 0) -> Optional[str]:

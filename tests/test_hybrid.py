@@ -60,7 +60,7 @@ def test_prompt_versions_remade_examples_and_export(tmp_path, tiny_model_dir, te
         if path.is_file():
             assert secret not in path.read_bytes(), f"API key leaked into {path}"
     assert not (tmp_path / "logs").exists() and not os.path.exists("logs")
-    from wandb_reader import summarize
+    from tests.support.wandb_reader import summarize
     history = summarize(run / "wandb")["history"]
     assert {"symbolic/calls", "symbolic/cost_usd", "prompt/version", "route/symbolic"} <= set().union(*history)
     tables = {k[: -len("/nrows")]: v for h in history for k, v in h.items() if k.endswith("/nrows")}
@@ -94,8 +94,8 @@ def test_every_fault_is_survived(tmp_path, tiny_model_dir, teacher):
     # step 3: a hang twice -> timeout -> fallback; step 4: malformed optimizer answer -> prompt unchanged
     calls_per_update = 3 * 4 + 1  # k evaluations + 2k backward + 1 optimizer (rewrites come after)
     plan = iter([None] * 0)
-    import neurosym.symbolic_route as sr
-    real_work = sr.SymbolicRoute._work
+    from neurosym.updates.symbolic import SymbolicUpdate
+    real_work = SymbolicUpdate._work
     faults = {2: ("500", 2, {}), 3: ("hang", 2, {"seconds": 3.0})}
 
     def work(self, job, student):
@@ -106,11 +106,11 @@ def test_every_fault_is_survived(tmp_path, tiny_model_dir, teacher):
             teacher.set_responder(_malformed_optimizer)
         return real_work(self, job, student)
 
-    sr.SymbolicRoute._work = work
+    SymbolicUpdate._work = work
     try:
         run = train(cfg, quiet=True).run_dir
     finally:
-        sr.SymbolicRoute._work = real_work
+        SymbolicUpdate._work = real_work
     events = {e["step"]: e for e in _train_events(run)}
     assert sorted(events) == [1, 2, 3, 4]
     assert events[1]["route"] == "symbolic"

@@ -7,7 +7,8 @@ import torch
 from neurosym.checkpoint import complete_checkpoints, latest_checkpoint
 from neurosym.config import load_config
 from neurosym.events import read_events
-from neurosym.train import RunDirError, train
+from neurosym.errors import RunDirError
+from neurosym.train import train
 from tests.support.jobs import write_config
 from tests.support.wandb_reader import summarize
 
@@ -23,19 +24,19 @@ def test_run_directory_events_and_peft_checkpoints(tmp_path, tiny_model_dir):
     assert events[0] == {"kind": "prompt", "step": 0, "version": 0, "text": "Add the numbers."}
     rec = next(e for e in events if e["kind"] == "train")
     assert {"loss", "grad_norm", "lr", "tokens", "wall_s", "route"} <= set(rec) and rec["route"] == "lora"
-    assert [e["step"] for e in events if e["kind"] == "eval"] == [3, 6]
+    assert [e["step"] for e in events if e["kind"] == "eval"] == [0, 3, 6]  # step 0: the "before"
     assert all(e["grad_norm"] > 0 for e in events if e["kind"] == "train")
     # keep_last_n=1: only the final checkpoint is left, complete and loadable by PEFT as is
     ckpts = complete_checkpoints(run)
     assert [c.name for c in ckpts] == ["step-6"]
     state = json.loads((ckpts[0] / "state.json").read_text())
-    assert state["step"] == 6 and state["sampler"] == {"n": 24, "seed": 3, "epoch": 0, "position": 24}
+    assert state["step"] == 6 and state["components"]["batches"]["sampler"] == {"n": 24, "seed": 3, "epoch": 0, "position": 24}
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(ckpts[0]))
     assert any("lora_A" in n for n, _ in model.named_parameters())
     assert not list(run.glob("checkpoints/.tmp*"))
-    assert out.final_eval_loss is not None and out.final_eval_loss < rec["loss"]
+    assert out.final_eval["eval_loss"] < rec["loss"]
 
 
 def test_no_pickle_in_checkpoints(tmp_path, tiny_model_dir):
@@ -77,7 +78,7 @@ def test_wandb_offline_files(tmp_path, tiny_model_dir, monkeypatch):
     events = {e["step"]: e["loss"] for e in read_events(run / "events.jsonl") if e["kind"] == "train"}
     assert losses == events
     assert all({"train/grad_norm", "train/lr", "train/tokens_per_s"} <= set(h) for h in s["history"] if "train/loss" in h)
-    assert [h["train/step"] for h in s["history"] if "eval/loss" in h] == [2, 4]
+    assert [h["train/step"] for h in s["history"] if "eval/loss" in h] == [0, 2, 4]
     assert ("job-adapter", "lora-adapter") in s["artifacts"]
     assert s["config"]["train"]["max_steps"] == 4
     # a resumed run (more steps) logs into the same W&B run id
@@ -119,7 +120,7 @@ def test_incomplete_checkpoint_folder_is_ignored(tmp_path, tiny_model_dir):
 
 
 def test_resume_detects_lr_mismatch(tmp_path, tiny_model_dir):
-    from neurosym.train import ResumeMismatch
+    from neurosym.errors import ResumeMismatch
     cfg = load_config(write_config(tmp_path, tiny_model_dir, train={"max_steps": 2, "save_every": 1}))
     run = train(cfg, quiet=True).run_dir
     state_path = run / "checkpoints" / "step-2" / "state.json"

@@ -1,8 +1,10 @@
 """Errors raised by the compiled networks and the gate."""
 from __future__ import annotations
 
+from neurosym.errors import UserError
 
-class ConnInputError(ValueError):
+
+class ConnInputError(UserError, ValueError):
     """An input a compiled network refuses: wrong characters, empty, or longer than it was compiled for.
 
     Refusing is the contract: a compiled network is exact up to its maximum length and never guesses

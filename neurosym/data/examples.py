@@ -10,6 +10,8 @@ Files: ``.jsonl``/``.json`` (one JSON object per line), ``.parquet``, or a folde
 """
 from __future__ import annotations
 
+from neurosym.errors import UserError
+
 import json
 import logging
 from dataclasses import dataclass, field
@@ -19,7 +21,7 @@ from typing import Iterator, Optional
 log = logging.getLogger(__name__)
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A bad record or file; the message names the file and line."""
 
 
@@ -43,6 +45,14 @@ class Example:
     def with_prompt(self, prompt: str, source: str, **meta) -> "Example":
         msgs = self.messages[:-1] + ((self.messages[-1][0], prompt),)
         return Example(msgs, self.response, source, {**self.meta, **meta})
+
+    def to_state(self) -> dict:
+        """Plain JSON that :meth:`from_state` turns back into an equal example (checkpoints)."""
+        return {"messages": [list(m) for m in self.messages], "response": self.response, "source": self.source}
+
+    @classmethod
+    def from_state(cls, d: dict) -> "Example":
+        return cls(tuple(tuple(m) for m in d["messages"]), d["response"], d["source"])
 
     def to_record(self) -> dict:
         """Back to the on-disk ``chat``/``prompt_response`` schema (what `neurosym export` writes)."""

@@ -14,6 +14,8 @@ All three derive from :class:`TeacherError`. No message ever contains the API ke
 """
 from __future__ import annotations
 
+from neurosym.errors import UserError
+
 
 class TeacherError(RuntimeError):
     """Base class of every teacher failure."""
@@ -35,5 +37,5 @@ class BudgetExhausted(TeacherError):
     """``teacher.budget_usd`` has been spent; no further paid calls are made."""
 
 
-class TeacherConfigError(TeacherError, ValueError):
+class TeacherConfigError(UserError, TeacherError, ValueError):
     """The teacher is misconfigured; the message says which ``teacher.*`` key to fix and how."""

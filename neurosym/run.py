@@ -1,0 +1,301 @@
+"""A training job's parts and all of its state: the ``Run``.
+
+Everything mutable that must survive a restart is an attribute listed in :attr:`Run.SAVED` (plus
+one entry per kind of update, and the tensors: adapter, optimizer, RNG), and a checkpoint saves
+exactly that. The loop (``neurosym.train``) only calls methods of this object.
+"""
+from __future__ import annotations
+
+import collections
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+from classifiers import BatchStats, Decision, make_router
+from monitors import MonitorSuite
+from neurosym.batches import BatchSource
+from neurosym.checkpoint import apply_checkpoint, latest_checkpoint, newest_intact_checkpoint, save_checkpoint
+from neurosym.data import Renderer, load_examples
+from neurosym.errors import ResumeMismatch
+from neurosym.gain import GainProbe
+from neurosym.generation import answer_examples
+from neurosym.model import base_identity, identity_mismatch, load_for_training
+from neurosym.optim import make_optimizer
+from neurosym.prompts import PromptHistory
+from neurosym.recorder import Recorder
+from neurosym.reward import make_reward
+from neurosym.rng import seed_everything
+from neurosym.runtime import make_runtime
+from neurosym.schedule import lr_at, set_lr
+from neurosym.state import TrainState
+from neurosym.updates import DEFAULT_ROUTE, UPDATES, Outcome, enabled_routes
+from neurosym.updates.lora import encode_batches, eval_loss
+
+SCHEDULE_KEYS = ("train.lr", "train.scheduler", "train.warmup", "train.warmup_ratio")
+
+
+def total_steps(cfg, n_train: int) -> int:
+    if cfg.train.max_steps:
+        return cfg.train.max_steps
+    per_step = cfg.train.batch_size * cfg.train.grad_accum
+    return max(1, math.ceil(cfg.train.epochs * n_train / per_step))
+
+
+class Run:
+    SAVED = ("prompts", "monitors", "router", "batches")  # + each kind of update, by its name
+
+    def __init__(self, cfg, run_dir, quiet: Optional[bool] = None):
+        # data and teacher first (cheap, fail fast), then the student model
+        self.cfg, self.dir, self.quiet = cfg, run_dir, quiet
+        self.train_set, report = load_examples(cfg.data.train, cfg.data)
+        self.eval_set = load_examples(cfg.data.eval, cfg.data)[0] if cfg.data.eval else []
+        if report.skipped:
+            print(f"warning: skipped {report.skipped} bad lines in {report.path} (first: {report.errors[0]})",
+                  file=sys.stderr)
+        self.routes = enabled_routes(cfg)
+        for name in self.routes:
+            UPDATES[name].preflight(cfg)
+        self.reward = make_reward(cfg.reward)
+        seed_everything(cfg.run.seed)
+        self.model, self.tokenizer, device, dtype = load_for_training(cfg, run_dir.models_cache)
+        self.runtime = make_runtime(device, dtype)
+        self.pad_id = self.tokenizer.pad_token_id
+        self.renderer = Renderer(self.tokenizer, cfg.data.max_length, cfg.data.system_prompt)
+        self.total_steps = total_steps(cfg, len(self.train_set))
+        self.optimizer = make_optimizer(cfg.train, self.model, device)
+        self.state = TrainState(total_steps=self.total_steps, base=base_identity(self.model, cfg.model))
+        self.prompts = PromptHistory(cfg.data.system_prompt)
+        mix = cfg.remake.mix_ratio if len(self.routes) > 1 else 0.0
+        self.batches = BatchSource(self.train_set, cfg.run.seed, cfg.train.batch_size * cfg.train.grad_accum, mix)
+        self.monitors = MonitorSuite(cfg.monitors)
+        self.router = make_router(cfg.router, cfg.run.seed, self.routes)
+        self.recorder = None  # opened once the start point is known (events are cut back to it)
+        self.updates = {name: UPDATES[name](self) for name in self.routes}
+        probe_set = (load_examples(cfg.reward.probe, cfg.data)[0] if cfg.reward.probe
+                     else self.eval_set or self.train_set)[: cfg.reward.probe_size]
+        self.probe = (GainProbe(probe_set, self.reward, self, cfg.symbolic.max_new_tokens)
+                      if self.router.learns_from_gain else None)
+        self.version = 0  # bumped whenever the weights or the prompt change (the probe's cache key)
+        self.step_walls: collections.deque = collections.deque(maxlen=20)
+        self.stop_reason: Optional[str] = None  # early stopping
+        self.flat_gains_reported = False
+
+    # ---- state ------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {**{name: getattr(self, name).state_dict() for name in self.SAVED},
+                **{name: u.state_dict() for name, u in self.updates.items()}}
+
+    def load_state_dict(self, components: dict) -> None:
+        self.prompts.load_state_dict(components["prompts"])
+        self.renderer.system_prompt = self.prompts.current
+        self.monitors.load_state_dict(components["monitors"])
+        self.router.load_state_dict(components["router"])
+        for name, update in self.updates.items():  # before the batches: the remake store is cut back here
+            update.load_state_dict(components[name])
+        refined = [ex for u in self.updates.values() for ex in getattr(u, "refined_examples", list)()]
+        self.batches.load_state_dict(components["batches"], refined)
+
+    def restore(self, changed_keys=()) -> Optional[Path]:
+        """Continue from the newest intact checkpoint (or start afresh when there is none)."""
+        loaded = newest_intact_checkpoint(self.dir.path, str(self.runtime.device))
+        if loaded is None:
+            print(f"no usable checkpoint in {self.dir}; starting from step 0", file=sys.stderr)
+            return self.start_fresh()
+        saved = loaded.state
+        why = identity_mismatch(saved.base, self.state.base)
+        if why:
+            raise ResumeMismatch(f"{loaded.path} was trained on another base model ({why}); this config loads "
+                                 f"{self.cfg.model.name_or_path}. Point model.name_or_path at the base it was "
+                                 f"trained on.")
+        expected = lr_at(self.cfg.train, saved.step, saved.total_steps) if saved.step else 0.0
+        if saved.step and not set(changed_keys) & set(SCHEDULE_KEYS) and not math.isclose(
+                expected, saved.lr, rel_tol=1e-9, abs_tol=1e-12):
+            raise ResumeMismatch(f"{loaded.path}: the schedule gives lr {expected} at step {saved.step}, "
+                                 f"state.json says {saved.lr}")
+        apply_checkpoint(loaded, self.model, self.optimizer)
+        if saved.total_steps != self.total_steps:
+            print(f"note: the LR schedule was built for {saved.total_steps} steps and now spans {self.total_steps}; "
+                  f"lr at step {saved.step + 1} is {lr_at(self.cfg.train, saved.step + 1, self.total_steps):.3g}",
+                  file=sys.stderr)
+        self.state = TrainState(**{**vars(saved), "total_steps": self.total_steps, "base": self.state.base})
+        self.load_state_dict(saved.components)
+        print(f"resumed from {loaded.path} (step {saved.step}/{self.total_steps})", file=sys.stderr)
+        return loaded.path
+
+    def start_fresh(self) -> None:
+        for update in self.updates.values():
+            update.load_state_dict(None)
+
+    def open_recorder(self) -> None:
+        self.recorder = Recorder(self.cfg, self.dir, self.routes, self.total_steps, self.state.step,
+                                 keep_through=self.state.step if self.state.step else -1, quiet=self.quiet)
+        self.state.wandb_run_id = self.recorder.wandb_run_id
+        if self.state.step == 0:
+            self.recorder.prompt(0, 0, self.prompts.current)
+
+    # ---- the pieces of a step -----------------------------------------------------------------------
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def set_lr(self, step: int) -> None:
+        set_lr(self.optimizer, lr_at(self.cfg.train, step, self.total_steps))
+
+    def signals(self, step: int):
+        unavailable = {name: why for name, u in self.updates.items() if (why := u.unavailable(step))}
+        symbolic = self.updates.get("symbolic")
+        why = unavailable.get("symbolic", None if symbolic else "no teacher configured")
+        signals = self.monitors.signals(self.prompts.version, symbolic.budget_left if symbolic else None,
+                                        why is None, why)
+        return signals, unavailable
+
+    def batch_stats(self, batch) -> BatchStats:
+        """What a learning router sees of the batch: per-example losses and the reward before."""
+        prompts = tuple(ex.prompt for ex in batch)
+        if self.probe is None:
+            return BatchStats(prompts=prompts)
+        m = self.probe.measure(batch, self.version, with_losses=True)
+        return BatchStats(mean_loss=sum(m.batch_losses) / len(m.batch_losses), max_loss=max(m.batch_losses),
+                          reward_before=m.reward, prompts=prompts)
+
+    def decide(self, signals, stats: BatchStats, unavailable: dict, fallback: Optional[str]) -> Decision:
+        if fallback is not None:  # a failed update's batch: the default route, not the router's call
+            return Decision(DEFAULT_ROUTE, reason=f"fallback: {fallback[:200]}", router="fallback")
+        return self.router.decide(signals, stats, unavailable)
+
+    def apply(self, batch, decision: Decision, step: int) -> Outcome:
+        outcome = self.updates[decision.route].apply(batch, decision, step)
+        if outcome.failed and not outcome.pending:  # the same batch takes the default route now
+            self.state.count("failed_by_route", outcome.route)
+            failed = outcome
+            outcome = self.updates[DEFAULT_ROUTE].apply(batch, decision, step)
+            outcome.fallback_from = failed
+        if not outcome.pending:
+            self.version += 1
+            self.state.count("ok_by_route", outcome.route)
+        return outcome
+
+    def gain(self, batch, stats: BatchStats, outcome: Outcome) -> Optional[float]:
+        if self.probe is None or outcome.pending or stats.reward_before is None:
+            return None
+        return self.probe.measure(batch, self.version).reward - stats.reward_before
+
+    def learn(self, decision: Decision, outcome: Outcome, gain: Optional[float]) -> None:
+        """The router learns what the update it chose bought (not a fallback's, not another route's)."""
+        if gain is None or decision.router != self.router.kind or outcome.route != decision.route:
+            return
+        self.router.learn(decision, gain, outcome.cost_usd)
+        if getattr(self.router, "flat_gains", False) and not self.flat_gains_reported:
+            self.flat_gains_reported = True
+            self.recorder.alert(self.state.step, "every gain the router learnt from during its warm-up was the same: "
+                                                 "it has no signal to route on (check reward.kind and the probe)")
+
+    def land(self, step: int, wait: bool = False) -> None:
+        """Asynchronous updates that finished: apply, learn, record (they belong to ``step``)."""
+        for name, update in self.updates.items():
+            for landing in update.land(step, wait):
+                out = landing.outcome
+                record = {"kind": name, "step": step, "route": name, name: out.record}
+                if out.failed:
+                    self.state.count("failed_by_route", name)
+                    self.batches.push_fallback(landing.batch, f"{type(out.error).__name__}: {out.error}")
+                else:
+                    self.state.count("ok_by_route", name)
+                    before = self.probe.measure(landing.batch, self.version).reward if self.probe else None
+                    self.version += 1
+                    if before is not None:
+                        record["gain"] = self.probe.measure(landing.batch, self.version).reward - before
+                        if landing.decision is not None:
+                            self.learn(landing.decision, out, record["gain"])
+                self.recorder.landing(record)
+
+    def record(self, step: int, batch, decision: Decision, signals, stats: BatchStats, outcome: Outcome,
+               gain: Optional[float], t0: float) -> None:
+        wall = time.perf_counter() - t0
+        self.step_walls.append(wall)
+        self.state.step = step
+        self.state.lr = self.lr
+        self.state.tokens += outcome.tokens
+        self.state.count("steps_by_route", decision.route if outcome.pending else outcome.route)
+        self.monitors.observe(step, outcome.loss, outcome.grad_norm, outcome.route)
+        record = {"kind": "train", "step": step, "route": outcome.route, "loss": outcome.loss,
+                  "grad_norm": outcome.grad_norm, "lr": self.state.lr, "tokens": outcome.tokens, "wall_s": wall,
+                  "tokens_per_s": outcome.tokens / wall if wall else 0.0, "time": time.time(),
+                  "prompt_version": self.prompts.version, "gain": gain,
+                  "refined_in_batch": sum(ex.source.startswith("remake:") for ex in batch),
+                  "fallback": decision.reason[10:] if decision.router == "fallback" else None}
+        if outcome.record:
+            record[outcome.route] = outcome.record
+        if outcome.fallback_from is not None:
+            failed = outcome.fallback_from
+            record[failed.route] = failed.record
+            record["fallback"] = f"{failed.route} failed: {type(failed.error).__name__}: {failed.error}"[:300]
+        if len(self.routes) > 1 and decision.router != "fallback":
+            record.update(decision=decision.as_dict(), signals=signals.as_dict(), batch=stats.as_dict())
+        self.recorder.step(record)
+
+    def mean_step_s(self) -> float:
+        return sum(self.step_walls) / len(self.step_walls) if self.step_walls else 0.0
+
+    # ---- evaluation and checkpoints -----------------------------------------------------------------
+    def evaluate(self) -> dict:
+        figures: dict = {}
+        if self.eval_set:
+            micro = encode_batches(self.eval_set, self.renderer, self.cfg.train.batch_size, self.pad_id, self.runtime)
+            loss, _ = eval_loss(self.model, micro, self.runtime)
+            figures.update(eval_loss=loss, eval_ppl=math.exp(min(loss, 50)))
+            if self.reward.needs_generation:
+                answers = answer_examples(self.model, self.tokenizer, self.renderer, self.eval_set,
+                                          self.cfg.symbolic.max_new_tokens, self.cfg.train.batch_size * 4)
+                figures["eval_reward"] = sum(self.reward(a, ex.response)
+                                             for a, ex in zip(answers, self.eval_set)) / len(self.eval_set)
+            figures["prompt_version"] = self.prompts.version
+            self.recorder.eval(self.state.step, figures)
+            self._early_stopping(figures)
+        return figures
+
+    def _early_stopping(self, figures: dict) -> None:
+        t = self.cfg.train
+        value = figures.get(t.early_stopping_metric)
+        if not t.early_stopping_patience or value is None:
+            return
+        sign = -1.0 if t.early_stopping_metric == "eval_loss" else 1.0
+        if self.state.best_eval is None or sign * (value - self.state.best_eval) > t.early_stopping_min_delta:
+            self.state.best_eval, self.state.evals_since_best = value, 0
+        else:
+            self.state.evals_since_best += 1
+            if self.state.evals_since_best >= t.early_stopping_patience:
+                self.stop_reason = (f"early stopping: {t.early_stopping_metric} has not improved on "
+                                    f"{self.state.best_eval:.4g} for {t.early_stopping_patience} evaluations")
+
+    def after_step(self) -> None:
+        step, t = self.state.step, self.cfg.train
+        if t.eval_every and step % t.eval_every == 0:
+            self.evaluate()
+        if t.save_every and step % t.save_every == 0:
+            self.save()
+
+    def save(self) -> Path:
+        self.state.components = self.state_dict()
+        return save_checkpoint(self.dir.path, self.model, self.optimizer, self.state, self.cfg.train.keep_last_n,
+                               model_card(self.cfg, self.prompts.current, self.state.step))
+
+    def last_checkpoint_name(self) -> Optional[str]:
+        ckpt = latest_checkpoint(self.dir.path)
+        return ckpt.name if ckpt else None
+
+    def close(self) -> None:
+        for update in self.updates.values():
+            update.close()
+
+
+def model_card(cfg, system_prompt: Optional[str], step: int) -> str:
+    """The checkpoint's PEFT model card: what base, what data, and the learned system prompt."""
+    prompt = system_prompt if system_prompt is not None else "(none)"
+    return (f"---\nbase_model: {cfg.model.name_or_path}\nlibrary_name: peft\ntags: [neurosym]\n---\n\n"
+            f"# {cfg.run.name}, step {step}\n\nAdapter trained by neurosym on `{Path(cfg.data.train).name}`"
+            f" (router `{cfg.router.kind}`).\n\n## Learned system prompt\n\nUse this system prompt with the "
+            f"adapter; the adapter was trained under it.\n\n```text\n{prompt}\n```\n")
+

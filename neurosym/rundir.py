@@ -1,0 +1,79 @@
+"""The run directory: the one place that knows its files, and its lock.
+
+    runs/<name>/config.yaml        resolved config, secrets redacted (written once a start/resume is accepted)
+    runs/<name>/events.jsonl       one record per step (and per eval, per prompt version)
+    runs/<name>/remake.sqlite      refined examples with provenance
+    runs/<name>/teacher/           response cache, TextGrad log
+    runs/<name>/checkpoints/step-N/
+    runs/<name>/wandb/, wandb_run_id
+    runs/<name>/.lock              held (flock) by the process training in it
+
+The lock is an advisory ``flock``: the kernel releases it when its holder dies, however it dies, so
+a stale lock of a killed process is taken over without any clean-up; a live holder is named by pid.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from pathlib import Path
+from typing import Optional
+
+from neurosym.errors import RunDirError
+
+
+class RunDir:
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._lock_fd: Optional[int] = None
+
+    # ---- the files
+    config = property(lambda self: self.path / "config.yaml")
+    events = property(lambda self: self.path / "events.jsonl")
+    remake = property(lambda self: self.path / "remake.sqlite")
+    teacher = property(lambda self: self.path / "teacher")
+    checkpoints = property(lambda self: self.path / "checkpoints")
+    wandb_id = property(lambda self: self.path / "wandb_run_id")
+    lock_file = property(lambda self: self.path / ".lock")
+    models_cache = property(lambda self: self.path.parent / ".models")
+
+    def has_run(self) -> bool:
+        """A run was started here (events exist), finished or not."""
+        return self.events.exists()
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    # ---- the lock
+    def lock(self) -> "RunDir":
+        """Take the directory for this process, creating it; refuse if another live process has it."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise RunDirError(f"cannot write to the run directory {self.path}: {exc.strerror}. "
+                              f"Use a writable run.output_dir (or fix the folder's permissions).") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
+                raise RunDirError(f"{self.path} is in use by another neurosym process (pid {holder}). Wait for it "
+                                  f"to finish or stop it, or train under another name: --set run.name=<new>") from None
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+        return self
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock; the file stays (harmless, reused next time)
+            self._lock_fd = None
+
+    def __enter__(self) -> "RunDir":
+        return self.lock()
+
+    def __exit__(self, *exc) -> None:
+        self.unlock()

@@ -1,0 +1,25 @@
+"""Kinds of update, registered by name. The first is the default route (always available).
+
+A new kind of update is one module with an :class:`~neurosym.updates.base.Update` subclass plus one
+line here; routers choose among the names of the kinds a job enables.
+"""
+from __future__ import annotations
+
+from neurosym.updates.base import Landing, Outcome, Update
+from neurosym.updates.lora import LoraUpdate
+from neurosym.updates.symbolic import SymbolicUpdate
+
+UPDATES: dict[str, type[Update]] = {
+    "lora": LoraUpdate,
+    "symbolic": SymbolicUpdate,
+}
+DEFAULT_ROUTE = "lora"
+
+
+def enabled_routes(cfg) -> tuple[str, ...]:
+    """The kinds of update this job uses, the default first."""
+    return tuple(name for name, kind in UPDATES.items() if kind.enabled(cfg))
+
+
+__all__ = ["UPDATES", "DEFAULT_ROUTE", "enabled_routes", "Update", "Outcome", "Landing", "LoraUpdate",
+           "SymbolicUpdate"]

@@ -1,0 +1,104 @@
+"""The numerical update: one LoRA (or QLoRA, (IA)3, ...) optimizer step on the batch.
+
+The loss is the mean over all response tokens of the whole step (not a mean of micro-batch means),
+so gradient accumulation gives the same update as one large batch. The LR was set by the loop for
+this step; a non-finite loss or gradient norm stops the run before the step reaches the weights.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from neurosym.data import collate
+from neurosym.data.render import IGNORE
+from neurosym.errors import TrainingDiverged
+from neurosym.updates.base import Outcome, Update
+
+
+@dataclass
+class LoraStepResult:
+    loss: float            # mean token loss over the step
+    grad_norm: float       # total L2 norm of the gradients before clipping
+    tokens: int            # tokens processed (prompt + response, no padding)
+    example_losses: list   # mean token loss of each example (router batch statistics)
+
+
+def encode_batches(examples, renderer, batch_size: int, pad_id: int, runtime) -> list[dict]:
+    """Micro-batches of ``batch_size`` rendered examples, on the runtime's device."""
+    return [runtime.to_device(collate([renderer.encode(ex) for ex in examples[i:i + batch_size]], pad_id))
+            for i in range(0, len(examples), batch_size)]
+
+
+def token_losses(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token cross-entropy of the response tokens, and the mask of which tokens count. Every
+    key of ``batch`` but the labels goes to the model (packed rows also carry ``position_ids``)."""
+    logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    logits = logits[:, :-1].float()
+    labels = batch["labels"][:, 1:]
+    mask = labels != IGNORE
+    losses = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.clamp(min=0).reshape(-1),
+                             reduction="none").view_as(labels)
+    return losses * mask, mask
+
+
+def lora_step(model, optimizer, micro_batches: list[dict], max_grad_norm, runtime) -> LoraStepResult:
+    total_targets = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in micro_batches)
+    if total_targets == 0:
+        raise ValueError("a batch with no response tokens (all truncated away?): raise data.max_length")
+    loss_sum, tokens, example_losses = 0.0, 0, []
+    for batch in micro_batches:
+        with runtime.autocast():
+            losses, mask = token_losses(model, batch)
+        runtime.backward(losses.sum() / total_targets)
+        with torch.no_grad():
+            loss_sum += float(losses.sum())
+            per_example = losses.sum(1) / mask.sum(1).clamp(min=1)
+            example_losses.extend(per_example.tolist())
+            tokens += int(batch["attention_mask"].sum())
+    params = [p for p in model.parameters() if p.requires_grad]
+    loss = runtime.mean(loss_sum / total_targets)
+    if not math.isfinite(loss):
+        optimizer.zero_grad(set_to_none=True)
+        return LoraStepResult(loss, float("nan"), tokens, example_losses)
+    grad_norm = runtime.clip_and_step(optimizer, params, max_grad_norm)
+    return LoraStepResult(loss, grad_norm, tokens, example_losses)
+
+
+@torch.no_grad()
+def eval_loss(model, micro_batches, runtime) -> tuple[float, int]:
+    """Mean response-token loss over the given batches (model left in the mode it was in)."""
+    was_training = model.training
+    model.eval()
+    loss_sum, n = 0.0, 0
+    try:
+        for batch in micro_batches:
+            with runtime.autocast():
+                losses, mask = token_losses(model, batch)
+            loss_sum += float(losses.sum())
+            n += int(mask.sum())
+    finally:
+        model.train(was_training)
+    return (loss_sum / max(n, 1)), n
+
+
+class LoraUpdate(Update):
+    """A gradient step on the adapter; the default route, always available."""
+
+    name = "lora"
+
+    def apply(self, batch: list, decision, step: int) -> Outcome:
+        run = self.run
+        micro = encode_batches(batch, run.renderer, run.cfg.train.batch_size, run.pad_id, run.runtime)
+        res = lora_step(run.model, run.optimizer, micro, run.cfg.train.max_grad_norm, run.runtime)
+        fp16_skip = run.runtime.scaler is not None  # inf grads are the GradScaler's business, not divergence
+        if not math.isfinite(res.loss) or (not math.isfinite(res.grad_norm) and not fp16_skip):
+            last = run.last_checkpoint_name()
+            raise TrainingDiverged(
+                f"training diverged at step {step}: loss {res.loss}, grad norm {res.grad_norm} (lr {run.lr:.3g}). "
+                f"The step was not applied; the last good checkpoint is {last or 'none (no checkpoint yet)'}. "
+                f"Lower train.lr (or set train.max_grad_norm), then resume or start again.")
+        return Outcome(self.name, loss=res.loss, grad_norm=res.grad_norm, tokens=res.tokens,
+                       example_losses=res.example_losses)

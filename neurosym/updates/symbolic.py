@@ -1,0 +1,250 @@
+"""The symbolic update: TextGrad rewrites the task's system prompt (and the batch's example prompts)
+with the teacher's feedback; accepted rewrites become a new prompt version and refined examples.
+
+With ``symbolic.async: false`` the update runs inline (and resume stays exact). With ``async: true``
+the student's answers are computed on the loop's thread (the training model is never touched from
+another thread) and the teacher's part runs on a worker pool while the loop keeps taking steps;
+results land at the next step boundary (``land``). Work in flight at a checkpoint is saved with it
+and submitted again on resume, so nothing is lost and nothing lands twice. Near the end of the run,
+no job is submitted that could not land before the last step.
+
+Failures are classified by exception type: a spent budget closes the route; a teacher that refuses
+for good (401/403/404: ``TeacherConfigError``) closes it loudly, or stops the run with
+``symbolic.on_teacher_down: stop``; other teacher faults pause the route after
+``symbolic.down_after_failures`` in a row, for ``symbolic.down_for_steps`` steps.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from neurosym.data import Example
+from neurosym.errors import TeacherDown
+from neurosym.updates.base import Landing, Outcome, Update
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Job:
+    """One symbolic update: the batch, the prompt it started from, and the router's decision."""
+    submitted_step: int
+    batch: list[Example]
+    system_prompt: Optional[str]
+    decision: Any = None
+    answers: dict = field(default_factory=dict)  # (system, prompt) -> student answer (async mode)
+
+
+@dataclass
+class Landed:
+    """A finished job: either a result or the exception that made it fail."""
+    job: Job
+    result: Any = None          # neurosym.steps.symbolic.SymbolicResult
+    error: Optional[BaseException] = None
+    usage: dict = field(default_factory=dict)
+    wall_s: float = 0.0
+
+
+class SymbolicUpdate(Update):
+    name = "symbolic"
+
+    @classmethod
+    def enabled(cls, cfg) -> bool:
+        return cfg.router.kind != "always_lora"
+
+    @classmethod
+    def preflight(cls, cfg) -> None:
+        if cfg.teacher.provider == "openai":
+            from neurosym.teacher import preflight
+            preflight(cfg.teacher)
+
+    def __init__(self, run):
+        super().__init__(run)
+        from neurosym.remake.guards import prompt_key
+        from neurosym.remake.store import RemakeStore
+        from neurosym.student import make_student_engine
+        from neurosym.teacher import make_teacher, route_textgrad_log
+
+        cfg = run.cfg
+        self.cfg = cfg.symbolic
+        self.teacher = make_teacher(cfg.teacher, run.dir.path)
+        route_textgrad_log(run.dir.path)
+        self.student = make_student_engine(run.model, run.tokenizer, max_length=cfg.data.max_length,
+                                           max_new_tokens=cfg.symbolic.max_new_tokens)
+        self.store = RemakeStore(run.dir.remake)
+        self.seen = {prompt_key(ex.prompt) for ex in run.train_set}
+        self.async_ = cfg.symbolic.async_
+        self.pool = ThreadPoolExecutor(cfg.symbolic.max_inflight, thread_name_prefix="symbolic") if self.async_ else None
+        self.inflight: list[tuple[Job, Future]] = []
+        self.closed_reason: Optional[str] = None
+        self.failures_in_row = 0
+        self.paused_until = -1
+        self.mean_wall_s = 0.0   # of the teacher's part, to know what can still land before the end
+        self.n_landed = 0
+
+    # ---- availability -------------------------------------------------------------------------------
+    @property
+    def budget_left(self) -> Optional[float]:
+        return self.teacher.budget_left
+
+    def unavailable(self, step: int) -> Optional[str]:
+        if self.closed_reason:
+            return self.closed_reason
+        if step <= self.paused_until:
+            return f"teacher down: paused until step {self.paused_until}"
+        if self.async_:
+            if len(self.inflight) >= self.cfg.max_inflight:
+                return "all symbolic workers busy"
+            left = self.run.total_steps - step
+            step_s = self.run.mean_step_s()
+            if self.n_landed and step_s > 0 and self.mean_wall_s > left * step_s:
+                return "too close to the end for an update to land"
+        return None
+
+    # ---- running updates ------------------------------------------------------------------------
+    def apply(self, batch: list, decision, step: int) -> Outcome:
+        job = Job(step, batch, self.run.prompts.current, decision)
+        if not self.async_:
+            return self._land(self._work(job, self.student), step)
+        self._submit(job)
+        return Outcome(self.name, pending=True, record={"submitted_step": step})
+
+    def _submit(self, job: Job) -> None:
+        """Answer on this thread (the model is never used from a worker), teacher's part to the pool."""
+        with self.student.session(job.batch, self.cfg.max_new_tokens):
+            for ex in job.batch:
+                job.answers[(job.system_prompt, ex.prompt)] = self.student.answer(ex, job.system_prompt)
+        self.inflight.append((job, self.pool.submit(self._work, job, _replaying(self.student, job.answers))))
+
+    def land(self, step: int, wait: bool = False) -> list[Landing]:
+        done = []
+        while self.inflight and (wait or self.inflight[0][1].done()):
+            job, fut = self.inflight.pop(0)
+            done.append(Landing(job.batch, job.decision, self._land(fut.result(), step), job.submitted_step))
+        return done
+
+    def _work(self, job: Job, student) -> Landed:
+        from neurosym.steps.symbolic import symbolic_update
+        from neurosym.teacher import TeacherError
+
+        t0 = time.perf_counter()
+        with self.teacher.meter() as meter:
+            try:
+                result = symbolic_update(job.system_prompt, job.batch, student, self.teacher, self.run.reward,
+                                         self.cfg, self.seen)
+                return Landed(job, result=result, usage=meter.as_dict(), wall_s=time.perf_counter() - t0)
+            except TeacherError as exc:
+                return Landed(job, error=exc, usage=meter.as_dict(), wall_s=time.perf_counter() - t0)
+
+    def _land(self, landed: Landed, step: int) -> Outcome:
+        """Apply a finished update as of ``step``: new prompt version, refined examples, accounting."""
+        self._note(landed, step)
+        usage = landed.usage
+        record = {"calls": usage.get("calls", 0), "cost_usd": usage.get("cost_usd", 0.0),
+                  "tokens": usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0),
+                  "submitted_step": landed.job.submitted_step, "wall_s": landed.wall_s,
+                  "accepted": 0, "rejected": {}, "malformed": False}
+        outcome = Outcome(self.name, cost_usd=record["cost_usd"], error=landed.error, record=record)
+        if landed.error is not None:
+            record.update(outcome.error_dict())
+            return outcome
+        result, run = landed.result, self.run
+        record.update(accepted=len(result.rewrites), rejected=dict(result.rejected), malformed=result.malformed)
+        why = getattr(result, "unchanged_reason", None)
+        version = run.prompts.propose(result.new_system_prompt, step) if result.new_system_prompt else None
+        if version is not None:
+            run.renderer.system_prompt = run.prompts.current
+            run.recorder.prompt(step, version, run.prompts.current)
+        else:
+            record["prompt_unchanged"] = why or ("malformed" if result.malformed else "identical")
+        rows = self.store.add(result.rewrites, step=step, prompt_version=run.prompts.version,
+                              teacher_model=run.cfg.teacher.model) if result.rewrites else []
+        run.batches.add_refined(rows)
+        return outcome
+
+    def _note(self, landed: Landed, step: int) -> None:
+        """Update availability from an outcome."""
+        from neurosym.teacher import BudgetExhausted, TeacherConfigError
+
+        self.n_landed += 1
+        self.mean_wall_s += (landed.wall_s - self.mean_wall_s) / self.n_landed
+        exc = landed.error
+        if exc is None:
+            self.failures_in_row = 0
+        elif isinstance(exc, BudgetExhausted):
+            if not self.closed_reason:
+                self.closed_reason = "budget spent"
+                self.run.recorder.alert(step, f"teacher budget spent ({self.teacher.usage.cost_usd:.4f} USD): "
+                                              f"symbolic route closed for the rest of the run")
+        elif isinstance(exc, TeacherConfigError) or getattr(exc, "permanent", False):
+            if not self.closed_reason:
+                self.closed_reason = f"teacher down: {str(exc)[:200]}"
+                if self.run.cfg.symbolic.on_teacher_down == "stop":
+                    raise TeacherDown(f"the teacher refused for good at step {step}: {exc}\n"
+                                      f"  symbolic.on_teacher_down is 'stop'. Fix the teacher settings, then "
+                                      f"`neurosym resume {self.run.dir}`.")
+                self.run.recorder.alert(step, f"TEACHER DOWN: {exc}. The symbolic route is closed; the job goes on "
+                                              f"with LoRA steps only (set symbolic.on_teacher_down: stop to stop).")
+        else:
+            self.failures_in_row += 1
+            if self.failures_in_row >= self.cfg.down_after_failures:
+                self.paused_until = step + self.cfg.down_for_steps
+                self.failures_in_row = 0
+                self.run.recorder.alert(step, f"teacher failed {self.cfg.down_after_failures} times in a row "
+                                              f"({type(exc).__name__}: {str(exc)[:120]}); symbolic route paused "
+                                              f"until step {self.paused_until}")
+
+    # ---- checkpoint -----------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "teacher_usage": self.teacher.usage.state_dict(),
+            "store_position": self.store.position(),
+            "closed_reason": self.closed_reason, "failures_in_row": self.failures_in_row,
+            "paused_until": self.paused_until, "mean_wall_s": self.mean_wall_s, "n_landed": self.n_landed,
+            "inflight": [{"submitted_step": j.submitted_step, "system_prompt": j.system_prompt,
+                          "batch": [ex.to_state() for ex in j.batch],
+                          "decision": j.decision.as_dict() if j.decision is not None else None}
+                         for j, _ in self.inflight],
+        }
+
+    def load_state_dict(self, state: Optional[dict]) -> None:
+        """Restore counters, drop store rows written after the checkpoint, resubmit jobs in flight."""
+        if state is None:
+            self.store.truncate_after(0)  # a start from step 0 never inherits rows of a killed attempt
+            return
+        self.teacher.usage.load_state_dict(state["teacher_usage"])
+        self.store.truncate_after(state["store_position"])
+        self.closed_reason = state["closed_reason"]
+        self.failures_in_row = state["failures_in_row"]
+        self.paused_until = state["paused_until"]
+        self.mean_wall_s, self.n_landed = state["mean_wall_s"], state["n_landed"]
+        from classifiers.base import Decision
+        for j in state["inflight"]:
+            self._submit(Job(j["submitted_step"], [Example.from_state(e) for e in j["batch"]], j["system_prompt"],
+                             Decision.from_dict(j["decision"]) if j["decision"] else None))
+
+    def refined_examples(self) -> list[Example]:
+        return self.store.examples()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+        self.store.close()
+
+
+def _replaying(student, answers: dict):
+    """A copy of the student engine that returns precomputed answers (for worker threads)."""
+    replay = student.__class__.__new__(student.__class__)
+    replay.__dict__.update(student.__dict__)
+
+    def answer(example, system_prompt=None, max_new_tokens=None):
+        key = (system_prompt, example.prompt)
+        if key not in answers:
+            raise RuntimeError(f"no precomputed student answer for prompt {example.prompt[:60]!r}")
+        return answers[key]
+
+    replay.answer = answer
+    return replay
