@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any
 
 from monitors.grad_norm import GradNormMonitor
 from monitors.loss_slope import LossSlope
@@ -10,7 +10,7 @@ from monitors.plateau import PlateauDetector
 from monitors.signals import Signals
 from monitors.config import MonitorsConfig
 
-Route = Literal["lora", "symbolic"]
+Route = str  # a name from the orchestrator's update registry
 
 
 def _finite(x: float | None) -> float | None:
@@ -39,17 +39,19 @@ class MonitorSuite:
         self._steps_since_symbolic = 0
 
     def observe(self, step: int, loss: float | None, grad_norm: float | None, route: Route) -> None:
-        """Record one finished step: its loss, its total grad norm (None on symbolic steps), its route."""
-        if route not in ("lora", "symbolic"):
-            raise ValueError(f"route must be 'lora' or 'symbolic' (got {route!r})")
+        """Record one finished step: its loss and total grad norm (None for an update that takes no
+        gradient step, e.g. a symbolic one), and its route (``"lora"`` is the gradient route; any
+        other name counts as a non-gradient update for ``steps_since_symbolic``)."""
+        if not isinstance(route, str) or not route:
+            raise ValueError(f"route must be a route name (got {route!r})")
         loss = _finite(loss)
         if loss is not None:
             self.loss.update(loss)
             self.plateau.update(self.loss.rel_slope if self.loss.ready else None)
         grad_norm = _finite(grad_norm)
-        if grad_norm is not None and route == "lora":
+        if grad_norm is not None and route == "lora":  # only gradient steps feed the grad statistics
             self.grad.update(grad_norm)
-        self._steps_since_symbolic = 0 if route == "symbolic" else self._steps_since_symbolic + 1
+        self._steps_since_symbolic = self._steps_since_symbolic + 1 if route == "lora" else 0
         self._step = int(step)
 
     def signals(self, prompt_version: int, budget_left: float | None, symbolic_available: bool,

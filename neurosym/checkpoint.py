@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -142,13 +143,13 @@ def read_checkpoint(ckpt: Path, device: str = "cpu") -> LoadedCheckpoint:
     return LoadedCheckpoint(ckpt, adapter, optimizer, rng, state)
 
 
-def newest_intact_checkpoint(run_dir: Path, device: str = "cpu", warn=print) -> Optional[LoadedCheckpoint]:
+def newest_intact_checkpoint(run_dir: Path, device: str = "cpu") -> Optional[LoadedCheckpoint]:
     """The newest checkpoint that reads back whole; each damaged newer one is reported and skipped."""
     for ckpt in reversed(complete_checkpoints(run_dir)):
         try:
             return read_checkpoint(ckpt, device)
         except CheckpointDamaged as exc:
-            warn(f"warning: skipping damaged checkpoint {exc}")
+            print(f"warning: skipping damaged checkpoint {exc}", file=sys.stderr)
     return None
 
 

@@ -368,6 +368,8 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple = (), chec
     overridden: dict[tuple, str] = {}
     for item in overrides:
         keys, value = _parse_override(item)
+        if _is_text_key(keys) and not isinstance(value, str):
+            value = item.split("=", 1)[1]  # a text key keeps the text as typed ("Solve it: show steps")
         _apply_override(raw, keys, value, item)
         overridden[tuple(keys)] = item
     base = path.resolve().parent
@@ -392,6 +394,17 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple = (), chec
                 raise ConfigError(f"{where}: `{section}.{key}` points to a missing file: {value}\n"
                                   f"  Paths are relative to the config file's folder ({base}).")
     return cfg
+
+
+def _is_text_key(keys: list[str]) -> bool:
+    """Whether the field at ``keys`` takes only text (str or Optional[str]), so YAML must not parse it."""
+    import typing
+    owner = _model_at(tuple(keys))
+    field = owner.model_fields.get(keys[-1]) if owner is not None else None
+    if field is None:
+        return False
+    ann = field.annotation
+    return ann is str or (typing.get_origin(ann) is Union and set(typing.get_args(ann)) <= {str, type(None)})
 
 
 def _resolve(value: str, base: Path) -> str:

@@ -18,6 +18,18 @@ log = logging.getLogger(__name__)
 ID_FILE = "wandb_run_id"
 
 
+def check_tracking(cfg: Config) -> None:
+    """Fail before any model loads when W&B cannot work as configured."""
+    from neurosym.errors import UserError
+
+    if cfg.tracking.resolved_mode() != "online":
+        return
+    has_netrc = any((Path(os.path.expanduser(p))).exists() for p in ("~/.netrc", "~/_netrc"))
+    if not os.environ.get("WANDB_API_KEY") and not has_netrc:
+        raise UserError("tracking.mode is online but no W&B key is set (WANDB_API_KEY, or `wandb login`). "
+                        "Set the key, or use tracking.mode: offline (sync later) or disabled.")
+
+
 class Tracker:
     def __init__(self, cfg: Config, run_dir: Path):
         self.mode = cfg.tracking.resolved_mode()
@@ -35,6 +47,7 @@ class Tracker:
             project=cfg.tracking.resolved_project(), entity=cfg.tracking.entity, tags=cfg.tracking.tags or None,
             name=cfg.run.name, id=run_id, resume="allow", mode=self.mode,
             dir=os.environ.get("WANDB_DIR") or str(self.run_dir), config=redact(cfg.to_dict()),
+            settings=wandb.Settings(init_timeout=30),  # no 2-minute stall when the server cannot be reached
         )
         self.run.define_metric("*", step_metric="train/step")
 

@@ -17,6 +17,7 @@ from neurosym.errors import RunDirError, TeacherDown
 from neurosym.run import Run
 from neurosym.rundir import RunDir
 from neurosym.state import TrainState
+from neurosym.tracking import check_tracking
 
 
 @dataclass
@@ -50,6 +51,7 @@ def train(cfg: Config, resume: bool = False, quiet: Optional[bool] = None, chang
         if run_dir.has_run() and not resume:
             raise RunDirError(f"{run_dir} already holds a run. Continue it with `neurosym resume {run_dir}` "
                               f"(or --resume), or start a new one with --set run.name=<new name>.")
+        check_tracking(cfg)                                 # before any model loads
         run = Run(cfg, run_dir, quiet)
         interrupted, final = False, {}
         try:

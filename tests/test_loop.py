@@ -1,0 +1,147 @@
+"""The loop's seams (issue: the loop as the algorithm): a new kind of update and a new router plug in
+with one registry line each; train_step sets the LR first whatever the route; a failed update's batch
+takes a LoRA step; the fallback queue is checkpointed; the learned router sees real batch losses;
+dependencies point one way; each CLI verb imports only its own stack."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+
+import pytest
+
+from classifiers import ROUTERS
+from classifiers.base import BatchStats, Decision, Router
+from neurosym.batches import BatchSource
+from neurosym.config import load_config
+from neurosym.data import Example
+from neurosym.events import read_events
+from neurosym.schedule import lr_at
+from neurosym.train import train
+from neurosym.updates import UPDATES, Outcome, Update
+from tests.support.jobs import write_config
+
+
+class EchoUpdate(Update):
+    """A kind of update that changes nothing and remembers what it saw (or fails on request)."""
+
+    name = "echo"
+    seen: list = []
+    fail_at: set = set()
+
+    def apply(self, batch, decision, step):
+        EchoUpdate.seen.append((step, len(batch), self.run.lr))
+        if step in EchoUpdate.fail_at:
+            return Outcome(self.name, error=ConnectionError(f"echo failed at step {step}"), record={"n": len(batch)})
+        return Outcome(self.name, record={"n": len(batch)})
+
+
+class ScriptRouter(Router):
+    kind = "script"
+    plan: list = []
+
+    def _choose(self, signals, batch, index, available):
+        route = ScriptRouter.plan[index % len(ScriptRouter.plan)]
+        return Decision(route if route in available else available[0], reason="scripted", index=index,
+                        router=self.kind)
+
+
+@pytest.fixture
+def echo_registered(monkeypatch):
+    """One registry line for the update kind, one for the router: nothing else in the product changes."""
+    monkeypatch.setitem(UPDATES, "echo", EchoUpdate)
+    monkeypatch.setitem(ROUTERS, "script", lambda cfg, seed, routes: ScriptRouter(routes))
+    EchoUpdate.seen, EchoUpdate.fail_at = [], set()
+    # the symbolic kind stays out of these jobs (no teacher): it is enabled by routers other than always_lora
+    monkeypatch.setattr(UPDATES["symbolic"], "enabled", classmethod(lambda cls, cfg: False))
+
+
+def test_a_new_update_kind_and_router_plug_in_and_lr_is_set_first(tmp_path, tiny_model_dir, echo_registered):
+    ScriptRouter.plan = ["echo", "lora", "lora", "echo"]
+    cfg = load_config(write_config(tmp_path, tiny_model_dir, router={"kind": "script"},
+                                   train={"max_steps": 6, "warmup": 2, "scheduler": "cosine", "save_every": 0}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # e.g. "lr_scheduler.step() before optimizer.step()"
+        out = train(cfg, quiet=True)
+    events = [e for e in read_events(out.run_dir / "events.jsonl") if e["kind"] == "train"]
+    assert [e["route"] for e in events] == ["echo", "lora", "lora", "echo", "echo", "lora"]
+    # the first step is not a gradient step, yet the LR of every step is the schedule's value for it
+    assert [e["lr"] for e in events] == pytest.approx([lr_at(cfg.train, s, 6) for s in range(1, 7)])
+    assert [s for s, _, _ in EchoUpdate.seen] == [1, 4, 5]
+    assert [lr for _, _, lr in EchoUpdate.seen] == pytest.approx([lr_at(cfg.train, s, 6) for s in (1, 4, 5)])
+    assert all(e["echo"] == {"n": 4} for e in events if e["route"] == "echo")
+    assert events[0]["loss"] is None and events[1]["loss"] is not None
+    assert out.state.steps_by_route == {"echo": 3, "lora": 3}
+
+
+def test_a_failed_update_batch_takes_a_lora_step_in_the_same_step(tmp_path, tiny_model_dir, echo_registered):
+    ScriptRouter.plan = ["echo"]
+    EchoUpdate.fail_at = {2}
+    cfg = load_config(write_config(tmp_path, tiny_model_dir, router={"kind": "script"}, train={"max_steps": 3}))
+    out = train(cfg, quiet=True)
+    events = {e["step"]: e for e in read_events(out.run_dir / "events.jsonl") if e["kind"] == "train"}
+    assert events[2]["route"] == "lora" and events[2]["loss"] is not None
+    assert events[2]["fallback"].startswith("echo failed: ConnectionError: echo failed at step 2")
+    assert events[2]["echo"] == {"n": 4}
+    assert out.state.failed_by_route == {"echo": 1}
+    assert out.state.ok_by_route == {"echo": 2, "lora": 1}
+
+
+def test_the_fallback_queue_is_in_the_checkpointed_state():
+    train_set = [Example((("user", f"q{i}"),), f"a{i}", f"f:{i}") for i in range(8)]
+    src = BatchSource(train_set, seed=1, per_step=2, mix_ratio=0.0)
+    src.next()
+    failed = [Example((("system", "s"), ("user", "x y")), "z", "remake:3")]
+    src.push_fallback(failed, "TeacherUnavailable: timeout")
+    src.push_fallback(train_set[:2], "TeacherUnavailable: 500")
+    state = json.loads(json.dumps(src.state_dict()))  # what a checkpoint writes: plain JSON
+    again = BatchSource(train_set, seed=1, per_step=2, mix_ratio=0.0)
+    again.load_state_dict(state, refined=[])
+    assert again.next() == (failed, "TeacherUnavailable: timeout")
+    assert again.next() == (train_set[:2], "TeacherUnavailable: 500")
+    assert again.next()[1] is None  # then fresh batches again
+
+
+def test_the_learned_router_sees_the_batch_losses(tmp_path, tiny_model_dir, echo_registered):
+    cfg = load_config(write_config(tmp_path, tiny_model_dir, router={"kind": "reward_classifier", "warmup": 2},
+                                   reward={"kind": "neg_loss", "probe_size": 2}, train={"max_steps": 4}))
+    out = train(cfg, quiet=True)
+    events = [e for e in read_events(out.run_dir / "events.jsonl") if e["kind"] == "train"]
+    assert {e["route"] for e in events} == {"lora", "echo"}  # the bandit handles the registry's routes
+    for e in events:
+        stats = e["batch"]
+        assert stats["mean_loss"] > 0 and stats["max_loss"] >= stats["mean_loss"]
+        names = ["batch_has_loss", "batch_mean_loss", "batch_max_loss"]
+        feats = dict(zip(names, e["decision"]["features"][-(len(names) + 3 + 64):][:3]))
+        assert feats["batch_has_loss"] == 1.0 and feats["batch_mean_loss"] == pytest.approx(stats["mean_loss"])
+        assert e["gain"] is not None
+
+
+def test_batch_stats_features_have_no_dead_entries():
+    stats = BatchStats(mean_loss=2.5, max_loss=4.0, reward_before=-0.3, prompts=("a", "b"))
+    assert all(x != 0 for x in stats.as_features())
+
+
+def test_dependencies_point_one_way():
+    code = ("import sys, monitors, classifiers, classifiers.reward_router, monitors.suite;"
+            "bad = sorted(m for m in sys.modules if m == 'neurosym' or m.startswith('neurosym.'));"
+            "print(bad); sys.exit(1 if bad else 0)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_a_verb_imports_only_its_own_stack():
+    code = ("import sys; from neurosym.cli import main; rc = main(['conn', 'run', 'add', '12', '30']);"
+            "heavy = [m for m in ('neurosym.train', 'neurosym.run', 'peft', 'textgrad', 'wandb', 'sklearn') "
+            "if m in sys.modules]; print('HEAVY', heavy); sys.exit(rc)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "42" in res.stdout and "HEAVY []" in res.stdout, res.stdout
+
+
+def test_user_errors_exit_2_from_every_verb(tmp_path):
+    from neurosym.cli import main
+    assert main(["validate", str(tmp_path / "missing.yaml")]) == 2
+    assert main(["conn", "run", "add", "12", "x"]) == 2
+    assert main(["resume", str(tmp_path)]) == 2
