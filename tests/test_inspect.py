@@ -365,3 +365,18 @@ def test_export_uploads_a_dataset_artifact_to_the_runs_wandb_id(tmp_path, capsys
                     "entity": None, "dir": str(run_dir)}
     assert art.type == "dataset" and art.files == [("file", str(out))] and art.metadata["rows"] == 3
     assert finish == ("finish",)
+
+
+def test_prompts_cli_escapes_terminal_control_codes(tmp_path, capsys):
+    """A teacher-written prompt cannot recolour, move the cursor, hide or reorder text on the terminal."""
+    run_dir, _ = make_run(tmp_path)
+    hostile = ("Add them.\x1b[2J\x1b[31mRED\x1b[0m\rOVERWRITE\x07 bell\x08\x9b31m "
+               "abc\u202edcba\u200b zero-width\ufeff; keep\ttabs\nand new lines; caf\u00e9 \u00d7 \U0001f600")
+    write_events(run_dir, [{"kind": "prompt", "step": 0, "version": 0, "text": "Add the numbers."},
+                           {"kind": "prompt", "step": 3, "version": 1, "text": hostile}])
+    assert main(["prompts", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert not any(c in out for c in "\x1b\r\x07\x08\x9b\u202e\u200b\ufeff")
+    for shown in (r"\x1b[2J\x1b[31mRED\x1b[0m\x0dOVERWRITE\x07 bell\x08\x9b31m", r"abc\u202edcba\u200b",
+                  r"zero-width\ufeff; keep" + "\ttabs", "     and new lines; caf\u00e9 \u00d7 \U0001f600"):
+        assert shown in out
