@@ -186,10 +186,20 @@ class OutputTarget:
         # Something may have appeared at the target while we worked: check again, with the same rules.
         self._check()
         if self.kind == "file":
-            os.replace(tmp, out)
+            if out.exists():  # checked above: empty, or the user asked to overwrite it
+                os.replace(tmp, out)
+                return
+            try:  # a hard link never replaces a file that appeared since the check
+                os.link(tmp, out)
+            except FileExistsError:
+                raise OutputError(f"{self.flag} {self.given}: appeared while writing; not replaced") from None
+            except OSError:  # a file system without hard links
+                os.replace(tmp, out)
+            else:
+                tmp.unlink()
             return
         if not out.exists():
-            os.rename(tmp, out)
+            os.rename(tmp, out)  # fails on a folder that appeared and is not empty
             return
         old = out.parent / f".{out.name}{OLD_TAG}{uuid.uuid4().hex[:8]}"
         os.rename(out, old)  # the user asked for this one to be replaced (checked above)
