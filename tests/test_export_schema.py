@@ -3,6 +3,7 @@ the training data of a run that has no refined examples (LoRA-only). Synthetic r
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -130,3 +131,35 @@ def test_export_of_a_lora_only_run_whose_data_is_gone_says_so(tmp_path, capsys):
     out = tmp_path / "x.jsonl"
     assert main(["export", str(run_dir), "--out", str(out)]) == 2
     assert "data file not found" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.parametrize("schema", ["trl", "trl-messages"])
+def test_trl_sfttrainer_trains_on_the_export_as_is(run, tmp_path, tiny_model_dir, schema):
+    """With TRL installed (not a dependency; skipped otherwise): SFTTrainer takes the exported file with
+    no mapping, tokenizes each row to the ids neurosym trained on and, for `trl`, puts the loss on the
+    same tokens (the completion)."""
+    pytest.importorskip("trl")
+    import datasets
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    out = tmp_path / "trl.jsonl"
+    assert main(["export", str(run), "--out", str(out), "--schema", schema]) == 0
+    ds = datasets.load_dataset("json", data_files=str(out), split="train")
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    args = SFTConfig(output_dir=str(tmp_path / "trl-out"), max_steps=1, per_device_train_batch_size=3,
+                     report_to=[], save_strategy="no", use_cpu=True, max_length=512, logging_steps=1)
+    trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_model_dir), args=args,
+                         train_dataset=ds, processing_class=tok)
+    with RemakeStore(run / "remake.sqlite") as store:
+        refined = store.examples()
+    renderer = Renderer(tok, 512, PROMPTS[2])
+    for row, ex in zip(trainer.train_dataset, refined):
+        enc = renderer.encode(ex)
+        n = len(enc.input_ids)
+        assert row["input_ids"][:n] == enc.input_ids  # the template may add its turn separator after EOS
+        if schema == "trl":
+            trained = [i for i, label in enumerate(row["labels"][:n]) if label != -100]
+            assert trained == [i for i, label in enumerate(enc.labels) if label != -100]
+    result = trainer.train()
+    assert math.isfinite(result.training_loss) and result.training_loss > 0
