@@ -24,12 +24,15 @@ Use::
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator, Literal, Optional
+
+log = logging.getLogger(__name__)
 
 TMP_TAG, OLD_TAG = ".neurosym-tmp-", ".neurosym-old-"
 RUN_MARKERS = ("events.jsonl", "checkpoints", "remake.sqlite")
@@ -209,6 +212,9 @@ class OutputTarget:
             os.rename(old, out)
             raise
         shutil.rmtree(old, ignore_errors=True)
+        if old.exists():
+            log.warning("the new %s is in place, but the old one could not be fully removed: delete %s",
+                        out, old)
 
 
 def _remove(path: Path) -> None:
