@@ -179,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--no-color", action="store_true")
     q.set_defaults(func=cmd_preview)
 
-    q = _parser(sub, "merge", "Merge the adapter into the base model (merge_and_unload).",
+    q = _parser(sub, "merge", "Merge the adapter into the base model (merge_and_unload); the learned system "
+                "prompt goes with it (system_prompt.txt, the chat template's default system message).",
                 "neurosym merge runs/tiny --out merged/tiny")
     q.add_argument("run_dir")
     q.add_argument("--out", required=True, help="new folder for the merged model (never the base model's folder)")

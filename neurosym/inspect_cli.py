@@ -151,8 +151,10 @@ def cmd_report(args) -> int:
 
 
 def register(sub) -> None:
-    q = _parser(sub, "export", "Write the run's refined examples as a dataset the job can train on.",
-                "neurosym export runs/tiny --out refined.jsonl --only all --wandb")
+    q = _parser(sub, "export", "Write the run's refined examples (a LoRA-only run: its training data) as a "
+                "dataset, each row with the run's learned system prompt.",
+                "neurosym export runs/tiny --out refined.jsonl --only all --wandb\n"
+                "  neurosym export runs/tiny --out sft.jsonl --schema trl      # rows TRL's SFTTrainer takes as is")
     q.add_argument("run_dir")
     q.add_argument("--out", required=True,
                    help="file (jsonl, parquet) or folder (hf) to write; never inside a run directory")
