@@ -136,10 +136,18 @@ def cmd_eval(args) -> int:
 
 
 def cmd_merge(args) -> int:
-    from neurosym.merge import merge_run
+    from neurosym.merge import SYSTEM_PROMPT_FILE, merge_run
+    from neurosym.safe_output import OutputError
     cfg = _run_config(args.run_dir)
-    out = merge_run(cfg, Path(args.run_dir), Path(args.out), args.checkpoint, args.dequantize)
-    print(f"merged model written to {out}")
+    try:
+        merged = merge_run(cfg, Path(args.run_dir), Path(args.out), args.checkpoint, args.dequantize,
+                           overwrite=args.overwrite)
+    except OutputError as exc:
+        raise UserError(str(exc)) from None
+    print(f"merged model written to {merged.path}")
+    if merged.system_prompt is not None:
+        print(f"  learned system prompt in {merged.path / SYSTEM_PROMPT_FILE}")
+    print(f"  {merged.chat_template}")
     return 0
 
 
@@ -194,10 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--no-color", action="store_true")
     q.set_defaults(func=cmd_preview)
 
-    q = _parser(sub, "merge", "Merge the adapter into the base model (merge_and_unload).",
+    q = _parser(sub, "merge", "Merge the adapter into the base model (merge_and_unload); the learned system "
+                "prompt goes with it (system_prompt.txt, the chat template's default system message).",
                 "neurosym merge runs/tiny --out merged/tiny")
     q.add_argument("run_dir")
-    q.add_argument("--out", required=True)
+    q.add_argument("--out", required=True, help="new folder for the merged model (never the base model's folder)")
+    q.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out folder (the new one is written beside it and swapped in)")
     q.add_argument("--checkpoint")
     q.add_argument("--dequantize", action="store_true", help="merge a QLoRA run into a bf16 copy of the base")
     q.set_defaults(func=cmd_merge)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import unicodedata
 from pathlib import Path
 from typing import Optional
 
@@ -43,8 +45,8 @@ def run_events(run_dir: Path) -> list[dict]:
     return [e for e in read_events(path) if isinstance(e, dict)] if path.exists() else []
 
 
-def _state_prompts(run_dir: Path) -> tuple[list[dict], Optional[str]]:
-    ckpt = latest_checkpoint(Path(run_dir))
+def _state_prompts(run_dir: Path, ckpt: Optional[Path] = None) -> tuple[list[dict], Optional[str]]:
+    ckpt = latest_checkpoint(Path(run_dir)) if ckpt is None else Path(ckpt)
     if ckpt is None or not (ckpt / "state.json").exists():
         return [], None
     try:
@@ -129,6 +131,57 @@ def prompt_history(run_dir: str | Path) -> list[dict]:
     return out
 
 
+def learned_prompt(run_dir: str | Path, checkpoint: str | Path | None = None) -> Optional[str]:
+    """The system prompt the run learned: the one current in ``checkpoint`` (a ``step-N`` folder;
+    default the newest complete one), which is the prompt its adapter was trained under. A run with
+    no checkpoint yet gives its newest recorded version (events, else ``data.system_prompt``).
+    ``None`` when the run has no system prompt at all."""
+    run_dir = Path(run_dir)
+    ckpt = Path(checkpoint) if checkpoint is not None else latest_checkpoint(run_dir)
+    if ckpt is not None and (ckpt / "state.json").exists():
+        try:
+            state = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
+            prompts = (state.get("components") or {}).get("prompts")
+        except (OSError, ValueError, AttributeError):
+            prompts = None
+        if isinstance(prompts, dict) and "current" in prompts:
+            current = prompts["current"]
+            return current if isinstance(current, str) and current.strip() else None
+    versions = prompt_versions(run_dir)
+    text = versions[-1]["text"] if versions else None
+    return text if isinstance(text, str) and text.strip() else None
+
+
+def learned_prompt_card(text: Optional[str]) -> str:
+    """A Markdown section stating the learned system prompt, for a model card (README.md of a PEFT
+    adapter or a merged model): the adapter was trained under this prompt and expects it."""
+    if not text:
+        return ("## System prompt\n\nThis run trained without a system prompt; use none at inference.\n")
+    fence = "```"
+    while fence in text:
+        fence += "`"
+    return ("## System prompt\n\n"
+            "This adapter was trained under the system prompt below (learned by neurosym's symbolic route); "
+            "give it as the system message at inference. `system_prompt.txt` holds the same text.\n\n"
+            f"{fence}text\n{text}\n{fence}\n")
+
+
+# C0/C1 controls (ESC, CR, BEL, backspace...), DEL, and the Unicode format characters that reorder or
+# hide text on a terminal (bidi overrides and isolates, zero-width joiners). Newline and tab stay.
+_UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb]")
+
+
+def printable(text: str) -> str:
+    """``text`` with every terminal control or invisible formatting character shown as an escape
+    (``\\x1b``, ``\\u202e``): what a teacher wrote cannot move the cursor, recolour or hide text."""
+    def esc(m: re.Match) -> str:
+        c = ord(m.group())
+        return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+    out = _UNSAFE.sub(esc, text)
+    # a lone surrogate (possible in JSON text) cannot be encoded for the terminal: escaped too
+    return "".join(f"\\u{ord(ch):04x}" if unicodedata.category(ch) == "Cs" else ch for ch in out)
+
+
 def format_prompt_history(history: list[dict], width: int = 100) -> str:
     """The history as text: one header line per version, then its prompt indented."""
     if not history:
@@ -139,7 +192,7 @@ def format_prompt_history(history: list[dict], width: int = 100) -> str:
                  if row.get("eval_loss") is not None else "no eval")
         mark = "  [current]" if row.get("current") else ""
         lines.append(f"v{row['version']:<3} step {row['step']:<6} {score}{mark}")
-        text = row.get("text") or ""
+        text = printable(row.get("text") or "")
         for para in (text.splitlines() or [""]):
             while len(para) > width:
                 cut = para.rfind(" ", 0, width)
@@ -151,4 +204,5 @@ def format_prompt_history(history: list[dict], width: int = 100) -> str:
     return "\n".join(lines).rstrip("\n")
 
 
-__all__ = ["prompt_history", "prompt_versions", "format_prompt_history", "run_events"]
+__all__ = ["prompt_history", "prompt_versions", "format_prompt_history", "run_events", "learned_prompt",
+           "learned_prompt_card", "printable"]

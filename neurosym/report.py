@@ -281,15 +281,29 @@ def draw_report(run_dir: str | Path):
     return fig
 
 
-def write_report(run_dir: str | Path, out_png: str | Path | None = None) -> Path:
-    """Draw the run's report and write it as a PNG (default ``run_dir/report.png``); returns its path.
+def write_report(run_dir: str | Path, out_png: str | Path | None = None, overwrite: bool = False) -> Path:
+    """Draw the run's report and write it as a PNG; returns its path.
+
+    The default, ``run_dir/report.png``, is the program's own file and is replaced each time. Any
+    other ``out_png`` follows :class:`neurosym.safe_output.OutputTarget`: refused if it exists (unless
+    ``overwrite``) or lies in a run directory; written to a temporary sibling and renamed.
 
     :raises FileNotFoundError: ``run_dir`` has no ``events.jsonl``.
+    :raises neurosym.safe_output.OutputError: ``out_png`` may not be written.
     """
+    from neurosym.safe_output import OutputTarget
+
     run_dir = Path(run_dir)
+    default = run_dir / "report.png"
+    target = None
+    if out_png is not None and os.path.abspath(out_png) != os.path.abspath(default):
+        target = OutputTarget(out_png, kind="file", overwrite=overwrite, protect=[run_dir])
     fig = draw_report(run_dir)
-    out = Path(out_png) if out_png is not None else run_dir / "report.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if target is not None:
+        with target.writing() as tmp:
+            fig.savefig(tmp, format="png")
+        return Path(out_png)
+    out = default
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     os.close(fd)
     try:

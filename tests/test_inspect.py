@@ -270,7 +270,7 @@ def test_export_round_trips_through_load_examples(tmp_path, capsys, fmt, name):
     refined = populate_store(run_dir, cfg)
     out = tmp_path / "export" / name
     assert main(["export", str(run_dir), "--out", str(out), "--format", fmt]) == 0
-    assert capsys.readouterr().out.strip() == f"exported 3 rows to {out}"
+    assert capsys.readouterr().out.splitlines()[0] == f"exported 3 rows to {out}"
     back, report = load_examples(out, cfg.data)
     assert report.skipped == 0
     assert [(e.prompt, e.response) for e in back] == [(e.prompt, e.response) for e in refined]
@@ -282,7 +282,7 @@ def test_export_all_puts_training_rows_first_with_provenance(tmp_path, capsys):
     refined = populate_store(run_dir, cfg)
     out = tmp_path / "all.jsonl"
     assert main(["export", str(run_dir), "--out", str(out), "--only", "all"]) == 0
-    assert capsys.readouterr().out.strip() == f"exported 27 rows (3 refined + 24 training) to {out}"
+    assert capsys.readouterr().out.splitlines()[0] == f"exported 27 rows (3 refined + 24 training) to {out}"
     train, _ = load_examples(cfg.data.train, cfg.data)
     back, _ = load_examples(out, cfg.data)
     assert [(e.prompt, e.response) for e in back] == [(e.prompt, e.response) for e in train + refined]
@@ -292,11 +292,12 @@ def test_export_all_puts_training_rows_first_with_provenance(tmp_path, capsys):
         [("remake:1", 12, 1), ("remake:2", 12, 1), ("remake:3", 27, 2)]
 
 
-def test_export_without_a_store_is_a_clear_error(tmp_path, capsys):
+def test_export_only_refined_without_a_store_is_a_clear_error(tmp_path, capsys):
     run_dir, _ = make_run(tmp_path)
     out = tmp_path / "x.jsonl"
-    assert main(["export", str(run_dir), "--out", str(out)]) == 2
-    assert "has no remake store yet (remake.sqlite)" in capsys.readouterr().err
+    assert main(["export", str(run_dir), "--out", str(out), "--only", "refined"]) == 2
+    err = capsys.readouterr().err
+    assert "has no remake store yet (remake.sqlite)" in err and "Leave out --only" in err
     assert not out.exists() and not (run_dir / "remake.sqlite").exists()  # checking did not create one
     assert main(["export", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
     assert "not a run directory" in capsys.readouterr().err
@@ -364,3 +365,18 @@ def test_export_uploads_a_dataset_artifact_to_the_runs_wandb_id(tmp_path, capsys
                     "entity": None, "dir": str(run_dir)}
     assert art.type == "dataset" and art.files == [("file", str(out))] and art.metadata["rows"] == 3
     assert finish == ("finish",)
+
+
+def test_prompts_cli_escapes_terminal_control_codes(tmp_path, capsys):
+    """A teacher-written prompt cannot recolour, move the cursor, hide or reorder text on the terminal."""
+    run_dir, _ = make_run(tmp_path)
+    hostile = ("Add them.\x1b[2J\x1b[31mRED\x1b[0m\rOVERWRITE\x07 bell\x08\x9b31m "
+               "abc\u202edcba\u200b zero-width\ufeff; keep\ttabs\nand new lines; caf\u00e9 \u00d7 \U0001f600")
+    write_events(run_dir, [{"kind": "prompt", "step": 0, "version": 0, "text": "Add the numbers."},
+                           {"kind": "prompt", "step": 3, "version": 1, "text": hostile}])
+    assert main(["prompts", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert not any(c in out for c in "\x1b\r\x07\x08\x9b\u202e\u200b\ufeff")
+    for shown in (r"\x1b[2J\x1b[31mRED\x1b[0m\x0dOVERWRITE\x07 bell\x08\x9b31m", r"abc\u202edcba\u200b",
+                  r"zero-width\ufeff; keep" + "\ttabs", "     and new lines; caf\u00e9 \u00d7 \U0001f600"):
+        assert shown in out
