@@ -3,7 +3,7 @@
 Layout of one checkpoint::
 
     adapter_model.safetensors, adapter_config.json   PEFT format (PeftModel.from_pretrained loads it)
-    README.md                                        PEFT model card, with the learned system prompt
+    README.md, system_prompt.txt                     PEFT model card stating the learned system prompt; the prompt
     optimizer.{json,safetensors}                     no pickle
     rng.{json,safetensors}                           python, numpy, torch, cuda
     state.json                                       the TrainState, whole (counters + every component)
@@ -78,7 +78,7 @@ def find_checkpoint(run_dir: Path, name: Optional[str]) -> Path:
 
 
 def save_checkpoint(run_dir: Path, model, optimizer, state: TrainState, keep_last_n: int,
-                    model_card: str = "") -> Path:
+                    model_card: str = "", system_prompt: Optional[str] = None) -> Path:
     root = checkpoints_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{state.step}"
@@ -89,6 +89,8 @@ def save_checkpoint(run_dir: Path, model, optimizer, state: TrainState, keep_las
     model.save_pretrained(str(tmp))
     if model_card:
         atomic_write_text(tmp / "README.md", model_card)
+    if system_prompt:
+        atomic_write_text(tmp / "system_prompt.txt", system_prompt)
     save_tree(optimizer.state_dict(), tmp / "optimizer")
     save_tree(rng_state(), tmp / "rng")
     state.save(tmp / "state.json")

@@ -280,7 +280,7 @@ class Run:
     def save(self) -> Path:
         self.state.components = self.state_dict()
         return save_checkpoint(self.dir.path, self.model, self.optimizer, self.state, self.cfg.train.keep_last_n,
-                               model_card(self.cfg, self.prompts.current, self.state.step))
+                               model_card(self.cfg, self.prompts.current, self.state.step), self.prompts.current)
 
     def last_checkpoint_name(self) -> Optional[str]:
         ckpt = latest_checkpoint(self.dir.path)
@@ -293,9 +293,9 @@ class Run:
 
 def model_card(cfg, system_prompt: Optional[str], step: int) -> str:
     """The checkpoint's PEFT model card: what base, what data, and the learned system prompt."""
-    prompt = system_prompt if system_prompt is not None else "(none)"
-    return (f"---\nbase_model: {cfg.model.name_or_path}\nlibrary_name: peft\ntags: [neurosym]\n---\n\n"
-            f"# {cfg.run.name}, step {step}\n\nAdapter trained by neurosym on `{Path(cfg.data.train).name}`"
-            f" (router `{cfg.router.kind}`).\n\n## Learned system prompt\n\nUse this system prompt with the "
-            f"adapter; the adapter was trained under it.\n\n```text\n{prompt}\n```\n")
+    from neurosym.prompts_history import learned_prompt_card
 
+    data = cfg.data.train if isinstance(cfg.data.train, str) else "several datasets"
+    return (f"---\nbase_model: {cfg.model.name_or_path}\nlibrary_name: peft\ntags: [neurosym]\n---\n\n"
+            f"# {cfg.run.name}, step {step}\n\nAdapter trained by neurosym on `{Path(str(data)).name}` "
+            f"(router `{cfg.router.kind}`).\n\n" + learned_prompt_card(system_prompt))

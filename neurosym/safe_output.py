@@ -32,6 +32,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator, Literal, Optional
 
+from neurosym.errors import UserError
+
 log = logging.getLogger(__name__)
 
 TMP_TAG, OLD_TAG = ".neurosym-tmp-", ".neurosym-old-"
@@ -39,7 +41,7 @@ RUN_MARKERS = ("events.jsonl", "checkpoints", "remake.sqlite")
 _SCAN_LIMIT = 20_000  # entries looked at before refusing to replace a folder we cannot fully check
 
 
-class OutputError(ValueError):
+class OutputError(UserError, ValueError):
     """An output path the verb must not write (exists, inside a run, read from...): exit 2."""
 
 

@@ -97,7 +97,8 @@ def finish(run: Run) -> dict:
                 for r in symbolic.store.rows()[:100]] if symbolic else []
     run.recorder.finish_tables(run.state.step, len(run.routes) > 1, rewrites)
     ckpt = Path(run.dir.checkpoints) / f"step-{run.state.step}"
-    run.recorder.artifact([ckpt / "adapter_model.safetensors", ckpt / "adapter_config.json", ckpt / "README.md"],
+    run.recorder.artifact([ckpt / "adapter_model.safetensors", ckpt / "adapter_config.json", ckpt / "README.md",
+                           ckpt / "system_prompt.txt"],
                           f"{run.cfg.run.name}-adapter", "lora-adapter", {"system_prompt": run.prompts.current})
     return final
 

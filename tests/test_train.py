@@ -36,6 +36,10 @@ def test_run_directory_events_and_peft_checkpoints(tmp_path, tiny_model_dir):
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(ckpts[0]))
     assert any("lora_A" in n for n, _ in model.named_parameters())
     assert not list(run.glob("checkpoints/.tmp*"))
+    # the learned system prompt travels with the adapter: model card and system_prompt.txt
+    assert (ckpts[0] / "system_prompt.txt").read_text() == "Add the numbers."
+    card = (ckpts[0] / "README.md").read_text()
+    assert "base_model:" in card and "## System prompt" in card and "Add the numbers." in card
     assert out.final_eval["eval_loss"] < rec["loss"]
 
 
