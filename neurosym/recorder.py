@@ -70,8 +70,11 @@ class Recorder:
         if step > 0:
             self.progress.write(f"step {step}: system prompt v{version}")
 
-    def eval(self, step: int, figures: dict) -> None:
+    def eval(self, step: int, figures: dict, samples: Optional[list] = None) -> None:
         self.events.write({"kind": "eval", "step": step, **figures})
+        if samples:
+            self.tracker.log_table("eval/samples", ["step", "prompt", "generation", "reference", "reward"],
+                                   samples, step)
         self.tracker.log({f"eval/{k[5:] if k.startswith('eval_') else k}": v for k, v in figures.items()
                           if isinstance(v, (int, float)) and not isinstance(v, bool)}, step)
         shown = ", ".join(f"{k.replace('eval_', 'eval ')} {v:.4f}" for k, v in figures.items()

@@ -33,6 +33,7 @@ from neurosym.state import TrainState
 from neurosym.updates import DEFAULT_ROUTE, UPDATES, Outcome, enabled_routes
 from neurosym.updates.lora import encode_batches, eval_loss
 
+SAMPLES = 8  # sample generations logged to W&B at each evaluation
 SCHEDULE_KEYS = ("train.lr", "train.scheduler", "train.warmup", "train.warmup_ratio")
 
 
@@ -246,13 +247,19 @@ class Run:
             micro = encode_batches(self.eval_set, self.renderer, self.cfg.train.batch_size, self.pad_id, self.runtime)
             loss, _ = eval_loss(self.model, micro, self.runtime)
             figures.update(eval_loss=loss, eval_ppl=math.exp(min(loss, 50)))
+            # generations: all of the split for a generation reward, else a few for the W&B samples table
+            shown = self.eval_set if self.reward.needs_generation else self.eval_set[:SAMPLES]
+            answers = answer_examples(self.model, self.tokenizer, self.renderer, shown,
+                                      self.cfg.symbolic.max_new_tokens, self.cfg.train.batch_size * 4) \
+                if (self.reward.needs_generation or self.recorder.tracker.run) else []
+            rewards = [self.reward(a, ex.response) for a, ex in zip(answers, shown)] \
+                if self.reward.needs_generation else [None] * len(answers)
             if self.reward.needs_generation:
-                answers = answer_examples(self.model, self.tokenizer, self.renderer, self.eval_set,
-                                          self.cfg.symbolic.max_new_tokens, self.cfg.train.batch_size * 4)
-                figures["eval_reward"] = sum(self.reward(a, ex.response)
-                                             for a, ex in zip(answers, self.eval_set)) / len(self.eval_set)
+                figures["eval_reward"] = sum(rewards) / len(rewards)
             figures["prompt_version"] = self.prompts.version
-            self.recorder.eval(self.state.step, figures)
+            samples = [[self.state.step, ex.prompt, a, ex.response, r]
+                       for ex, a, r in list(zip(shown, answers, rewards))[:SAMPLES]]
+            self.recorder.eval(self.state.step, figures, samples)
             self._early_stopping(figures)
         return figures
 

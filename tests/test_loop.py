@@ -145,3 +145,35 @@ def test_user_errors_exit_2_from_every_verb(tmp_path):
     assert main(["validate", str(tmp_path / "missing.yaml")]) == 2
     assert main(["conn", "run", "add", "12", "x"]) == 2
     assert main(["resume", str(tmp_path)]) == 2
+
+
+def test_eval_reward_early_stopping_and_warmup_ratio(tmp_path, tiny_model_dir):
+    cfg = load_config(write_config(tmp_path, tiny_model_dir, reward={"kind": "numeric_match"},
+                                   symbolic={"max_new_tokens": 4},
+                                   train={"max_steps": 40, "eval_every": 1, "save_every": 0, "warmup": 0, "warmup_ratio": 0.25,
+                                          "early_stopping_patience": 2, "early_stopping_metric": "eval_reward"}))
+    out = train(cfg, quiet=True)
+    evals = [e for e in read_events(out.run_dir / "events.jsonl") if e["kind"] == "eval"]
+    # the tiny random model answers no sum right: eval_reward is measured (by generation) and never improves
+    assert all(e["eval_reward"] == 0.0 for e in evals)
+    assert out.stop_reason and "early stopping: eval_reward" in out.stop_reason
+    assert out.state.step == 2 and [e["step"] for e in evals] == [0, 1, 2]
+    steps = [e for e in read_events(out.run_dir / "events.jsonl") if e["kind"] == "train"]
+    assert steps[0]["lr"] == 0.0 and steps[1]["lr"] == pytest.approx(cfg.train.lr / 10)  # ceil(0.25 * 40) = 10
+
+
+def test_eight_bit_optimizers_are_refused_without_cuda(tmp_path, tiny_model_dir, capsys):
+    from neurosym.cli import main
+    cfg = write_config(tmp_path, tiny_model_dir)
+    assert main(["train", str(cfg), "--set", "train.optimizer=paged_adamw_8bit", "--quiet"]) == 2
+    assert "need a CUDA GPU" in capsys.readouterr().err
+
+
+def test_wandb_samples_table_at_each_eval(tmp_path, tiny_model_dir):
+    from tests.support.wandb_reader import summarize
+    cfg = load_config(write_config(tmp_path, tiny_model_dir, tracking={"mode": "offline"},
+                                   train={"max_steps": 2, "eval_every": 2}))
+    out = train(cfg, quiet=True)
+    history = summarize(out.run_dir / "wandb")["history"]
+    rows = [h["eval/samples/nrows"] for h in history if "eval/samples/nrows" in h]
+    assert rows == [6, 6]  # before (step 0) and step 2: every eval example (6) with its generation
