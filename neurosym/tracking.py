@@ -43,6 +43,7 @@ class Tracker:
         run_id = id_path.read_text().strip() if id_path.exists() else secrets.token_hex(6)
         if not id_path.exists():
             atomic_write_text(id_path, run_id + "\n")
+        self.root = Path(os.environ.get("WANDB_DIR") or str(self.run_dir)) / "wandb"
         self.run = wandb.init(
             project=cfg.tracking.resolved_project(), entity=cfg.tracking.entity, tags=cfg.tracking.tags or None,
             name=cfg.run.name, id=run_id, resume="allow", mode=self.mode,
@@ -56,13 +57,15 @@ class Tracker:
         return self.run.id if self.run else None
 
     def log(self, metrics: dict, step: int) -> None:
+        # An explicit step (the training step) keeps W&B's _step monotonic across a resume: a resumed
+        # offline run writes a second file that continues at step N+1 instead of restarting at 0.
         if self.run:
-            self.run.log({**metrics, "train/step": step})
+            self.run.log({**metrics, "train/step": step}, step=step)
 
     def log_table(self, key: str, columns: list, rows: list, step: int) -> None:
         if self.run and rows:
             import wandb
-            self.run.log({key: wandb.Table(columns=columns, data=rows), "train/step": step})
+            self.run.log({key: wandb.Table(columns=columns, data=rows), "train/step": step}, step=step)
 
     def log_artifact(self, files: list, name: str, kind: str, metadata: Optional[dict] = None) -> None:
         if not self.run:
@@ -78,8 +81,18 @@ class Tracker:
         """Close the run; for offline runs return the `wandb sync` command to upload it."""
         if not self.run:
             return None
-        run_dir = getattr(self.run, "dir", None)
+        run_id, project, entity = self.run.id, self.run.project, self.run.entity
         self.run.finish(exit_code=exit_code)
-        if self.mode == "offline" and run_dir:
-            return f"wandb sync {Path(run_dir).parent}"
+        if self.mode != "offline":
+            return None
+        return sync_command(self.root, run_id, project, entity)
+
+
+def sync_command(root: Path, run_id: str, project: str, entity: Optional[str]) -> Optional[str]:
+    """One `wandb sync` that uploads every offline file of this run (one per start or resume) into one
+    W&B run, in order: ``--id`` makes W&B sync several files into the same run by start time."""
+    parts = sorted(Path(root).glob(f"offline-run-*-{run_id}"))
+    if not parts:
         return None
+    ent = f" -e {entity}" if entity else ""
+    return f"wandb sync --id {run_id} -p {project}{ent} " + " ".join(str(p) for p in parts)

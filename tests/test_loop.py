@@ -177,3 +177,26 @@ def test_wandb_samples_table_at_each_eval(tmp_path, tiny_model_dir):
     history = summarize(out.run_dir / "wandb")["history"]
     rows = [h["eval/samples/nrows"] for h in history if "eval/samples/nrows" in h]
     assert rows == [6, 6]  # before (step 0) and step 2: every eval example (6) with its generation
+
+
+def test_a_resumed_offline_wandb_run_continues_its_steps_and_syncs_as_one(tmp_path, tiny_model_dir, capsys):
+    import time
+
+    from neurosym.cli import main
+    from tests.support.wandb_reader import summarize
+    cfg = write_config(tmp_path, tiny_model_dir, tracking={"mode": "offline"},
+                       train={"max_steps": 2, "eval_every": 0, "save_every": 1})
+    assert main(["train", str(cfg), "--quiet"]) == 0
+    time.sleep(1.1)  # offline files are named by the second they start in
+    run = tmp_path / "runs" / "job"
+    assert main(["resume", str(run), "--set", "train.max_steps=4", "--quiet"]) == 0
+    files = sorted((run / "wandb").glob("offline-run-*"))
+    assert len(files) == 2
+    steps = []
+    for f in files:  # in start order, as `wandb sync --id` uploads them
+        steps += [h["_step"] for h in summarize(f)["history"] if "train/loss" in h]
+    assert steps == [1, 2, 3, 4]
+    run_id = (run / "wandb_run_id").read_text().strip()
+    assert summarize(run / "wandb")["run_ids"] == {run_id}
+    sync = [line for line in capsys.readouterr().err.splitlines() if "wandb sync" in line][-1]
+    assert f"wandb sync --id {run_id} -p neurosym" in sync and all(str(f) in sync for f in files)
