@@ -79,6 +79,7 @@ def summarize(run_dir: Path) -> dict:
         "teacher_tokens": sum(u.get("tokens", 0) for u in updates),
         "teacher_cost_usd": sum(u.get("cost_usd", 0.0) for u in updates),
         "final_eval_loss": evals[-1]["eval_loss"] if evals else None,
+        "eval_reward": evals[-1].get("eval_reward") if evals else None,  # measured by the run (generation rewards)
         "final_prompt": next((e["text"] for e in reversed(events) if e["kind"] == "prompt"), None),
         "wall_s": loop_wall_s(run_dir),
     }

@@ -5,11 +5,11 @@
 
 Every router runs the config unchanged but for ``router.kind`` (same seed), each in its own run dir
 ``<run.output_dir>/compare-<time>/<run.name>-<router>``. Eval reward is the config's reward on the
-first ``--reward-examples`` eval examples, answered by the final checkpoint under the final system
-prompt ("-" for ``neg_loss``, whose value is just -eval loss, or with no eval split).
+eval split, measured by the run's final evaluation (batched greedy answers under the final system
+prompt; "-" for ``neg_loss``, whose value is just -eval loss, or with no eval split).
 
 Teacher: with a tiny model (``model.name_or_path: tiny://...``) the scripted teacher from
-``tests/openai_server.py`` is started on 127.0.0.1 and the config is pointed at it, so the job runs
+``neurosym/testing/openai_server.py`` is started on 127.0.0.1 and the config is pointed at it, so the job runs
 offline; any other model runs with the config's own teacher. ``--local-teacher-server`` /
 ``--no-local-teacher-server`` force either way. The teacher cache is per run (each router pays for
 its own calls) unless ``--share-teacher-cache`` copies the first run's cache into later runs.
@@ -31,24 +31,6 @@ ROUTERS = ["always_lora", "always_symbolic", "alternate", "plateau", "random", "
 CACHE = Path("teacher") / "teacher_cache.sqlite"
 
 
-def eval_reward(cfg, run_dir: Path, system_prompt, n: int):
-    """Mean reward of the final checkpoint's greedy answers on the first ``n`` eval examples."""
-    from neurosym.checkpoint import latest_checkpoint
-    from neurosym.data import load_examples
-    from neurosym.model import load_with_adapter
-    from neurosym.reward import make_reward
-    from neurosym.student import make_student_engine
-
-    reward = make_reward(cfg.reward)
-    if not reward.needs_generation or not cfg.data.eval:
-        return None
-    examples = load_examples(cfg.data.eval, cfg.data)[0][:n]
-    model, tokenizer, _, _ = load_with_adapter(cfg, run_dir.parent / ".models", latest_checkpoint(run_dir))
-    student = make_student_engine(model, tokenizer, max_length=cfg.data.max_length,
-                                  max_new_tokens=cfg.symbolic.max_new_tokens)
-    return sum(reward(student.answer(ex, system_prompt), ex.response) for ex in examples) / len(examples)
-
-
 def run_router(args, router: str, out_dir: Path, teacher: list[str], shared_cache) -> dict:
     from neurosym.config import load_config
     from neurosym.train import train
@@ -63,8 +45,7 @@ def run_router(args, router: str, out_dir: Path, teacher: list[str], shared_cach
         shutil.copy2(shared_cache, cfg.run_dir / CACHE)
     print(f"== {router} -> {cfg.run_dir}", file=sys.stderr, flush=True)
     out = train(cfg, quiet=True)
-    row = summarize(out.run_dir)
-    row["eval_reward"] = eval_reward(cfg, out.run_dir, row["final_prompt"], args.reward_examples)
+    row = summarize(out.run_dir)  # eval_reward: measured by the run itself on the eval split
     return {"router": router, "run_dir": out.run_dir, **row}
 
 
@@ -88,7 +69,6 @@ def main() -> None:
     ap.add_argument("--latency", type=float, default=0.0, help="local teacher: seconds per call")
     ap.add_argument("--share-teacher-cache", action="store_true",
                     help="copy the first run's teacher cache into later runs (cheaper; costs then differ)")
-    ap.add_argument("--reward-examples", type=int, default=16, help="eval examples scored for eval reward")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     args = ap.parse_args()
     routers = [r.strip() for r in args.routers.split(",") if r.strip()]

@@ -92,8 +92,6 @@ def test_every_fault_is_survived(tmp_path, tiny_model_dir, teacher):
                                     train={"max_steps": 4, "save_every": 2}))
     # step 1: one 429, retried; step 2: 500 twice (retries exhausted) -> LoRA fallback;
     # step 3: a hang twice -> timeout -> fallback; step 4: malformed optimizer answer -> prompt unchanged
-    calls_per_update = 3 * 4 + 1  # k evaluations + 2k backward + 1 optimizer (rewrites come after)
-    plan = iter([None] * 0)
     from neurosym.updates.symbolic import SymbolicUpdate
     real_work = SymbolicUpdate._work
     faults = {2: ("500", 2, {}), 3: ("hang", 2, {"seconds": 3.0})}

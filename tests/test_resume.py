@@ -8,10 +8,9 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
-from neurosym.checkpoint import complete_checkpoints, latest_checkpoint
+from neurosym.checkpoint import latest_checkpoint
 from neurosym.events import read_events
 from tests.support.jobs import write_config
 

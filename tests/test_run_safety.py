@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from neurosym.checkpoint import complete_checkpoints, latest_checkpoint
 from neurosym.cli import main
 from neurosym.config import ConfigError, load_config
-from neurosym.errors import ResumeMismatch, RunDirError, TeacherDown, TrainingDiverged
+from neurosym.errors import RunDirError
 from neurosym.events import read_events
 from neurosym.remake.store import RemakeStore
 from neurosym.rundir import RunDir
