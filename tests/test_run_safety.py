@@ -270,3 +270,27 @@ def test_a_teacher_that_refuses_for_good_is_said_loudly(tmp_path, tiny_model_dir
         assert rc == 2 and "symbolic.on_teacher_down is 'stop'" in out.err
         assert latest_checkpoint(run).name == "step-1"  # saved on the way out, resumable
         assert math.isfinite(json.loads((latest_checkpoint(run) / "state.json").read_text())["lr"])
+
+
+def test_failed_async_updates_are_counted_apart_in_the_summary(tmp_path, tiny_model_dir, teacher, capsys,
+                                                              monkeypatch):
+    from neurosym.updates.symbolic import SymbolicUpdate
+    real = SymbolicUpdate._work
+
+    def work(self, job, student):
+        teacher.inject("500", times=1000)  # after the preflight: every update's teacher calls fail
+        return real(self, job, student)
+
+    monkeypatch.setattr(SymbolicUpdate, "_work", work)
+    cfg = hybrid_config(tmp_path, tiny_model_dir, teacher, router={"kind": "alternate", "every": 2},
+                        symbolic={"async": True, "max_inflight": 1, "down_after_failures": 100},
+                        teacher={"max_retries": 0}, train={"max_steps": 6, "save_every": 100})
+    assert main(["train", str(cfg), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    run = tmp_path / "runs" / "hybrid"
+    landed = [e for e in read_events(run / "events.jsonl") if e["kind"] == "symbolic"]
+    assert landed and all(e["symbolic"]["error_type"] == "TeacherUnavailable" for e in landed)
+    n = len(landed)
+    assert f"{n} applied" not in out and f"0 applied, {n} failed: their batches took LoRA steps" in out
+    state = json.loads((latest_checkpoint(run) / "state.json").read_text())
+    assert state["failed_by_route"] == {"symbolic": n} and "symbolic" not in state["ok_by_route"]
