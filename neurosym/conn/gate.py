@@ -290,10 +290,11 @@ class ConnGate(LogitsProcessor):
         d = self.decide(text, True, row)
         return d.rest if d is not None and d.kind == "force" else None
 
-    def _read(self, ids: list[int], row: int) -> tuple[Decision | None, list[int], str]:
+    def _read(self, ids: torch.Tensor, row: int) -> tuple[Decision | None, list[int], str]:
+        """Decide on the last ``window`` tokens of ``ids`` (a 1-D tensor), doubling while that is too few."""
         size = self.window
         while True:
-            tail = ids[-size:]
+            tail = ids[-size:].tolist()
             text = self._decode(tail)
             try:
                 return self.decide(text, size >= len(ids), row), tail, text
@@ -325,8 +326,9 @@ class ConnGate(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         beta = torch.zeros(input_ids.shape[0], dtype=torch.bool)
         out = scores
-        for row, ids in enumerate(input_ids.tolist()):
-            d, tail, text = self._read(ids, row)
+        rows = input_ids.cpu()
+        for row in range(rows.shape[0]):
+            d, tail, text = self._read(rows[row], row)
             if d is None:
                 continue
             if out is scores:
@@ -357,8 +359,9 @@ class StopWhenAnswered(StoppingCriteria):
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         if not self.gate.betas:
             return done
-        for row, ids in enumerate(input_ids.tolist()):
+        rows = input_ids.cpu()
+        for row in range(rows.shape[0]):
             if self.gate.betas[-1][row]:  # the gate wrote the last token; is anything left to write?
-                d, _, _ = self.gate._read(ids, row)
+                d, _, _ = self.gate._read(rows[row], row)
                 done[row] = d is None or d.kind != "force"
         return done
