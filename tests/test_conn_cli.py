@@ -43,7 +43,7 @@ def test_conn_run_refuses_with_exit_1(capsys, argv, message):
 
 
 def test_conn_info_lists_every_op(capsys):
-    assert run_cli(["conn", "info"]) == 0
+    assert run_cli(["conn", "info", "--no-precision"]) == 0
     rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[1:5]}
     assert set(rows) == {"parity", "reverse", "add", "subtract"}
     assert rows["add"][1:3] == ["32", "28"] and rows["parity"][1:3] == ["64", "3"]  # max len, layers
@@ -159,7 +159,7 @@ def ops_module(tmp_path):
 def test_a_registered_op_is_used_by_conn_run_info_and_generate(capsys, ops_module, tiny_model_dir):
     assert run_cli(["conn", "run", "mirror", "abcc", "--ops-module", str(ops_module)]) == 0
     assert capsys.readouterr().out.strip() == "ccba"
-    assert run_cli(["conn", "info", "mirror", "--ops-module", str(ops_module)]) == 0
+    assert run_cli(["conn", "info", "mirror", "--no-precision", "--ops-module", str(ops_module)]) == 0
     assert capsys.readouterr().out.splitlines()[1].split()[:2] == ["mirror", "8"]
     assert run_cli(["generate", str(tiny_model_dir), "--prompt", "so mirror(aab)=", "--conn", "mirror",
                     "--max-new-tokens", "4", "--ops-module", str(ops_module)]) == 0

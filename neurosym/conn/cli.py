@@ -120,18 +120,36 @@ def cmd_info(args: argparse.Namespace) -> int:
     if problem:
         return _usage(problem)
     names = args.ops or list(OPS)
+    from neurosym.conn.precision import DTYPES, verify
+
     header = f"{'op':<9} {'max len':>7} {'layers':>6} {'attn':>4} {'mlp':>4} {'width':>6} {'mlp hidden':>10} " \
              f"{'heads':>5} {'params':>8}"
     print(header)
+    ops = []
     for name in names:
         try:
-            s = get_op(name, args.max_len).stats()
+            op = get_op(name, args.max_len)
         except ConnInputError as err:
             return _fail(str(err))
+        ops.append(op)
+        s = op.stats()
         print(f"{name:<9} {s['max_len']:>7} {s['layers']:>6} {s['attention_layers']:>4} {s['mlp_layers']:>4} "
               f"{s['d_model']:>6} {s['max_mlp_hidden']:>10} {s['max_heads']:>5} {s['parameters']:>8}")
     print("max len: longest operand (bits, characters, or digits per operand); width: residual stream "
           "(d_model); mlp hidden: widest MLP layer")
+    if args.no_precision:
+        return 0
+    print("\nprecision: margin (how far every MLP unit stays outside its clamp band; 1.0 by construction in "
+          "fp32) and longest exact operand length, measured on sampled inputs")
+    print(f"{'op':<9} " + " ".join(f"{'margin ' + d:>11} {'exact ' + d:>10}" for d in DTYPES))
+    for op in ops:
+        cells, reasons = [], []
+        for d in DTYPES:
+            e = verify(op, d)
+            cells.append(f"{e.margin:>11.4g} {e.longest:>10}")
+            if e.reason:
+                reasons.append(f"{d}: {e.reason}")
+        print(f"{op.name:<9} " + " ".join(cells) + (f"   ({'; '.join(reasons)})" if reasons else ""))
     return 0
 
 
@@ -249,6 +267,8 @@ def register(subparsers) -> None:
     info.add_argument("--ops-module", action="append", default=None, metavar="MODULE",
                       help="import MODULE (dotted name or .py path) that registers operations with "
                           "neurosym.conn.register (repeatable)")
+    info.add_argument("--no-precision", action="store_true",
+                      help="skip measuring the margins and exact lengths in fp32/bf16/fp16 (a few seconds per op)")
     info.set_defaults(func=cmd_info)
 
     run = conn_sub.add_parser("run", help="run one compiled network on its operands",

@@ -247,6 +247,12 @@ class CompiledProgram:
     # The network is many small matrix products: on CPU, one thread avoids OpenMP synchronisation, which
     # otherwise dominates (10x slower on a busy 2-core machine). None: leave torch's setting alone.
     cpu_threads: int | None = 1
+    # Exact by construction in float32 (and float64). Other precisions only up to what
+    # ``precision.verify`` measured: operand length per "bf16"/"fp16" (for display), and the longest token
+    # sequence per torch dtype (what ``logits`` checks before running a cast network).
+    precision: str = "float32"
+    exact_lengths: dict = field(default_factory=dict)
+    exact_tokens: dict = field(default_factory=dict)
 
     def encode(self, batch: Sequence[Sequence[Value]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Input ids [B, 1 + longest] (BOS first, right padding) and the mask of real positions."""
@@ -279,8 +285,24 @@ class CompiledProgram:
         finally:
             torch.set_num_threads(before)
 
+    def check_precision(self, longest: int) -> None:
+        """Refuse to run a network cast below float32 beyond the length verified for that precision."""
+        dtype = self.model.unembed.weight.dtype
+        if dtype in (torch.float32, torch.float64):
+            return
+        if dtype not in self.exact_tokens:
+            raise ConnInputError(f"this network is exact by construction in {self.precision}, and it was cast to "
+                                 f"{dtype}, which has not been verified: run neurosym.conn.precision.verify(op, "
+                                 "'bf16' or 'fp16') first, or keep it in float32")
+        if longest > self.exact_tokens[dtype]:
+            limit = self.exact_tokens[dtype]
+            raise ConnInputError(f"input of {longest} tokens: in {dtype} this network is exact only up to {limit} "
+                                 f"tokens (its margins are too thin beyond that; see `neurosym conn info`); run it "
+                                 f"in {self.precision}")
+
     @torch.no_grad()
     def logits(self, batch: Sequence[Sequence[Value]]) -> torch.Tensor:
+        self.check_precision(max((len(seq) for seq in batch), default=0))
         ids, mask = self.encode(batch)
         with self._threads():
             return self.model(ids, mask)
