@@ -47,6 +47,7 @@ def _run(model: CompiledTransformer, ids: torch.Tensor, mask: torch.Tensor) -> t
     x = model.token_embed(ids) + model.position_embed(positions)[None]
     real = mask.clone()
     real[:, 0] = False
+    keys = model.attention_mask(mask)
     margin = float("inf")
     for layer in model.layers:
         if isinstance(layer, MLP):
@@ -58,7 +59,7 @@ def _run(model: CompiledTransformer, ids: torch.Tensor, mask: torch.Tensor) -> t
                 margin = min(margin, float(torch.nan_to_num(m, nan=-1.0).min()))
             x = x.index_add_(-1, layer.write_dims, layer.fc_out(F.hardtanh(raw, 0.0, 1.0)))
         else:
-            x = layer(x, mask)
+            x = layer(x, keys)
     return model.unembed(x).float().argmax(-1), margin
 
 
