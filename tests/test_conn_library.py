@@ -91,8 +91,8 @@ def test_numerical_programs_frac_prevs_and_pair_balance(causal):
 
 def test_sizes_stay_small_where_a_table_would_explode():
     """pair_balance is a linear map (2 MLP units), not a table over every pair of fractions."""
-    s = compile_program(lib.make_pair_balance(tuple("()a"), 32)).stats()
-    assert s["max_mlp_hidden"] <= 4 and s["d_model"] < 80
+    s = compile_program(lib.make_pair_balance(tuple("()a"), 16)).stats()
+    assert s["max_mlp_hidden"] <= 4 and s["d_model"] < 40
     dyck = compile_program(lib.make_shuffle_dyck2(tuple("(){}"), 16)).stats()
     assert dyck["parameters"] < 20_000
 

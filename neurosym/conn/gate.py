@@ -94,6 +94,8 @@ def make_rules(ops: Iterable[str] | None = None, triggers: dict[str, str] | None
     """
     triggers, max_lens = dict(triggers or {}), dict(max_lens or {})
     names = list(OPS) if ops is None else list(ops)
+    if not names:
+        raise ConnInputError("the gate needs at least one operation (leave the gate out to let the LM decide alone)")
     unknown = [n for n in [*names, *triggers, *max_lens] if n not in OPS]
     if unknown:
         raise ConnInputError(f"unknown operation(s) {', '.join(unknown)} for the gate; registered: {', '.join(OPS)} "
