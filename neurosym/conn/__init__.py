@@ -8,7 +8,8 @@ reaches a rule's trigger (β = 1) and back to the language model once the answer
 Modules: ``program`` (the language), ``compiler`` (program -> weights), ``model`` (the nn.Module),
 ``programs`` (parity, reverse, add, subtract), ``ops`` (the registry of validated, compiled operations and
 their triggers: ``register`` adds your own), ``expr`` (reading an expression before ``=``), ``gate``
-(the LogitsProcessor), ``cli`` (``neurosym conn ...`` and ``neurosym generate``).
+(the LogitsProcessor), ``precision`` (margins and exact lengths below float32), ``library`` (Tracr's
+``lib.py`` programs), ``cli`` (``neurosym conn ...`` and ``neurosym generate``).
 """
 from neurosym.conn.compiler import CompiledProgram, compile_program
 from neurosym.conn.errors import ConnInputError
