@@ -7,6 +7,7 @@ answer is the first number written; with the gate, generation stops when the gat
 
     python experiments/conn_eval.py                                  # tiny random Llama, built locally
     python experiments/conn_eval.py --model Qwen/Qwen2.5-0.5B --device cuda --prompts 50
+    python experiments/conn_eval.py --library                        # Tracr lib.py programs: sizes, compile time
 
 With the tiny random model the LM alone is near 0 and the gated model equals the networks' accuracy.
 """
@@ -132,6 +133,34 @@ def lm_vs_gate(model, tokenizer, ops: list[str], lengths: list[int], prompts: in
     return rows
 
 
+def library_sizes(max_len: int) -> list[dict]:
+    """Compile each Tracr lib.py program (neurosym.conn.library) at ``max_len``; its size and compile time."""
+    from neurosym.conn import library as lib
+    from neurosym.conn.compiler import compile_program
+
+    programs = {
+        "length": lambda: lib.make_length(tuple("abc"), max_len),
+        "reverse": lambda: lib.make_reverse(tuple("abc"), max_len),
+        "hist": lambda: lib.make_hist(tuple("abc"), max_len),
+        "sort_unique": lambda: lib.make_sort_unique(tuple(range(max_len)), max_len),
+        "sort": lambda: lib.make_sort(tuple(range(5)), max_len),
+        "sort_freq": lambda: lib.make_sort_freq(tuple("abc"), max_len),
+        "frac_prevs": lambda: lib.make_frac_prevs(tuple("abc"), max_len, lambda t: t == "a"),
+        "pair_balance": lambda: lib.make_pair_balance(tuple("()a"), max_len),
+        "shuffle_dyck": lambda: lib.make_shuffle_dyck(tuple("()a"), max_len),
+        "shuffle_dyck2": lambda: lib.make_shuffle_dyck2(tuple("(){}a"), max_len),
+        "detect_pattern": lambda: lib.make_detect_pattern(tuple("abc"), max_len, "abc"),
+        "count_less_freq": lambda: lib.make_count_less_freq(tuple("abc"), max_len, 2),
+        "count": lambda: lib.make_count(tuple("abc"), max_len, "a"),
+    }
+    rows = []
+    for name, build in programs.items():
+        start = time.perf_counter()
+        stats = compile_program(build()).stats()
+        rows.append(dict(program=name, max_len=max_len, seconds=time.perf_counter() - start, **stats))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="model directory or hub id (default: tiny random Llama)")
@@ -143,8 +172,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts", type=int, default=20, help="prompts per op and length (part 2)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    parser.add_argument("--library", action="store_true", help="only compile Tracr's lib.py programs and print sizes")
+    parser.add_argument("--library-max-len", default="5,10,32", help="lengths for --library")
     args = parser.parse_args(argv)
     rng = random.Random(args.seed)
+    if args.library:
+        print("# Tracr lib.py programs written with neurosym.conn (compiled in float32; exact on every input up to "
+              "length 6 per tests/test_conn_library.py)")
+        print(f"{'program':<16} {'max len':>7} {'layers':>6} {'width':>6} {'mlp hidden':>10} {'heads':>5} "
+              f"{'params':>8} {'seconds':>8}")
+        for n in (int(x) for x in args.library_max_len.split(",")):
+            for r in library_sizes(n):
+                print(f"{r['program']:<16} {r['max_len']:>7} {r['layers']:>6} {r['d_model']:>6} "
+                      f"{r['max_mlp_hidden']:>10} {r['max_heads']:>5} {r['parameters']:>8} {r['seconds']:>8.2f}")
+        return 0
 
     print(f"# Part 1: compiled networks alone ({args.samples} random inputs per row, device {args.device})")
     print(f"{'op':<9} {'length':>6} {'accuracy':>9} {'refused':>8} {'seconds':>8}")

@@ -11,8 +11,8 @@ from torch import nn
 from neurosym.conn.compiler import compile_program
 from neurosym.conn.errors import ConnInputError
 from neurosym.conn.model import MLP, Attention, AttentionHead, CompiledTransformer
-from neurosym.conn.program import (EQ, GT, LT, Aggregate, Map, ProgramError, Select, SelectorWidth, SequenceMap,
-                                   evaluate, inputs, select_key)
+from neurosym.conn.program import (EQ, GT, LT, Aggregate, LinearMap, Map, ProgramError, Select, SelectorWidth,
+                                   SequenceMap, evaluate, inputs, select_key)
 
 VOCAB = tuple("abc")
 MAX_LEN = 5
@@ -141,8 +141,9 @@ def test_program_errors_are_explicit():
     with pytest.raises(ProgramError, match="different values"):
         evaluate(mixed, list("ab"))
     numeric = Map(lambda t: 1, tokens, numerical=True)
-    with pytest.raises(ProgramError, match="must be categorical"):
-        compile_program(numeric)
+    assert compile_program(numeric)([list("ab")]) == [[1.0, 1.0]]  # a numerical output reads as numbers
+    with pytest.raises(ProgramError, match="must be numerical SOps"):
+        LinearMap((tokens,), (1.0,))
     with pytest.raises(ProgramError, match="all be categorical"):
         SequenceMap(lambda a, b: a, numeric, tokens)
     with pytest.raises(ProgramError, match="0/1 values"):

@@ -38,6 +38,11 @@ def generate(model, tokenizer, prompts, gate=None, max_new_tokens=8):
     ("30-45=-1", "5"),
     ("parity(0110111)=", "1"),
     ("then reverse(abc9)=", "9cba"),
+    ("10-3-2=", "5"),                # a chain: composed calls, left to right
+    ("12 + 5 + 7 = ", "24"),
+    ("1,234+5=", "1239"),            # thousands separators
+    ("1\u2009234 + 5 = ", "1239"),   # a thin space groups digits too
+    ("12 + 5 =", " 17"),             # spaced style: the answer is written after a space
 ])
 def test_trigger_gives_the_rest_of_the_answer(char_gate, text, rest):
     assert char_gate.remaining(text) == rest
@@ -46,7 +51,16 @@ def test_trigger_gives_the_rest_of_the_answer(char_gate, text, rest):
 @pytest.mark.parametrize("text", [
     "123+456=579",        # answer complete: hand back
     "123+456=58",         # the text went elsewhere: the LM keeps it
-    "10-3-2=",            # not a single binary operation
+    "3 * 4 + 2 = ",       # longer than the last operation, and no compiled multiply
+    "2^3+1=",             # no compiled power
+    "Final score 3-2 = ", # a score (mixed spacing, and a label word)
+    "Call 555-1234 = ",   # a phone number
+    "555-1234=",          # the shape of a phone number
+    "2024-01-05=",        # a date (leading zeros)
+    "12+5 =",             # mixed spacing: not clearly a sum
+    "10:30-5=",           # a time
+    "$5+3=",              # a currency glued to it
+    "1,2345+5=",          # not a grouped number
     "3.5+1=",             # decimals are not integers
     "x12+5=",             # operand glued to a word
     "123+456",            # no trigger yet
@@ -58,9 +72,19 @@ def test_no_trigger_means_beta_zero(char_gate, text):
 
 def test_processor_leaves_scores_untouched_without_trigger(char_gate):
     tok = char_gate.tokenizer
-    scores = torch.randn(1, len(tok))
-    ids = torch.tensor([tok.encode("123+456=579")])
+    scores = torch.randn(2, len(tok))
+    ids = torch.tensor([tok.encode("the cat sat"), tok.encode("3 * 4 + 2 =")])
     assert char_gate(ids, scores) is scores
+    assert not char_gate.betas[-1].any()
+
+
+@pytest.mark.parametrize("text", ["123+456=579", "123+456=579.", "30-45=-15"])
+def test_a_complete_answer_cannot_be_extended(char_gate, text):
+    tok = char_gate.tokenizer
+    scores = torch.zeros(1, len(tok))
+    out = char_gate(torch.tensor([tok.encode(text)]), scores)
+    allowed = {tok.decode([i]) for i in torch.isfinite(out[0]).nonzero().flatten().tolist()}
+    assert not allowed & set("0123456789") and {"\n", " ", "."} <= allowed | {"."}
     assert not char_gate.betas[-1].any()
 
 
@@ -83,9 +107,8 @@ def test_gate_hands_off_to_the_conn_and_back_with_tiny_model(tiny):
     assert betas == [True, True, True] + [False] * (len(betas) - 3)  # β = 1 for the answer, then 0
     lm_alone = generate(model, tok, ["123+456="])[0]
     assert not lm_alone.startswith("579")
-    # after the answer the LM decides: its continuation equals the ungated model's given the same prefix
-    tail = generate(model, tok, ["123+456=579"], max_new_tokens=5)[0]
-    assert gated[3:] == tail
+    # after the answer the LM decides (only digits that would extend the number are forbidden)
+    assert not gated[3:4].isdigit()
 
 
 def test_batched_generate_with_left_padding(tiny):

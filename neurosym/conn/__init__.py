@@ -6,12 +6,14 @@ for, with no training. ``ConnGate`` hands the next tokens of ``model.generate`` 
 reaches a rule's trigger (β = 1) and back to the language model once the answer is written (β = 0).
 
 Modules: ``program`` (the language), ``compiler`` (program -> weights), ``model`` (the nn.Module),
-``programs`` (parity, reverse, add, subtract), ``ops`` (validated, compiled operations), ``gate``
-(the LogitsProcessor), ``cli`` (``neurosym conn ...`` and ``neurosym generate``).
+``programs`` (parity, reverse, add, subtract), ``ops`` (the registry of validated, compiled operations and
+their triggers: ``register`` adds your own), ``expr`` (reading an expression before ``=``), ``gate``
+(the LogitsProcessor), ``precision`` (margins and exact lengths below float32), ``library`` (Tracr's
+``lib.py`` programs), ``cli`` (``neurosym conn ...`` and ``neurosym generate``).
 """
 from neurosym.conn.compiler import CompiledProgram, compile_program
 from neurosym.conn.errors import ConnInputError
-from neurosym.conn.ops import OPS, ConnOp, get_op
+from neurosym.conn.ops import OPS, ConnOp, OpSpec, get_op, register, unregister
 
 
 def __getattr__(name: str):
@@ -24,4 +26,4 @@ def __getattr__(name: str):
 
 
 __all__ = ["CompiledProgram", "compile_program", "ConnInputError", "ConnGate", "GateEvent", "StopWhenAnswered",
-           "OPS", "ConnOp", "get_op"]
+           "OPS", "ConnOp", "OpSpec", "get_op", "register", "unregister"]

@@ -1,7 +1,14 @@
 """Command line: ``neurosym conn info``, ``neurosym conn run OP OPERAND...``, ``neurosym generate MODEL``.
 
 ``register(subparsers)`` adds the parsers to the main ``neurosym`` CLI; ``python -m neurosym.conn.cli``
-runs them on their own. Every command returns an exit code; errors go to stderr with exit code 1.
+runs them on their own. Every command returns an exit code: 0, 1 when a network refuses its operands
+(too long, wrong characters: the documented answer of `conn run`), 2 for a usage error caught before any
+heavy work (an empty prompt, --max-new-tokens <= 0, a device this build lacks, --max-len above the cap,
+an --ops-module that does not load). Errors go to stderr as one line, never a traceback.
+
+``--ops-module`` imports a Python module (a dotted name or a ``.py`` path) that calls
+``neurosym.conn.register(...)``: its operations and triggers are then available to ``conn run``,
+``conn info`` and ``generate --conn``. Importing runs that module's code: name only modules you trust.
 """
 from __future__ import annotations
 
@@ -41,22 +48,63 @@ GENERATE_EPILOG = """examples:
   neurosym generate Qwen/Qwen2.5-0.5B --prompt "Q: 4812+977=" --conn add,subtract
   neurosym generate tiny://llama --prompt "parity(0110)=" --conn none    # the LM alone
   neurosym generate ./base --adapter ./runs/lora --prompt "12-30="
+  neurosym generate ./my-model --prompt "mirror(abc)=" --conn mirror --ops-module my_ops.py
 
-Triggers: a+b= (add), a-b= (subtract), parity(bits)= (parity), reverse(text)= (reverse). When the
-text reaches one, the compiled network writes the answer (beta = 1); then the model continues
-(beta = 0). Prints the generated continuation; answers the networks wrote are listed on stderr.
+Triggers: an arithmetic expression before "=" (12 + 5 + 7 =, 1,234+5=, 10-3-2=) for add and subtract,
+parity(bits)= (parity), reverse(text)= (reverse), and whatever --ops-module registers. The whole
+expression must be one the networks compute: 3 * 4 + 2 =, dates, scores and phone numbers are left to
+the model. When the text reaches a trigger the compiled networks write the answer (beta = 1) and the
+number is ended (no digit may extend it); then the model continues (beta = 0). Prints the generated
+continuation; what the networks computed, or why they stayed silent, is listed on stderr.
 """
 
 
-def _fail(message: str) -> int:
+def _fail(message: str, code: int = 1) -> int:
     print(f"error: {message}", file=sys.stderr)
-    return 1
+    return code
+
+
+def _usage(message: str) -> int:
+    return _fail(message, 2)
+
+
+def load_ops_modules(specs: list[str] | None) -> str | None:
+    """Import each ``--ops-module`` (a dotted module name or a path to a ``.py`` file); an error message or None."""
+    import importlib
+    import importlib.util
+
+    for spec in specs or []:
+        try:
+            if spec.endswith(".py") or "/" in spec or "\\" in spec:
+                path = Path(spec)
+                if not path.is_file():
+                    return f"--ops-module {spec}: no such file"
+                module_spec = importlib.util.spec_from_file_location(f"neurosym_user_ops_{path.stem}", path)
+                module = importlib.util.module_from_spec(module_spec)
+                module_spec.loader.exec_module(module)
+            else:
+                importlib.import_module(spec)
+        except Exception as err:  # the user's module: report what failed, not a traceback
+            return f"--ops-module {spec} failed to load: {type(err).__name__}: {err}"
+    return None
+
+
+def _check_max_len(max_len: int | None) -> str | None:
+    from neurosym.conn.ops import MAX_COMPILE_LEN
+
+    if max_len is not None and not 1 <= max_len <= MAX_COMPILE_LEN:
+        return (f"--max-len {max_len} is outside 1..{MAX_COMPILE_LEN}: compiling grows with the square of the "
+                f"length (at 2,000 it takes minutes and gigabytes); split longer inputs and compose calls")
+    return None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from neurosym.conn.errors import ConnInputError
     from neurosym.conn.ops import get_op
 
+    problem = load_ops_modules(args.ops_module) or _check_max_len(args.max_len)
+    if problem:
+        return _usage(problem)
     try:
         print(get_op(args.op, args.max_len)(*args.operands))
     except ConnInputError as err:
@@ -68,35 +116,67 @@ def cmd_info(args: argparse.Namespace) -> int:
     from neurosym.conn.errors import ConnInputError
     from neurosym.conn.ops import OPS, get_op
 
+    problem = load_ops_modules(args.ops_module) or _check_max_len(args.max_len)
+    if problem:
+        return _usage(problem)
     names = args.ops or list(OPS)
+    from neurosym.conn.precision import DTYPES, verify
+
     header = f"{'op':<9} {'max len':>7} {'layers':>6} {'attn':>4} {'mlp':>4} {'width':>6} {'mlp hidden':>10} " \
              f"{'heads':>5} {'params':>8}"
     print(header)
+    ops = []
     for name in names:
         try:
-            s = get_op(name, args.max_len).stats()
+            op = get_op(name, args.max_len)
         except ConnInputError as err:
             return _fail(str(err))
+        ops.append(op)
+        s = op.stats()
         print(f"{name:<9} {s['max_len']:>7} {s['layers']:>6} {s['attention_layers']:>4} {s['mlp_layers']:>4} "
               f"{s['d_model']:>6} {s['max_mlp_hidden']:>10} {s['max_heads']:>5} {s['parameters']:>8}")
     print("max len: longest operand (bits, characters, or digits per operand); width: residual stream "
           "(d_model); mlp hidden: widest MLP layer")
+    if args.no_precision:
+        return 0
+    print("\nprecision: margin (how far every MLP unit stays outside its clamp band; 1.0 by construction in "
+          "fp32) and longest exact operand length, measured on sampled inputs")
+    print(f"{'op':<9} " + " ".join(f"{'margin ' + d:>11} {'exact ' + d:>10}" for d in DTYPES))
+    for op in ops:
+        cells, reasons = [], []
+        for d in DTYPES:
+            e = verify(op, d)
+            cells.append(f"{e.margin:>11.4g} {e.longest:>10}")
+            if e.reason:
+                reasons.append(f"{d}: {e.reason}")
+        print(f"{op.name:<9} " + " ".join(cells) + (f"   ({'; '.join(reasons)})" if reasons else ""))
     return 0
 
 
-def _parse_conn_list(value: str) -> list[str]:
-    from neurosym.conn.ops import OPS
-
+def _parse_conn_list(value: str) -> list[str] | str:
+    """The ops named by --conn, or "all" (both resolved against the registry after --ops-module is loaded)."""
     if value.strip().lower() in ("", "none", "off"):
         return []
     if value.strip().lower() == "all":
-        return list(OPS)
-    names = [v.strip() for v in value.split(",") if v.strip()]
-    unknown = [n for n in names if n not in OPS]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown operation(s) {', '.join(unknown)}; choose from "
-                                         f"{', '.join(OPS)}, 'all' or 'none'")
-    return names
+        return "all"
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _check_device(device: str) -> str | None:
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        return f"--device {device!r} is not a torch device; use cpu, cuda, cuda:0 or mps"
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        return (f"--device {device} was asked but this torch build has no CUDA device "
+                f"(torch {torch.__version__}); use --device cpu or install a CUDA build of torch")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        return f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) are visible"
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        return f"--device {device} was asked but MPS is not available here; use --device cpu"
+    return None
 
 
 def load_model(name_or_path: str, adapter: str | None = None, device: str = "cpu"):
@@ -120,6 +200,23 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from transformers import LogitsProcessorList
 
     from neurosym.conn.gate import ConnGate
+    from neurosym.conn.ops import OPS
+
+    # every check that needs no model first: loading one can take minutes
+    if not args.prompt.strip():
+        return _usage("--prompt is empty (or only whitespace); give the text to continue, "
+                      "e.g. --prompt \"12+30=\"")
+    if args.max_new_tokens <= 0:
+        return _usage(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    problem = load_ops_modules(args.ops_module) or _check_device(args.device)
+    if problem:
+        return _usage(problem)
+    if args.conn == "all":  # the default, resolved after --ops-module registered its ops
+        args.conn = list(OPS)
+    unknown = [n for n in args.conn if n not in OPS]
+    if unknown:
+        return _usage(f"--conn: unknown operation(s) {', '.join(unknown)}; choose from {', '.join(OPS)}, "
+                      "'all' or 'none' (register your own with --ops-module)")
 
     try:
         model, tokenizer = load_model(args.model, args.adapter, args.device)
@@ -141,8 +238,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
                              logits_processor=processors, pad_token_id=pad)
     if gate is not None:
         for event in gate.events:
-            result = event.answer if event.answer is not None else f"refused ({event.reason})"
-            print(f"[conn] {event.op}({', '.join(event.operands)}) -> {result}", file=sys.stderr)
+            if event.answer is None:
+                print(f"[conn] {' '.join(event.operands)}: left to the model ({event.reason})", file=sys.stderr)
+            elif event.op == "chain":
+                print(f"[conn] {event.operands[0]} -> {event.answer} ({'; '.join(event.calls)})", file=sys.stderr)
+            else:
+                print(f"[conn] {event.op}({', '.join(event.operands)}) -> {event.answer}", file=sys.stderr)
     print(tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
     return 0
 
@@ -161,17 +262,27 @@ def register(subparsers) -> None:
                                description="Print the size of each compiled network.", epilog=INFO_EPILOG,
                                formatter_class=RAW)
     info.add_argument("ops", nargs="*", metavar="OP", help="operations to describe (default: all)")
-    info.add_argument("--max-len", type=int, default=None, help="compile for this maximum operand length")
+    info.add_argument("--max-len", type=int, default=None,
+                      help="compile for this maximum operand length (at most 256)")
+    info.add_argument("--ops-module", action="append", default=None, metavar="MODULE",
+                      help="import MODULE (dotted name or .py path) that registers operations with "
+                          "neurosym.conn.register (repeatable)")
+    info.add_argument("--no-precision", action="store_true",
+                      help="skip measuring the margins and exact lengths in fp32/bf16/fp16 (a few seconds per op)")
     info.set_defaults(func=cmd_info)
 
     run = conn_sub.add_parser("run", help="run one compiled network on its operands",
                               description="Run a compiled network; the answer is the last line of output.",
                               epilog=RUN_EPILOG, formatter_class=RAW)
-    run.add_argument("op", help="the operation: parity, reverse, add or subtract")
+    run.add_argument("op", help="the operation: parity, reverse, add, subtract, or one --ops-module registers")
     run.add_argument("operands", nargs="+", metavar="OPERAND",
                      help="one operand (parity, reverse) or two (add, subtract)")
     run.add_argument("--max-len", type=int, default=None,
-                     help="compile for operands up to this length (default: the op's default, see `conn info`)")
+                     help="compile for operands up to this length, at most 256 (default: the op's default, "
+                          "see `conn info`)")
+    run.add_argument("--ops-module", action="append", default=None, metavar="MODULE",
+                     help="import MODULE (dotted name or .py path) that registers operations with "
+                          "neurosym.conn.register (repeatable)")
     run.set_defaults(func=cmd_run)
 
     gen = subparsers.add_parser(
@@ -186,6 +297,9 @@ def register(subparsers) -> None:
     gen.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate (default 32)")
     gen.add_argument("--adapter", default=None, help="a PEFT adapter directory to load on top of the model")
     gen.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    gen.add_argument("--ops-module", action="append", default=None, metavar="MODULE",
+                     help="import MODULE (dotted name or .py path) that registers operations with "
+                          "neurosym.conn.register (repeatable)")
     gen.set_defaults(func=cmd_generate)
 
 

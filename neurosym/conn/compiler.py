@@ -41,7 +41,8 @@ import torch
 
 from neurosym.conn.errors import ConnInputError
 from neurosym.conn.model import BOS, MLP, ONE, Attention, AttentionHead, CompiledTransformer
-from neurosym.conn.program import Aggregate, BosFraction, Indices, Map, ProgramError, SOp, Tokens, Value, graph
+from neurosym.conn.program import (Aggregate, BosFraction, Indices, LinearMap, Map, ProgramError, SOp, Tokens,
+                                   Value, graph)
 
 BOS_ID, PAD_ID = 0, 1  # input ids; vocabulary tokens start at 2
 LinearForm = dict[int, float]  # residual dimension -> coefficient
@@ -174,8 +175,29 @@ def _output_vector(s: Map, layout: Layout, value: Value) -> LinearForm:
     return {} if value is None else {block.dim(value): 1.0}
 
 
+def _linear_units(s: LinearMap, layout: Layout) -> list[tuple[LinearForm, LinearForm]]:
+    """A linear map: per input x in [lo, hi] a unit (x - lo) / (hi - lo), which stays inside [0, 1] so the
+    clamp never bites, written back scaled by c * (hi - lo); one unit (1 at real positions, 0 at BOS)
+    carries the constant bias + sum c * lo. A large negative BOS term keeps every unit at 0 on BOS."""
+    out = layout[s].start
+    constant = float(s.bias)
+    units: list[tuple[LinearForm, LinearForm]] = []
+    for x, c in zip(s.inputs, s.coefficients):
+        lo, hi = float(min(x.values)), float(max(x.values))
+        constant += c * lo
+        if hi == lo or c == 0:
+            continue
+        w = 1.0 / (hi - lo)
+        units.append(({layout[x].start: w, ONE: -lo * w, BOS: -(abs(lo * w) + 2.0)}, {out: c * (hi - lo)}))
+    if constant:
+        units.append(({ONE: 2.0, BOS: -2.0}, {out: constant}))
+    return units
+
+
 def _map_units(s: Map, layout: Layout) -> list[tuple[LinearForm, LinearForm]]:
     """Hidden units of one Map as (input form, output form) pairs; see the module docstring."""
+    if isinstance(s, LinearMap):
+        return _linear_units(s, layout)
     units: list[tuple[LinearForm, LinearForm]] = []
     if s.inputs[0].kind == "categorical":
         k = len(s.inputs)
@@ -192,6 +214,8 @@ def _map_units(s: Map, layout: Layout) -> list[tuple[LinearForm, LinearForm]]:
     (x,) = s.inputs
     xs = list(x.values)  # sorted numbers
     for lo, hi in zip(xs, xs[1:]):
+        if s.table[(lo,)] == s.table[(hi,)]:
+            continue  # no step here: how close the two values are does not matter
         if hi - lo < MIN_RELATIVE_GAP * max(abs(lo), abs(hi)):
             raise ProgramError(f"{s.label}: the values {float(lo)} and {float(hi)} of {x.label} are too close to "
                                "tell apart exactly in float32; compile with a smaller max_len")
@@ -247,6 +271,13 @@ class CompiledProgram:
     # The network is many small matrix products: on CPU, one thread avoids OpenMP synchronisation, which
     # otherwise dominates (10x slower on a busy 2-core machine). None: leave torch's setting alone.
     cpu_threads: int | None = 1
+    causal: bool = False  # compiled as a decoder (see compile_program)
+    # Exact by construction in float32 (and float64). Other precisions only up to what
+    # ``precision.verify`` measured: operand length per "bf16"/"fp16" (for display), and the longest token
+    # sequence per torch dtype (what ``logits`` checks before running a cast network).
+    precision: str = "float32"
+    exact_lengths: dict = field(default_factory=dict)
+    exact_tokens: dict = field(default_factory=dict)
 
     def encode(self, batch: Sequence[Sequence[Value]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Input ids [B, 1 + longest] (BOS first, right padding) and the mask of real positions."""
@@ -279,14 +310,33 @@ class CompiledProgram:
         finally:
             torch.set_num_threads(before)
 
+    def check_precision(self, longest: int) -> None:
+        """Refuse to run a network cast below float32 beyond the length verified for that precision."""
+        dtype = self.model.unembed.weight.dtype
+        if dtype in (torch.float32, torch.float64):
+            return
+        if dtype not in self.exact_tokens:
+            raise ConnInputError(f"this network is exact by construction in {self.precision}, and it was cast to "
+                                 f"{dtype}, which has not been verified: run neurosym.conn.precision.verify(op, "
+                                 "'bf16' or 'fp16') first, or keep it in float32")
+        if longest > self.exact_tokens[dtype]:
+            limit = self.exact_tokens[dtype]
+            raise ConnInputError(f"input of {longest} tokens: in {dtype} this network is exact only up to {limit} "
+                                 f"tokens (its margins are too thin beyond that; see `neurosym conn info`); run it "
+                                 f"in {self.precision}")
+
     @torch.no_grad()
     def logits(self, batch: Sequence[Sequence[Value]]) -> torch.Tensor:
+        self.check_precision(max((len(seq) for seq in batch), default=0))
         ids, mask = self.encode(batch)
         with self._threads():
             return self.model(ids, mask)
 
     def __call__(self, batch: Sequence[Sequence[Value]]) -> list[list[Value]]:
-        """The output value at every real position of every input."""
+        """The output value at every real position of every input (a float for a numerical output)."""
+        if not self.classes:
+            out = self.logits(batch)[..., 0].cpu()
+            return [out[b, 1:len(seq) + 1].tolist() for b, seq in enumerate(batch)]
         top = self.logits(batch).argmax(-1).cpu()
         return [[self.classes[c] for c in top[b, 1:len(seq) + 1].tolist()] for b, seq in enumerate(batch)]
 
@@ -323,10 +373,13 @@ class CompiledProgram:
 
 
 @torch.no_grad()
-def compile_program(output: SOp, scale: float = 1000.0) -> CompiledProgram:
-    """Compile ``output`` (and everything it depends on) into a transformer with analytic weights."""
-    if output.kind != "categorical":
-        raise ProgramError(f"the output SOp {output.label} must be categorical; Map it to categories first")
+def compile_program(output: SOp, scale: float = 1000.0, causal: bool = False) -> CompiledProgram:
+    """Compile ``output`` (and everything it depends on) into a transformer with analytic weights.
+
+    A categorical output is read as one-hot classes; a numerical one as the number in its dimension.
+    ``causal=True`` compiles a decoder: every attention head sees only the positions at or before its
+    query (the program then means what ``evaluate(..., causal=True)`` says).
+    """
     nodes = graph(output)
     tokens = [s for s in nodes if isinstance(s, Tokens)]
     if len(tokens) != 1:
@@ -356,8 +409,10 @@ def compile_program(output: SOp, scale: float = 1000.0) -> CompiledProgram:
             kinds.append("mlp")
 
     vocab = tokens[0].values
-    classes = tuple(v for v in output.values if v is not None) + (None,)
-    model = CompiledTransformer(len(vocab) + 2, max_len, d_model, layers, len(classes))
+    numerical = output.kind == "numerical"
+    classes = () if numerical else tuple(v for v in output.values if v is not None) + (None,)
+    model = CompiledTransformer(len(vocab) + 2, max_len, d_model, layers, 1 if numerical else len(classes),
+                                causal=causal)
     tok = torch.zeros(len(vocab) + 2, d_model, dtype=torch.float64)
     tok[BOS_ID, BOS] = 1.0
     for i, t in enumerate(vocab):
@@ -371,5 +426,6 @@ def compile_program(output: SOp, scale: float = 1000.0) -> CompiledProgram:
                 pos[p + 1, layout[s].dim(p)] = 1.0
     model.position_embed.weight.copy_(pos)
     out_block = layout[output]
-    model.unembed.weight.copy_(_rows([out_block.indicator(v) for v in classes], list(range(d_model))))
-    return CompiledProgram(model.eval(), vocab, classes, max_len, layout, tuple(kinds))
+    forms = [{out_block.start: 1.0}] if numerical else [out_block.indicator(v) for v in classes]
+    model.unembed.weight.copy_(_rows(forms, list(range(d_model))))
+    return CompiledProgram(model.eval(), vocab, classes, max_len, layout, tuple(kinds), causal=causal)

@@ -45,7 +45,7 @@ class AttentionHead(nn.Module):
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
         q = self.q(x[..., self.query_dims])
         k = self.k(x[..., self.key_dims])
-        scores = (q @ k.transpose(-1, -2)).masked_fill(~key_mask[:, None, :], float("-inf"))
+        scores = (q @ k.transpose(-1, -2)).masked_fill(~key_mask, float("-inf"))  # key_mask: [B, 1 or T, T]
         return torch.softmax(scores, dim=-1) @ self.ov(x[..., self.value_dims])
 
 
@@ -85,8 +85,12 @@ class CompiledTransformer(nn.Module):
     exactly one-hot at real positions (the output value's class, or the last class for "no value").
     """
 
-    def __init__(self, n_ids: int, max_len: int, d_model: int, layers: list[nn.Module], n_classes: int):
+    def __init__(self, n_ids: int, max_len: int, d_model: int, layers: list[nn.Module], n_classes: int,
+                 causal: bool = False):
         super().__init__()
+        self.causal = causal  # a decoder: each position attends only to itself and the positions before it
+        if causal:
+            self.register_buffer("causal_mask", torch.ones(max_len + 1, max_len + 1, dtype=torch.bool).tril())
         self.token_embed = nn.Embedding(n_ids, d_model)
         self.position_embed = nn.Embedding(max_len + 1, d_model)
         self.layers = nn.ModuleList(layers)
@@ -94,11 +98,19 @@ class CompiledTransformer(nn.Module):
         for p in self.parameters():
             p.requires_grad_(False)
 
+    def attention_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """[B, 1, T] (every real key) or, causal, [B, T, T] (real keys at or before the query)."""
+        keys = mask[:, None, :]
+        if self.causal:
+            keys = keys & self.causal_mask[: mask.shape[1], : mask.shape[1]]
+        return keys
+
     def residual(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         positions = torch.arange(ids.shape[1], device=ids.device)
         x = self.token_embed(ids) + self.position_embed(positions)[None]
+        keys = self.attention_mask(mask)
         for layer in self.layers:
-            x = layer(x, mask)
+            x = layer(x, keys)
         return x
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

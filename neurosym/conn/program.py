@@ -14,7 +14,13 @@ position of the input. The primitives are
 * ``Map(fn, sop)`` and ``SequenceMap(fn, *sops)``: an elementwise function, compiled to an MLP lookup
   table over every combination of input values;
 * ``SelectorWidth(selector)``: how many positions are selected (RASP's selector width), built from a
-  numerical aggregate and a ``Map``.
+  numerical aggregate and a ``Map``;
+* ``LinearMap(sops, coefficients, bias)`` / ``LinearSequenceMap(x, y, a, b)``: a numerical linear map of
+  numerical SOps (``a*x + b*y``), compiled to a few MLP units however many values its inputs take.
+
+Selectors combine with ``&`` (and), ``|`` (or) and ``~`` (not). ``&`` of parts adds their attention
+scores; ``|`` and ``~`` first gather the keys (and queries) of every part into one tuple-valued SOp
+(a ``SequenceMap``, one extra MLP layer when there are several) and select on the combined predicate.
 
 Every ``SOp`` knows the finite set of values it can take (``values``), computed when it is built by
 running ``fn`` over its inputs' value sets: this is what the compiler turns into one-hot dimensions
@@ -145,6 +151,12 @@ class Select:
         both.parts = self.parts + other.parts
         return both
 
+    def __or__(self, other: Select) -> Select:
+        return _combine([self, other], lambda a, b: a or b)
+
+    def __invert__(self) -> Select:
+        return _combine([self], lambda a: not a)
+
     def selects(self, key_values: dict[SOp, Value], query_values: dict[SOp, Value]) -> bool:
         for keys, queries, pred in self.parts:
             ok = pred(key_values[keys]) if queries is None else pred(key_values[keys], query_values[queries])
@@ -158,6 +170,36 @@ class Select:
         for keys, queries, _ in self.parts:
             out += [keys] + ([queries] if queries is not None else [])
         return tuple(out)
+
+
+def _joint(sops: list[SOp]) -> SOp:
+    """One SOp holding all of ``sops``' values at each position (a tuple when there are several)."""
+    if len(sops) == 1:
+        return sops[0]
+    return Map(lambda *v: tuple(v), *sops, label="joint_" + "_".join(x.label for x in sops))
+
+
+def _combine(selectors: list[Select], how: Callable[..., bool]) -> Select:
+    """A single-part selector equal to ``how(selector_1(k, q), ...)`` (or / not of selectors)."""
+    keys: list[SOp] = []
+    queries: list[SOp] = []
+    for sel in selectors:
+        for k, q, _ in sel.parts:
+            keys += [k] if k not in keys else []
+            queries += [q] if q is not None and q not in queries else []
+    joint_k, joint_q = _joint(keys), (_joint(queries) if queries else None)
+
+    def unpack(joint: SOp, sops: list[SOp], value: Value) -> dict[SOp, Value]:
+        return {sops[0]: value} if len(sops) == 1 else dict(zip(sops, value))
+
+    def predicate(kv: Value, qv: Value = None) -> bool:
+        kd = unpack(joint_k, keys, kv)
+        qd = unpack(joint_q, queries, qv) if queries else {}
+        return how(*(sel.selects(kd, qd) for sel in selectors))
+
+    if joint_q is None:
+        return Select(joint_k, None, lambda kv: predicate(kv))
+    return Select(joint_k, joint_q, predicate)
 
 
 def select_key(keys: SOp, predicate: Callable[[Value], bool]) -> Select:
@@ -189,6 +231,33 @@ class Aggregate(SOp):
                 raise ProgramError(f"numerical Aggregate needs 0/1 values, {sop.label} has {sop.values[:5]}")
             values = _farey(max_len)
         super().__init__((*selector.sops, sop), values, sop.kind, max_len, label)
+
+
+class LinearMap(SOp):
+    """``bias + sum(c_i * x_i)`` of numerical SOps at each position: a numerical output compiled to one
+    MLP unit per input plus one for the bias, whatever the inputs' value sets (RASP's numerical Map with
+    a linear function, and Tracr's ``LinearSequenceMap``)."""
+
+    def __init__(self, sops: Sequence[SOp], coefficients: Sequence[float], bias: float = 0,
+                 label: str | None = None):
+        sops, coefficients = tuple(sops), tuple(coefficients)
+        if not sops or len(sops) != len(coefficients):
+            raise ProgramError("LinearMap needs one coefficient per input SOp")
+        if any(x.kind != "numerical" for x in sops):
+            raise ProgramError("LinearMap inputs must be numerical SOps (make one with Map(..., numerical=True))")
+        self.coefficients, self.bias = coefficients, bias
+        values = {bias}
+        for x, c in zip(sops, coefficients):
+            values = {v + c * w for v in values for w in x.values}
+        super().__init__(sops, values, "numerical", max(x.max_len for x in sops), label)
+
+    def fn(self, *xs: Value) -> Value:
+        return self.bias + sum(c * x for c, x in zip(self.coefficients, xs))
+
+
+def LinearSequenceMap(x: SOp, y: SOp, a: float, b: float, label: str | None = None) -> LinearMap:  # noqa: N802
+    """``a * x + b * y`` of two numerical SOps (Tracr's LinearSequenceMap)."""
+    return LinearMap((x, y), (a, b), label=label)
 
 
 class BosFraction(SOp):
@@ -247,10 +316,11 @@ def graph(output: SOp) -> list[SOp]:
     return order
 
 
-def evaluate(output: SOp, tokens: Sequence[Value]) -> dict[SOp, list[Value]]:
+def evaluate(output: SOp, tokens: Sequence[Value], causal: bool = False) -> dict[SOp, list[Value]]:
     """Interpret the program on one input in plain Python; returns every SOp's values by position.
 
     The reference semantics for the compiler (tests compare the two); never used by the compiled model.
+    ``causal=True``: a query position selects only among keys at or before it (a decoder).
     """
     n = len(tokens)
     vals: dict[SOp, list[Value]] = {}
@@ -264,13 +334,14 @@ def evaluate(output: SOp, tokens: Sequence[Value]) -> dict[SOp, list[Value]]:
             vals[s] = list(tokens)
         elif isinstance(s, Indices):
             vals[s] = list(range(n))
-        elif isinstance(s, Map):
+        elif isinstance(s, (Map, LinearMap)):
             vals[s] = [s.fn(*(vals[i][p] for i in s.inputs)) for p in range(n)]
         elif isinstance(s, (Aggregate, BosFraction)):
             out = []
             for q in range(n):
                 qv = {i: vals[i][q] for i in s.selector.sops}
-                chosen = [k for k in range(n) if s.selector.selects({i: vals[i][k] for i in s.selector.sops}, qv)]
+                keys = range(q + 1) if causal else range(n)
+                chosen = [k for k in keys if s.selector.selects({i: vals[i][k] for i in s.selector.sops}, qv)]
                 if isinstance(s, BosFraction):
                     out.append(Fraction(1, len(chosen) + 1))
                 elif s.kind == "numerical":
