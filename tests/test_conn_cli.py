@@ -37,7 +37,7 @@ def test_conn_run_prints_the_answer_last(capsys, argv, answer):
     (["divide", "1", "2"], "unknown operation 'divide'"),
 ])
 def test_conn_run_refuses_with_exit_1(capsys, argv, message):
-    assert run_cli(["conn", "run", *argv]) == 1
+    assert run_cli(["conn", "run", *argv]) == 2  # a refused input is a user error: exit 2, as from every verb
     captured = capsys.readouterr()
     assert message in captured.err and captured.out == ""
 
@@ -88,7 +88,7 @@ def test_generate_with_a_peft_adapter(capsys, tiny_model_dir, tmp_path):
 
 
 def test_generate_reports_unloadable_model(capsys, tmp_path):
-    assert run_cli(["generate", str(tmp_path / "missing"), "--prompt", "1+1="]) == 1
+    assert run_cli(["generate", str(tmp_path / "missing"), "--prompt", "1+1="]) == 2
     assert "could not load model" in capsys.readouterr().err
 
 

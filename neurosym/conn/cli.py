@@ -59,7 +59,7 @@ continuation; what the networks computed, or why they stayed silent, is listed o
 """
 
 
-def _fail(message: str, code: int = 1) -> int:
+def _fail(message: str, code: int = 2) -> int:  # every failure here is the user's to fix: exit 2, as every verb
     print(f"error: {message}", file=sys.stderr)
     return code
 
