@@ -182,6 +182,11 @@ class RewardConfig(_Section):
     function: Optional[str] = Field(None, description="module:function(output, reference) -> float")
     probe: Optional[str] = Field(None, description="JSONL of held-out probe examples (default: from eval).")
     probe_size: int = Field(8, gt=0)
+    gain_from: Literal["reward", "loss"] = Field(
+        "reward", description="How a learning router's gain is measured: the reward itself (generation rewards "
+                              "answer batch + probe before and after), or the loss of the reference answers "
+                              "(one forward pass; a cheaper proxy of the same direction).")
+    gain_every: int = Field(1, gt=0, description="Measure the gain (and let the router learn) every N steps.")
 
     @model_validator(mode="after")
     def _needs(self):

@@ -23,16 +23,18 @@ class Measurement:
 
 
 class GainProbe:
-    def __init__(self, probe: list[Example], reward, run, max_new_tokens: int):
+    """``by_loss``: measure by the reference answers' loss (one forward pass) even for a generation reward."""
+
+    def __init__(self, probe: list[Example], reward, run, max_new_tokens: int, by_loss: bool = False):
         self.probe, self.reward, self.run, self.max_new_tokens = probe, reward, run, max_new_tokens
+        self.generate = reward.needs_generation and not by_loss
         self._cache: tuple = (None, 0.0)  # (model version, summed probe reward)
 
     def measure(self, batch: list[Example], version: int, with_losses: bool = False) -> Measurement:
-        losses = self._losses(batch) if (with_losses or not self.reward.needs_generation) else None
-        batch_sum = -sum(losses) if not self.reward.needs_generation else sum(self._rewards(batch))
+        losses = self._losses(batch) if (with_losses or not self.generate) else None
+        batch_sum = sum(self._rewards(batch)) if self.generate else -sum(losses)
         if self._cache[0] != version:
-            probe_sum = (-sum(self._losses(self.probe)) if not self.reward.needs_generation
-                         else sum(self._rewards(self.probe)))
+            probe_sum = sum(self._rewards(self.probe)) if self.generate else -sum(self._losses(self.probe))
             self._cache = (version, probe_sum)
         return Measurement((batch_sum + self._cache[1]) / (len(batch) + len(self.probe)), losses)
 

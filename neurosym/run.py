@@ -76,8 +76,8 @@ class Run:
         self.updates = {name: UPDATES[name](self) for name in self.routes}
         probe_set = (load_examples(cfg.reward.probe, cfg.data)[0] if cfg.reward.probe
                      else self.eval_set or self.train_set)[: cfg.reward.probe_size]
-        self.probe = (GainProbe(probe_set, self.reward, self, cfg.symbolic.max_new_tokens)
-                      if self.router.learns_from_gain else None)
+        self.probe = (GainProbe(probe_set, self.reward, self, cfg.symbolic.max_new_tokens,
+                                by_loss=cfg.reward.gain_from == "loss") if self.router.learns_from_gain else None)
         self.version = 0  # bumped whenever the weights or the prompt change (the probe's cache key)
         self.step_walls: collections.deque = collections.deque(maxlen=20)
         self.stop_reason: Optional[str] = None  # early stopping
@@ -155,7 +155,7 @@ class Run:
     def batch_stats(self, batch) -> BatchStats:
         """What a learning router sees of the batch: per-example losses and the reward before."""
         prompts = tuple(ex.prompt for ex in batch)
-        if self.probe is None:
+        if self.probe is None or (self.state.step % self.cfg.reward.gain_every):  # measured every N steps
             return BatchStats(prompts=prompts)
         m = self.probe.measure(batch, self.version, with_losses=True)
         return BatchStats(mean_loss=sum(m.batch_losses) / len(m.batch_losses), max_loss=max(m.batch_losses),

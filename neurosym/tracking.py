@@ -48,7 +48,8 @@ class Tracker:
             project=cfg.tracking.resolved_project(), entity=cfg.tracking.entity, tags=cfg.tracking.tags or None,
             name=cfg.run.name, id=run_id, resume="allow", mode=self.mode,
             dir=os.environ.get("WANDB_DIR") or str(self.run_dir), config=redact(cfg.to_dict()),
-            settings=wandb.Settings(init_timeout=30),  # no 2-minute stall when the server cannot be reached
+            # no 2-minute stall when the server cannot be reached; our console is ours (no stdout capture)
+            settings=wandb.Settings(init_timeout=30, console="off"),
         )
         self.run.define_metric("*", step_metric="train/step")
 
@@ -81,8 +82,11 @@ class Tracker:
         """Close the run; for offline runs return the `wandb sync` command to upload it."""
         if not self.run:
             return None
+        import wandb
+
         run_id, project, entity = self.run.id, self.run.project, self.run.entity
         self.run.finish(exit_code=exit_code)
+        wandb.teardown()  # the service flushes and exits: every record is on disk when train() returns
         if self.mode != "offline":
             return None
         return sync_command(self.root, run_id, project, entity)

@@ -200,3 +200,17 @@ def test_a_resumed_offline_wandb_run_continues_its_steps_and_syncs_as_one(tmp_pa
     assert summarize(run / "wandb")["run_ids"] == {run_id}
     sync = [line for line in capsys.readouterr().err.splitlines() if "wandb sync" in line][-1]
     assert f"wandb sync --id {run_id} -p neurosym" in sync and all(str(f) in sync for f in files)
+
+
+def test_the_gain_can_be_measured_by_loss_and_on_a_schedule(tmp_path, tiny_model_dir, echo_registered, monkeypatch):
+    import neurosym.gain
+    monkeypatch.setattr(neurosym.gain, "answer_examples", lambda *a, **k: pytest.fail("generated for the gain"))
+    cfg = load_config(write_config(tmp_path, tiny_model_dir, router={"kind": "reward_classifier", "warmup": 2},
+                                   reward={"kind": "numeric_match", "gain_from": "loss", "gain_every": 2,
+                                           "probe_size": 2},
+                                   symbolic={"max_new_tokens": 2}, train={"max_steps": 6, "eval_every": 0}))
+    out = train(cfg, quiet=True)
+    events = [e for e in read_events(out.run_dir / "events.jsonl") if e["kind"] == "train"]
+    measured = [e["step"] for e in events if e["gain"] is not None]
+    assert measured == [1, 3, 5]  # steps whose state.step before them is a multiple of 2
+    assert all(e["batch"]["mean_loss"] is None for e in events if e["step"] not in measured)

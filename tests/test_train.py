@@ -48,7 +48,7 @@ def test_no_pickle_in_checkpoints(tmp_path, tiny_model_dir):
     for f in latest_checkpoint(out.run_dir).iterdir():
         head = f.read_bytes()[:2]
         assert head != b"\x80\x04" and head != b"PK", f"{f.name} looks like a pickle/zip-pickle"
-        assert f.suffix in {".json", ".safetensors", ".md", ""}, f.name
+        assert f.suffix in {".json", ".safetensors", ".md", ".txt", ""}, f.name
 
 
 def test_existing_run_is_not_overwritten(tmp_path, tiny_model_dir):
