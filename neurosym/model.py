@@ -101,12 +101,10 @@ def qlora_config(compute_dtype: torch.dtype):
 
 
 def add_lora(model, lora_cfg):
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
-    target = lora_cfg.target_modules
-    config = LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
-                        target_modules=target, task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
+    from neurosym.adapters import build_peft_config  # LoRA (DoRA, rsLoRA) or (IA)3
+    return get_peft_model(model, build_peft_config(lora_cfg, model))
 
 
 def load_for_training(cfg, cache_dir: Path):
