@@ -328,10 +328,12 @@ def test_a_4bit_base_is_refused_clearly_without_cuda(tmp_path, mods):
     out = compose([("a", str(mods["a"])), ("b", str(mods["b"]))], "output_sum", tmp_path / "q",
                   quantization="4bit")
     assert read_manifest(out)[1]["base"]["quantization"] == "4bit"
-    with pytest.raises(ModelError, match="4bit .*needs a CUDA GPU"):
+    with pytest.raises(ModelError, match="4bit .*needs a CUDA GPU.*--quantization none"):
         load(out)
     with pytest.raises(ModelError, match="needs a CUDA GPU"):
         compose([("a", str(mods["a"]))], "weight_sum", tmp_path / "q2", quantization="4bit")
+    model, _ = load(out, device="cpu", quantization="none")     # a full-precision copy of the base
+    assert sorted(model.base_model.active_adapters) == ["a", "b"]
 
 
 # ------------------------------------------------------------------- CLI

@@ -45,7 +45,11 @@ def _base_model(base: BaseRef, device=None, quantization: Optional[str] = None):
     from neurosym.model import check_quantization, load_base_model, load_tokenizer, pick_device
 
     model_cfg = base.model_config(**({"quantization": quantization} if quantization else {}))
-    check_quantization(model_cfg)   # 4-bit on a machine without CUDA: a clear error, before loading
+    if model_cfg.quantization == "4bit" and not torch.cuda.is_available():
+        raise ComposeError(f"the base {model_cfg.name_or_path} is loaded in 4bit (QLoRA), which needs a CUDA GPU "
+                           f"(bitsandbytes NF4 kernels do not run on CPU); on this machine pass --quantization none "
+                           f"(load(..., quantization='none')) to use a full-precision copy of the base")
+    check_quantization(model_cfg)   # bitsandbytes missing: a clear error, before loading
     device = torch.device(device) if device else pick_device()
     cache = Path(tempfile.gettempdir()) / "neurosym-tiny"   # tiny:// models are built deterministically
     tokenizer = load_tokenizer(model_cfg, cache)
