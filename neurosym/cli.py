@@ -222,7 +222,7 @@ def _extra_commands():
     """Verbs that live with their feature (each module exposes ``register(subparsers)``)."""
     import importlib
     found = []
-    for name in ("neurosym.conn.cli", "neurosym.inspect_cli"):
+    for name in ("neurosym.conn.cli", "neurosym.inspect_cli", "neurosym.compose.cli"):
         try:
             found.append(importlib.import_module(name).register)
         except ModuleNotFoundError as exc:

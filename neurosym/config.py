@@ -57,10 +57,28 @@ class ModelConfig(_Section):
 
 
 class LoraConfig(_Section):
-    r: int = Field(8, gt=0)
-    alpha: float = Field(16, gt=0)
-    dropout: float = Field(0.05, ge=0, lt=1)
+    """The trained adapter (section name kept for old configs): LoRA, with DoRA/rsLoRA flags, or (IA)3."""
+    method: Literal["lora", "ia3"] = Field("lora", description="lora (also DoRA/rsLoRA via the flags) or ia3.")
+    r: int = Field(8, gt=0, description="LoRA rank (ignored by ia3).")
+    alpha: float = Field(16, gt=0, description="LoRA alpha: scaling alpha/r, or alpha/sqrt(r) with use_rslora.")
+    dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout (ignored by ia3).")
     target_modules: Union[Literal["all-linear"], list[str]] = Field("all-linear", min_length=1)
+    use_dora: bool = Field(False, description="DoRA: weight-decomposed LoRA (PEFT's use_dora).")
+    use_rslora: bool = Field(False, description="rsLoRA: scale by alpha/sqrt(r) instead of alpha/r.")
+    feedforward_modules: Optional[list[str]] = Field(
+        None, description="ia3 only: modules whose input (not output) is rescaled; default: PEFT's choice "
+                          "for the architecture (e.g. down_proj on Llama).")
+
+    @model_validator(mode="after")
+    def _method_knobs(self):
+        if self.method == "ia3":
+            bad = [k for k in ("use_dora", "use_rslora") if getattr(self, k)]
+            if bad:
+                raise ValueError(f"lora.{bad[0]} is a LoRA flag; with lora.method: ia3 remove it "
+                                 f"(or set lora.method: lora)")
+        elif self.feedforward_modules is not None:
+            raise ValueError("lora.feedforward_modules only applies to lora.method: ia3; remove it")
+        return self
 
 
 class DataFields(_Section):

@@ -94,19 +94,19 @@ def qlora_config(compute_dtype: torch.dtype):
 
 
 def add_lora(model, lora_cfg):
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
-    target = lora_cfg.target_modules
-    config = LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
-                        target_modules=target, task_type="CAUSAL_LM")
+    from neurosym.adapters import build_peft_config  # LoRA (DoRA, rsLoRA) or (IA)3
+
+    config = build_peft_config(lora_cfg, model)
     try:
         return get_peft_model(model, config)
     except ValueError as exc:
         if "target" not in str(exc).lower():
             raise
         names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
-        raise ModelError(f"lora.target_modules {target!r} matches no layer of this model. Its linear layers are: "
-                         f"{', '.join(names)} (or use all-linear).") from None
+        raise ModelError(f"lora.target_modules {lora_cfg.target_modules!r} matches no layer of this model. Its "
+                         f"linear layers are: {', '.join(names)} (or use all-linear).") from None
 
 
 def load_for_training(cfg, cache_dir: Path):

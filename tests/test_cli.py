@@ -9,7 +9,7 @@ from neurosym.cli import build_parser, main
 from tests.support.jobs import write_config
 
 VERBS = ["train", "resume", "eval", "validate", "preview", "merge", "export", "prompts", "report",
-         "conn", "generate"]
+         "conn", "generate", "compose"]
 
 
 @pytest.mark.parametrize("verb", VERBS)

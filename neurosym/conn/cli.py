@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 RAW = argparse.RawDescriptionHelpFormatter
@@ -180,19 +179,18 @@ def _check_device(device: str) -> str | None:
 
 
 def load_model(name_or_path: str, adapter: str | None = None, device: str = "cpu"):
-    """Model and tokenizer from a local directory, a hub id, or ``tiny://<preset>`` (built locally)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Model and tokenizer through the one model loader (``neurosym.compose.load``): a local folder, a
+    hub id, ``tiny://<preset>``, a run directory, a checkpoint, a PEFT adapter folder or a composition
+    (``neurosym compose``); ``adapter`` puts one more PEFT adapter on top."""
+    from neurosym.compose import load
 
-    from neurosym.tiny import resolve_tiny
-
-    path = resolve_tiny(name_or_path, Path(tempfile.gettempdir()) / "neurosym-tiny")
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path)
+    model, tokenizer = load(name_or_path, device=device)
     if adapter:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, adapter)
-    return model.to(device).eval(), tokenizer
+        model = PeftModel.from_pretrained(model, adapter).to(device)
+    model.eval()
+    return model, tokenizer
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -218,9 +216,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         return _usage(f"--conn: unknown operation(s) {', '.join(unknown)}; choose from {', '.join(OPS)}, "
                       "'all' or 'none' (register your own with --ops-module)")
 
+    from neurosym.model import ModelError
     try:
         model, tokenizer = load_model(args.model, args.adapter, args.device)
-    except (OSError, ValueError, ImportError) as err:
+    except (OSError, ValueError, ImportError, ModelError) as err:
         return _fail(f"could not load model {args.model!r}"
                      f"{f' with adapter {args.adapter!r}' if args.adapter else ''}: {err}")
     processors = LogitsProcessorList()

@@ -1,0 +1,147 @@
+"""Where a module comes from: a run directory, a checkpoint folder or any PEFT adapter folder.
+
+Everything here reads small JSON/YAML files only, so every check can run before a model loads.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from neurosym.model import ModelError
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+HASHED_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS)
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+
+
+class ComposeError(ModelError):
+    """A composition cannot be built as asked; the message says which module, why, and how to fix it."""
+
+
+@dataclass(frozen=True)
+class BaseRef:
+    """The base model a module was trained on (what the manifest records and ``load`` loads)."""
+    name_or_path: str
+    revision: Optional[str] = None
+    quantization: str = "none"
+    dtype: str = "auto"
+    trust_remote_code: bool = False
+
+    def model_config(self, **update):
+        from neurosym.config import ModelConfig
+        fields = dict(name_or_path=self.name_or_path, revision=self.revision, quantization=self.quantization,
+                      dtype=self.dtype, trust_remote_code=self.trust_remote_code)
+        fields.update(update)
+        return ModelConfig(**fields)
+
+    def as_dict(self) -> dict:
+        return {"name_or_path": self.name_or_path, "revision": self.revision, "quantization": self.quantization,
+                "dtype": self.dtype, "trust_remote_code": self.trust_remote_code}
+
+    @property
+    def identity(self) -> tuple[str, Optional[str]]:
+        """What must match between modules: the base's name (a local path resolved) and its revision."""
+        name = self.name_or_path
+        if "://" not in name and Path(name).exists():
+            name = str(Path(name).resolve())
+        return name, self.revision
+
+
+@dataclass
+class AdapterSource:
+    name: str
+    given: str                    # the path as the user gave it
+    adapter_dir: Path             # the folder holding adapter_config.json + adapter_model.safetensors
+    config: dict                  # adapter_config.json
+    base: BaseRef
+    run_dir: Optional[Path] = None
+    weight: float = 1.0
+    hashes: dict = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return str(self.config.get("peft_type", "?")).lower()
+
+    @property
+    def rank(self) -> int:
+        r = int(self.config.get("r") or 0)
+        pattern = self.config.get("rank_pattern") or {}
+        return max([r, *pattern.values()]) if pattern else r
+
+    @property
+    def target_modules(self) -> str:
+        t = self.config.get("target_modules")
+        return ", ".join(sorted(t)) if isinstance(t, (list, tuple, set)) else str(t)
+
+    @property
+    def scaling(self) -> float:
+        """LoRA's scale s (alpha/r, or alpha/sqrt(r) with rsLoRA)."""
+        r, alpha = int(self.config["r"]), float(self.config["lora_alpha"])
+        return alpha / (r ** 0.5) if self.config.get("use_rslora") else alpha / r
+
+
+def file_hashes(adapter_dir: Path) -> dict:
+    """sha256 of the files that define a module (its config and its weights)."""
+    out = {}
+    for fname in HASHED_FILES:
+        h = hashlib.sha256()
+        with open(adapter_dir / fname, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        out[fname] = h.hexdigest()
+    return out
+
+
+def _run_model(run_dir: Path) -> BaseRef:
+    from neurosym.config import load_config
+
+    m = load_config(run_dir / "config.yaml", check_files=False).model
+    return BaseRef(m.name_or_path, m.revision, m.quantization, m.dtype, m.trust_remote_code)
+
+
+def resolve(name: str, path: str, weight: float = 1.0) -> AdapterSource:
+    """One module from a run directory (its newest complete checkpoint), a checkpoint or a PEFT folder."""
+    from neurosym.checkpoint import latest_checkpoint
+
+    if not _NAME.match(name):
+        raise ComposeError(f"--adapter {name}={path}: the name must start with a letter and hold only letters, "
+                           f"digits, '_' or '-' (it becomes a PEFT adapter name)")
+    p = Path(path)
+    if not p.exists():
+        raise ComposeError(f"--adapter {name}={path}: no such file or folder")
+    run_dir = None
+    if (p / "config.yaml").is_file() and (p / "checkpoints").is_dir():
+        run_dir = p
+        adapter_dir = latest_checkpoint(p)
+        if adapter_dir is None:
+            raise ComposeError(f"--adapter {name}={path}: run directory with no complete checkpoint yet "
+                               f"(train it, or pass a PEFT adapter folder)")
+    else:
+        adapter_dir = p
+        if p.parent.name == "checkpoints" and (p.parent.parent / "config.yaml").is_file():
+            run_dir = p.parent.parent
+    if not (adapter_dir / ADAPTER_CONFIG).is_file():
+        raise ComposeError(f"--adapter {name}={path}: not a run directory, checkpoint or PEFT adapter folder "
+                           f"(no {ADAPTER_CONFIG} in {adapter_dir})")
+    if not (adapter_dir / ADAPTER_WEIGHTS).is_file():
+        extra = (" (adapter_model.bin is a pickle, which neurosym never loads: re-save it with "
+                 "safe_serialization=True)") if (adapter_dir / "adapter_model.bin").exists() else ""
+        raise ComposeError(f"--adapter {name}={path}: {ADAPTER_WEIGHTS} is missing in {adapter_dir}{extra}")
+    try:
+        config = json.loads((adapter_dir / ADAPTER_CONFIG).read_text())
+    except ValueError as exc:
+        raise ComposeError(f"{adapter_dir / ADAPTER_CONFIG}: not valid JSON ({exc})") from None
+    if run_dir is not None:
+        base = _run_model(run_dir)
+    else:
+        if not config.get("base_model_name_or_path"):
+            raise ComposeError(f"{adapter_dir / ADAPTER_CONFIG} does not name its base model "
+                               f"(base_model_name_or_path); pass --base NAME_OR_PATH")
+        base = BaseRef(config["base_model_name_or_path"], config.get("revision"))
+    return AdapterSource(name=name, given=str(path), adapter_dir=adapter_dir, config=config, base=base,
+                         run_dir=run_dir, weight=weight, hashes=file_hashes(adapter_dir))
