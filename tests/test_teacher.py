@@ -286,7 +286,7 @@ def test_no_writes_to_home_cwd_or_environ(keyed, tmp_path):
     home, cwd = tmp_path / "home", tmp_path / "cwd"
     home.mkdir()
     cwd.mkdir()
-    env = dict(os.environ, HOME=str(home), PYTHONPATH=str(Path(__file__).parent))
+    env = dict(os.environ, HOME=str(home), PYTHONPATH=str(Path(__file__).resolve().parent.parent))  # this tree
     proc = subprocess.run([sys.executable, "-c", _SCRIPT, keyed.base_url, keyed.model, str(tmp_path / "run")], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -73,14 +73,28 @@ def _preflight_openai(cfg: TeacherConfig, timeout_s: Optional[float]) -> Preflig
 
     from .protocol import OPENAI_URL
 
+    from neurosym.config import redact_url, url_secrets
+
+    from .protocol import _check_saved_url, _client
+
     key = read_api_key(cfg.api_key_env)
-    url = cfg.base_url or OPENAI_URL
+    _check_saved_url(cfg)
+    url = redact_url(cfg.base_url or OPENAI_URL)
+    secrets = [key, *url_secrets(cfg.base_url)]
+
+    def redact(text: str, _key: str = "") -> str:  # every secret: the key and the URL's credentials
+        from .apikey import redact as redact_one
+        text = redact_url(text)
+        for s in secrets:
+            text = redact_one(text, s)
+        return text
+
     env = f"${cfg.api_key_env}" if cfg.api_key_env else "(no key: teacher.api_key_env is empty)"
     read_timeout = timeout_s or cfg.timeout_s
     timeout = httpx.Timeout(read_timeout, connect=min(CONNECT_TIMEOUT_S, read_timeout))
     t0 = time.monotonic()
     try:
-        client = openai.OpenAI(base_url=cfg.base_url, api_key=key, max_retries=0, timeout=timeout)
+        client = _client(cfg.base_url, key, timeout)
     except Exception as exc:  # e.g. an unparsable URL
         raise TeacherConfigError(f"teacher.base_url {url}: {redact(str(exc), key)}") from None
     status_error: Optional[openai.APIStatusError] = None
@@ -98,7 +112,7 @@ def _preflight_openai(cfg: TeacherConfig, timeout_s: Optional[float]) -> Preflig
         status_error = exc
         problem = ""
     if status_error is not None:  # handled outside the except block: no __context__ echoing the key
-        problem, ok_note = _status_problem(status_error, cfg, client, key, url, env)
+        problem, ok_note = _status_problem(status_error, cfg, client, key, url, env, redact)
         if ok_note:
             client.close()
             return PreflightResult("openai", cfg.model, url, time.monotonic() - t0, note=ok_note)
@@ -106,7 +120,8 @@ def _preflight_openai(cfg: TeacherConfig, timeout_s: Optional[float]) -> Preflig
     raise TeacherConfigError(problem)
 
 
-def _status_problem(exc, cfg: TeacherConfig, client, key: str, url: str, env: str) -> tuple[str, str]:
+def _status_problem(exc, cfg: TeacherConfig, client, key: str, url: str, env: str,
+                    redact=redact) -> tuple[str, str]:
     """(error message, '') for a failed preflight, or ('', note) when the status means 'fine'."""
     from .protocol import error_detail, is_model_not_found
 
@@ -118,7 +133,7 @@ def _status_problem(exc, cfg: TeacherConfig, client, key: str, url: str, env: st
         return (f"403 from {url}: the key in {env} may not use model {cfg.model!r} ({detail}); "
                 "check teacher.model and the key's permissions"), ""
     if status == 404 and is_model_not_found(exc):
-        return f"model {cfg.model!r} not found at {url}{_available(client, key)}; set teacher.model", ""
+        return f"model {cfg.model!r} not found at {url}{redact(_available(client, key))}; set teacher.model", ""
     if status == 404:
         return (f"{url}/chat/completions not found (404); teacher.base_url should be the API root of an "
                 "OpenAI-compatible server, usually ending in /v1"), ""
