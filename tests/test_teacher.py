@@ -310,9 +310,20 @@ def test_local_teacher_same_interface(tiny_model_dir, tmp_path, monkeypatch):
     assert isinstance(reply.text, str) and reply.completion_tokens <= 5 and reply.prompt_tokens > 10
     assert eng("What is 2+3?", system_prompt="You are a calculator.") == reply.text
     assert eng.usage.calls == 1 and eng.usage.cache_hits == 1
-    long = eng.complete("x" * 3000)  # longer than the 512-token context: the end is kept
-    assert long.prompt_tokens <= 512
     assert list(home.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["home", "teacher"]
+
+
+def test_local_teacher_never_cuts_the_prompt(tiny_model_dir, tmp_path):
+    """The tiny model's context is 512 tokens: a 470-token prompt is given whole (the answer gets what
+    is left); a TextGrad-sized prompt is refused with both sizes, not cut to its end."""
+    eng = make_teacher(TeacherConfig(provider="local", model=str(tiny_model_dir), max_tokens=64), tmp_path)
+    assert eng.context_length == 512
+    fits = eng.complete("y" * 460, system_prompt="S")
+    assert fits.prompt_tokens > 460 and fits.prompt_tokens + fits.completion_tokens <= 512
+    instructions = "You will give feedback to a variable. " * 20
+    with pytest.raises(TeacherUnavailable, match=r"context of 512 tokens; this prompt takes \d+") as err:
+        eng(instructions + "x" * 3000)
+    assert err.value.kind == "context" and eng.usage.failures == {"context": 1}
 
 
 def test_local_rendering_without_chat_template():

@@ -154,3 +154,26 @@ def _available(client, key: str) -> str:
         return ""
     shown = ", ".join(ids[:10]) + (", ..." if len(ids) > 10 else "")
     return redact(f" (available: {shown})", key)
+
+
+def check_teacher(cfg: TeacherConfig, *, timeout_s: Optional[float] = None) -> str:
+    """One line for ``neurosym validate``: the teacher is reachable, the key accepted, the model
+    served, and what a token costs. Raises :class:`TeacherConfigError` (a user error: exit 2) with
+    the key to fix otherwise. Makes one 1-token request (``provider: openai``) or reads the model's
+    config (``local``); writes nothing."""
+    from .pricing import resolve_price
+
+    res = preflight(cfg, timeout_s=timeout_s)
+    price = resolve_price(cfg, warn=False)
+    if res.provider == "local":
+        head = f"teacher ok: local model {res.model} found"
+    else:
+        head = (f"teacher ok: {res.base_url} reachable, key accepted, model {res.model!r} served "
+                f"({res.latency_s:.2f}s)")
+    if res.note:
+        head += f" [{res.note}]"
+    line = f"{head}; {price.describe()}"
+    if not price.enforceable:
+        line += ("; teacher.budget_usd cannot be enforced: set teacher.price_per_1k_tokens"
+                 if cfg.budget_usd is not None else "; set teacher.price_per_1k_tokens to count its cost")
+    return line
