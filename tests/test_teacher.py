@@ -318,6 +318,7 @@ def test_local_teacher_never_cuts_the_prompt(tiny_model_dir, tmp_path):
     is left); a TextGrad-sized prompt is refused with both sizes, not cut to its end."""
     eng = make_teacher(TeacherConfig(provider="local", model=str(tiny_model_dir), max_tokens=64), tmp_path)
     assert eng.context_length == 512
+    assert "context of only 512 tokens" in preflight(TeacherConfig(provider="local", model=str(tiny_model_dir))).note
     fits = eng.complete("y" * 460, system_prompt="S")
     assert fits.prompt_tokens > 460 and fits.prompt_tokens + fits.completion_tokens <= 512
     instructions = "You will give feedback to a variable. " * 20

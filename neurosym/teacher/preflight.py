@@ -17,6 +17,7 @@ from .apikey import read_api_key, redact
 from .errors import TeacherConfigError
 
 CONNECT_TIMEOUT_S = 5.0
+LOCAL_MIN_CONTEXT = 4096  # tokens a local teacher should hold for TextGrad's prompts
 
 
 @dataclass(frozen=True)
@@ -43,16 +44,21 @@ def _preflight_local(cfg: TeacherConfig) -> PreflightResult:
     from neurosym.tiny import TINY_SCHEME
 
     t0 = time.monotonic()
+    note = ""
     if not cfg.model.startswith(TINY_SCHEME):
         from transformers import AutoConfig
 
         try:
-            AutoConfig.from_pretrained(cfg.model)
+            model_cfg = AutoConfig.from_pretrained(cfg.model)
         except (OSError, ValueError) as exc:
             raise TeacherConfigError(
                 f"teacher.model {cfg.model!r} (teacher.provider: local) is neither a model directory nor a "
                 f"hub id in the local cache ({str(exc).splitlines()[0]}); set teacher.model") from None
-    return PreflightResult("local", cfg.model, None, time.monotonic() - t0)
+        ctx = getattr(model_cfg, "max_position_embeddings", None)
+        if ctx and ctx < LOCAL_MIN_CONTEXT:
+            note = (f"context of only {ctx} tokens: TextGrad's prompts run to a few thousand; those that do not "
+                    "fit are refused (a teacher fault), never cut")
+    return PreflightResult("local", cfg.model, None, time.monotonic() - t0, note=note)
 
 
 def _connect_reason(exc: BaseException) -> str:
