@@ -46,6 +46,13 @@ def test_malformed_body_is_a_retried_fault(keyed, tmp_path, fault):
     assert eng.usage.failures == {"malformed_response": 4} and len(eng.cache) == 1
 
 
+def test_malformed_body_at_preflight_is_a_config_error(keyed):
+    from neurosym.teacher import preflight
+    keyed.inject("bad_json", body=b"<html>Welcome to nginx!</html>")
+    with pytest.raises(TeacherConfigError, match="not an OpenAI chat completion"):
+        preflight(TeacherConfig(model=keyed.model, base_url=keyed.base_url, api_key_env=KEY_ENV))
+
+
 def test_malformed_body_never_escapes_textgrad(keyed, tmp_path):
     """What TextGrad sees (and so the symbolic update) is a TeacherUnavailable, not a JSON error."""
     from neurosym.teacher import load_textgrad

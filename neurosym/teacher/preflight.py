@@ -117,6 +117,10 @@ def _preflight_openai(cfg: TeacherConfig, timeout_s: Optional[float]) -> Preflig
     except openai.APIStatusError as exc:
         status_error = exc
         problem = ""
+    except (ValueError, TypeError, KeyError, AttributeError, httpx.HTTPError) as exc:  # a body we cannot read
+        problem = (f"teacher.base_url {url} answered with something that is not an OpenAI chat completion "
+                   f"({type(exc).__name__}); check that it is the API root of an OpenAI-compatible server "
+                   "(usually ending in /v1)")
     if status_error is not None:  # handled outside the except block: no __context__ echoing the key
         problem, ok_note = _status_problem(status_error, cfg, client, key, url, env, redact)
         if ok_note:

@@ -5,6 +5,7 @@ It speaks the chat-completions protocol (``POST /v1/chat/completions``, ``GET /v
 OpenAI, vLLM, Ollama or llama.cpp. Answers come from a *responder* (messages -> text) that a test
 can replace; faults are queued with :meth:`OpenAIServer.inject` and consumed one per chat request:
 
+* ``"none"``: no fault for this request (to let earlier requests through before faults start);
 * ``"429"``: rate limited, with a ``Retry-After`` header (``retry_after=0.2`` seconds by default);
 * ``"500"``: internal server error;
 * ``"hang"``: sleep ``seconds`` (default 30) before answering, i.e. past the client's timeout;
@@ -41,7 +42,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Optional
 
 Responder = Callable[[list[dict]], str]
-FAULTS = ("429", "500", "hang", "malformed", "401", "403", "404", "bad_json", "no_choices", "wrong_types",
+FAULTS = ("none", "429", "500", "hang", "malformed", "401", "403", "404", "bad_json", "no_choices", "wrong_types",
           "trickle", "huge", "usage")
 DEFAULT_MODEL = "teacher-model"
 DEFAULT_KEY = "sk-test-0123456789abcdef"
