@@ -73,8 +73,8 @@ def test_timeout_is_a_total_deadline_against_a_trickling_server(keyed, tmp_path)
     t0 = time.monotonic()
     with pytest.raises(TeacherUnavailable, match="very slowly") as err:
         eng("hi")
-    assert err.value.kind == "deadline" and time.monotonic() - t0 < 2.5
-    assert eng.usage.failures == {"deadline": 1} and len(eng.cache) == 0
+    assert err.value.kind == "timeout" and time.monotonic() - t0 < 2.5
+    assert eng.usage.failures == {"timeout": 1} and len(eng.cache) == 0
     keyed.inject("trickle", chunk=4096, interval=0.01)  # a slow but normal stream still works
     assert eng("hi") == "Echo: hi"
 
@@ -89,6 +89,29 @@ def test_retries_stop_at_the_call_deadline(keyed, tmp_path):
         eng("hi")
     assert err.value.kind == "rate_limit" and time.monotonic() - t0 < 1.5
     assert len(keyed.chat_requests) == 1
+
+
+@pytest.mark.parametrize("fault", ["hang", "trickle"])
+def test_abort_ends_a_call_in_flight_at_once(keyed, tmp_path, fault):
+    """What a stop (SIGTERM, Ctrl-C) needs: a call stuck on the server ends when aborted, not at
+    its deadline (60 s by default)."""
+    eng = engine(keyed, tmp_path, timeout_s=60, max_retries=0)
+    keyed.inject(fault, seconds=60, chunk=1, interval=0.5)
+    box = {}
+    t = threading.Thread(target=_call_into, args=(eng, box))
+    t0 = time.monotonic()
+    t.start()
+    time.sleep(0.3)
+    eng.abort()
+    t.join(10)
+    assert not t.is_alive() and box["exc"].kind == "aborted" and time.monotonic() - t0 < 3
+
+
+def _call_into(eng, box):
+    try:
+        eng("hi")
+    except TeacherUnavailable as exc:
+        box["exc"] = exc
 
 
 def test_abort_ends_a_call_waiting_to_retry(keyed, tmp_path):

@@ -71,6 +71,8 @@ class _Fault(Exception):
     def __init__(self, kind: str, message: str, retry: bool = True):
         super().__init__(message)
         self.kind, self.message, self.retry = kind, message, retry
+        self.wait: Optional[float] = None       # a server-given wait before the retry (Retry-After)
+        self.billed: Optional[tuple[int, int]] = None  # tokens to count although the call failed
 
 
 def _jsonable_int(value: Any) -> Any:
@@ -126,7 +128,7 @@ class OpenAITeacher(CachedTeacher):
                 return self._attempt(messages, params, attempt_deadline)
             except _Fault as fault:
                 kind, last = fault.kind, fault.message
-                retry_wait = getattr(fault, "wait", None)
+                retry_wait = fault.wait
                 retryable = fault.retry
             self.usage.record_failure(kind)
             if not retryable or attempt + 1 >= attempts:
@@ -151,53 +153,74 @@ class OpenAITeacher(CachedTeacher):
             raise TeacherUnavailable(f"teacher {self.model_string!r}: call aborted (shutting down)", kind="aborted")
 
     def _attempt(self, messages: list[dict], params: dict[str, Any], deadline: float) -> Completion:
-        """One request, its body read under ``deadline``; raises :class:`_Fault` on failure."""
+        """One request under ``deadline``; raises :class:`_Fault` on failure.
+
+        The request runs on a helper thread while this one waits for it, the deadline or
+        :meth:`abort`, whichever comes first: neither a server that trickles its body nor one
+        that never answers can hold the caller past the deadline. A request given up on is told
+        to stop at its next chunk (its per-read timeout bounds it otherwise); its thread is a
+        daemon. All accounting happens on this thread (usage meters are per thread)."""
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise _Fault("deadline", "no time left under the call's deadline")
         timeout = httpx.Timeout(remaining, connect=min(5.0, remaining))
-        status_error: Optional[openai.APIStatusError] = None
-        try:
-            with self._client.chat.completions.with_streaming_response.create(
-                    model=self.model_string, messages=messages, timeout=timeout, **params) as response:
-                body = self._read_body(response, deadline, messages)
-        except _Fault:
-            raise
-        except openai.APITimeoutError:
-            raise _Fault("timeout", f"no answer within teacher.timeout_s={self.cfg.timeout_s}s") from None
-        except openai.APIConnectionError as exc:
-            message = f"cannot connect ({self._redact(str(exc.__cause__ or exc))})"
-            raise _Fault("connection", message) from None
-        except openai.APIStatusError as exc:
-            status_error = exc
-        except httpx.TimeoutException:
-            raise _Fault("timeout", f"no answer within teacher.timeout_s={self.cfg.timeout_s}s") from None
-        except (httpx.HTTPError, OSError) as exc:
-            raise _Fault("connection", f"connection broke while reading ({self._redact(type(exc).__name__)})") from None
-        if status_error is not None:
-            # classified outside the except block: our exceptions carry no __context__, whose
-            # message (the server's body) may echo the key
-            fault = self._classify(status_error)
-            raise fault
-        return self._parse(body, messages)
+        cancel, done, box = threading.Event(), threading.Event(), {}
 
-    def _read_body(self, response: Any, deadline: float, messages: list[dict]) -> bytes:
-        """The body, chunk by chunk, under the deadline and the size cap."""
+        def fetch() -> None:
+            try:
+                box["body"] = self._fetch(messages, params, timeout, cancel)
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+                box["error"] = exc
+            finally:
+                done.set()
+
+        threading.Thread(target=fetch, name="teacher-request", daemon=True).start()
+        while not done.wait(max(0.0, min(0.05, deadline - time.monotonic()))):
+            if self._aborted.is_set():
+                cancel.set()
+                raise _Fault("aborted", "call aborted (shutting down)", retry=False)
+            if time.monotonic() >= deadline:
+                cancel.set()
+                raise _Fault("timeout", f"no complete answer within teacher.timeout_s={self.cfg.timeout_s}s "
+                                         "(the server is stuck or sending it very slowly)")
+        error = box.get("error")
+        if error is None:
+            return self._parse(box["body"], messages)
+        if isinstance(error, _Fault):
+            if error.billed:
+                self.usage.record_call(*error.billed)
+            raise error
+        if isinstance(error, openai.APIStatusError):
+            # classified here, outside any except block: our exceptions carry no __context__,
+            # whose message (the server's body) may echo the key
+            raise self._classify(error)
+        if isinstance(error, openai.APITimeoutError) or isinstance(error, httpx.TimeoutException):
+            raise _Fault("timeout", f"no answer within teacher.timeout_s={self.cfg.timeout_s}s")
+        if isinstance(error, openai.APIConnectionError):
+            raise _Fault("connection", f"cannot connect ({self._redact(str(error.__cause__ or error))})")
+        if isinstance(error, (httpx.HTTPError, OSError)):
+            raise _Fault("connection", f"connection broke while reading ({type(error).__name__})")
+        raise error  # a bug, not a server fault: let it surface
+
+    def _fetch(self, messages: list[dict], params: dict[str, Any], timeout: httpx.Timeout,
+               cancel: threading.Event) -> bytes:
+        """The response body (helper thread): read chunk by chunk, stopping on ``cancel`` or at the
+        size cap (``too_large``, with what arrived billed to the budget by the caller)."""
         limit = self.cfg.max_response_chars * self.BODY_BYTES_PER_CHAR + self.BODY_SLACK_BYTES
         chunks, size = [], 0
-        for chunk in response.iter_bytes():
-            if self._aborted.is_set():
-                raise _Fault("aborted", "call aborted (shutting down)", retry=False)
-            size += len(chunk)
-            if size > limit:
-                # the server billed for it: count what arrived so far (~4 bytes a token) against the budget
-                self.usage.record_call(self._estimate(messages, "")[0], size // 4)
-                raise _Fault("too_large", f"answer body over {limit:,} bytes (teacher.max_response_chars="
-                                          f"{self.cfg.max_response_chars:,}); cut off", retry=False)
-            chunks.append(chunk)
-            if time.monotonic() > deadline:
-                raise _Fault("deadline", f"the answer took longer than teacher.timeout_s={self.cfg.timeout_s}s "
-                                         "to arrive (the server is sending it very slowly)")
+        with self._client.chat.completions.with_streaming_response.create(
+                model=self.model_string, messages=messages, timeout=timeout, **params) as response:
+            for chunk in response.iter_bytes():
+                if cancel.is_set():
+                    raise _Fault("aborted", "request given up", retry=False)
+                size += len(chunk)
+                if size > limit:
+                    fault = _Fault("too_large", f"answer body over {limit:,} bytes (teacher.max_response_chars="
+                                                f"{self.cfg.max_response_chars:,}); cut off", retry=False)
+                    # the server billed for it: count what arrived (~4 bytes a token) against the budget
+                    fault.billed = (self._estimate(messages, "")[0], size // 4)
+                    raise fault
+                chunks.append(chunk)
         return b"".join(chunks)
 
     def _classify(self, exc: openai.APIStatusError) -> _Fault:
