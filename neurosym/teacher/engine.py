@@ -113,8 +113,9 @@ class OpenAITeacher(CachedTeacher):
 
     # -- the call ---------------------------------------------------------------------------------
     def abort(self) -> None:
-        """Make calls in flight end soon with ``TeacherUnavailable(kind="aborted")`` (at their next
-        chunk of body, or their per-read timeout), and every later call at once. For shutdown."""
+        """End every call in flight at once (within ~50 ms, retry waits included) with
+        ``TeacherUnavailable(kind="aborted")``, and every later call too. For a prompt stop
+        (SIGTERM, Ctrl-C): jobs in flight are saved with the checkpoint and resubmitted on resume."""
         self._aborted.set()
 
     def _request(self, messages: list[dict], params: dict[str, Any]) -> Completion:
