@@ -105,6 +105,12 @@ def cmd_validate(args) -> int:
         print(f"  data.{split:<5} {len(examples)} examples ({kinds}), {report.skipped} skipped: {path}")
         for err in report.errors[:5]:
             print(f"    skipped {err}")
+    if cfg.router.kind != "always_lora":
+        if args.offline:
+            print("  teacher    not checked (--offline)")
+        else:  # reachable, key accepted, model served, price known (a TeacherConfigError exits 2)
+            from neurosym.teacher import check_teacher
+            print(f"  {check_teacher(cfg.teacher)}")
     return 0
 
 
@@ -188,10 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--checkpoint", help="step-N (default: newest complete)")
     q.set_defaults(func=cmd_eval)
 
-    q = _parser(sub, "validate", "Check a config and its data without loading a model.",
+    q = _parser(sub, "validate", "Check a config, its data and its teacher without loading a model.",
                 "neurosym validate experiments/tiny.yaml")
     q.add_argument("config")
     overrides(q)
+    q.add_argument("--offline", action="store_true", help="do not contact the teacher")
     q.set_defaults(func=cmd_validate)
 
     q = _parser(sub, "preview", "Show tokenized examples: the masked prompt and the trained response.",

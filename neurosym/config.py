@@ -156,8 +156,11 @@ class TrackingConfig(_Section):
 
 
 class Price(_Section):
-    input: float = Field(0.0, ge=0, description="USD per 1k prompt tokens.")
-    output: float = Field(0.0, ge=0, description="USD per 1k completion tokens.")
+    """USD per 1k tokens. Both unset (the default): the price LiteLLM's bundled cost map gives
+    ``teacher.model`` (read offline), else 0 with a warning that ``budget_usd`` cannot be enforced.
+    One set: the other is 0."""
+    input: Optional[float] = Field(None, ge=0, allow_inf_nan=False, description="USD per 1k prompt tokens.")
+    output: Optional[float] = Field(None, ge=0, allow_inf_nan=False, description="USD per 1k completion tokens.")
 
 
 class TeacherConfig(_Section):
@@ -171,7 +174,9 @@ class TeacherConfig(_Section):
     temperature: float = Field(0.0, ge=0)
     max_tokens: int = Field(1024, gt=0)
     price_per_1k_tokens: Price = Price()
-    budget_usd: Optional[float] = Field(None, ge=0)
+    budget_usd: Optional[float] = Field(None, ge=0, allow_inf_nan=False)
+    max_response_chars: int = Field(20_000, gt=0, description="Longest teacher answer accepted; a longer "
+                                    "one is a teacher fault (never stored).")
 
 
 class SymbolicConfig(_Section):
@@ -183,9 +188,10 @@ class SymbolicConfig(_Section):
     max_rewrites_per_batch: int = Field(4, ge=0)
     max_new_tokens: int = Field(32, gt=0, description="Student generation length during symbolic updates.")
     on_teacher_down: Literal["continue", "stop"] = Field(
-        "continue", description="When the teacher refuses for good (401/403/404) mid-run: go on with LoRA only, or stop.")
-    down_after_failures: int = Field(3, gt=0, description="Consecutive teacher failures that pause the route.")
-    down_for_steps: int = Field(20, gt=0, description="Steps the route stays paused.")
+        "continue", description="A teacher that refuses us for good mid-run (401/403/404): continue LoRA-only "
+        "(said loudly) or stop the run.")
+    down_after_failures: int = Field(3, gt=0, description="Consecutive teacher failures before the route pauses.")
+    down_for_steps: int = Field(20, ge=0, description="Steps the route stays paused before it is tried again.")
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
@@ -241,17 +247,53 @@ class Config(_Section):
 # Loading
 
 SECRET_KEY = re.compile(r"(^|_)(api_?key|token|secret|password|auth)$")
+SECRET_PARAM = re.compile(r"(^|[_-])(api_?key|key|token|secret|password|auth|sig|signature|code)$", re.I)
+_URL_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/?#\s]*)@")
+_URL_QUERY_PARAM = re.compile(r"(?P<sep>[?&;])(?P<name>[^=&#\s]+)=(?P<value>[^&#\s]*)")
+
+
+def redact_url(text: str) -> str:
+    """``text`` with URL credentials replaced by ``***``: the user info of every URL in it
+    (``https://user:pass@host`` -> ``https://***@host``) and secret-looking query parameters
+    (``?api-key=...``, ``&token=...``, ``&sig=...``)."""
+    if not isinstance(text, str) or "://" not in text:
+        return text
+    text = _URL_USERINFO.sub(lambda m: f"{m['scheme']}***@", text)
+    return _URL_QUERY_PARAM.sub(
+        lambda m: f"{m['sep']}{m['name']}=***" if SECRET_PARAM.search(m["name"]) else m.group(0), text)
+
+
+def url_secrets(url: Optional[str]) -> list[str]:
+    """The credential strings inside ``url`` (user, password, secret query values), to scrub them
+    from any text (an error message that quotes them without the URL around them)."""
+    if not url or "://" not in url:
+        return []
+    from urllib.parse import unquote
+
+    found = []
+    m = _URL_USERINFO.search(url)
+    if m and m["userinfo"]:
+        for part in m["userinfo"].split(":", 1):
+            if part:
+                found += [part, unquote(part)]
+    for q in _URL_QUERY_PARAM.finditer(url):
+        if SECRET_PARAM.search(q["name"]) and q["value"]:
+            found += [q["value"], unquote(q["value"])]
+    return sorted({s for s in found if len(s) >= 3}, key=len, reverse=True)
 
 
 def redact(obj: Any, key: str = "") -> Any:
     """Replace string values of secret-looking keys (``api_key``, ``hf_token``; not ``api_key_env``,
-    which names a variable, nor ``max_tokens``)."""
+    which names a variable, nor ``max_tokens``), and the credentials inside any URL value
+    (``teacher.base_url: https://user:pass@host`` is written ``https://***@host``)."""
     if isinstance(obj, dict):
         return {k: redact(v, k) for k, v in obj.items()}
     if isinstance(obj, list):
         return [redact(v, key) for v in obj]
     if isinstance(obj, str) and obj and SECRET_KEY.search(key.lower()):
         return "***"
+    if isinstance(obj, str):
+        return redact_url(obj)
     return obj
 
 

@@ -21,7 +21,7 @@ class TrainingDiverged(UserError, RuntimeError):
     """The loss or gradient norm became non-finite; the run stopped before the step reached the weights."""
 
 
-class TeacherDown(UserError, RuntimeError):
+class TeacherDownStop(UserError, RuntimeError):
     """The teacher refused for good (401/403/404) and ``symbolic.on_teacher_down: stop`` was asked for."""
 
 

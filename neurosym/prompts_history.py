@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import math
-import re
-import unicodedata
 from pathlib import Path
 from typing import Optional
 
 from neurosym.checkpoint import latest_checkpoint
 from neurosym.events import read_events
+from neurosym.prompts import terminal_safe
 
 
 def _num(value) -> Optional[float]:
@@ -166,22 +165,6 @@ def learned_prompt_card(text: Optional[str]) -> str:
             f"{fence}text\n{text}\n{fence}\n")
 
 
-# C0/C1 controls (ESC, CR, BEL, backspace...), DEL, and the Unicode format characters that reorder or
-# hide text on a terminal (bidi overrides and isolates, zero-width joiners). Newline and tab stay.
-_UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb]")
-
-
-def printable(text: str) -> str:
-    """``text`` with every terminal control or invisible formatting character shown as an escape
-    (``\\x1b``, ``\\u202e``): what a teacher wrote cannot move the cursor, recolour or hide text."""
-    def esc(m: re.Match) -> str:
-        c = ord(m.group())
-        return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
-    out = _UNSAFE.sub(esc, text)
-    # a lone surrogate (possible in JSON text) cannot be encoded for the terminal: escaped too
-    return "".join(f"\\u{ord(ch):04x}" if unicodedata.category(ch) == "Cs" else ch for ch in out)
-
-
 def format_prompt_history(history: list[dict], width: int = 100) -> str:
     """The history as text: one header line per version, then its prompt indented."""
     if not history:
@@ -192,7 +175,7 @@ def format_prompt_history(history: list[dict], width: int = 100) -> str:
                  if row.get("eval_loss") is not None else "no eval")
         mark = "  [current]" if row.get("current") else ""
         lines.append(f"v{row['version']:<3} step {row['step']:<6} {score}{mark}")
-        text = printable(row.get("text") or "")
+        text = terminal_safe(row.get("text") or "")
         for para in (text.splitlines() or [""]):
             while len(para) > width:
                 cut = para.rfind(" ", 0, width)
@@ -205,4 +188,4 @@ def format_prompt_history(history: list[dict], width: int = 100) -> str:
 
 
 __all__ = ["prompt_history", "prompt_versions", "format_prompt_history", "run_events", "learned_prompt",
-           "learned_prompt_card", "printable"]
+           "learned_prompt_card", "terminal_safe"]

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from neurosym.config import Config, save_resolved
-from neurosym.errors import RunDirError, TeacherDown
+from neurosym.errors import RunDirError, TeacherDownStop
 from neurosym.run import Run
 from neurosym.rundir import RunDir
 from neurosym.state import TrainState
@@ -73,7 +73,7 @@ def train(cfg: Config, resume: bool = False, quiet: Optional[bool] = None, chang
             run.save()
             if not interrupted:
                 final = finish(run)
-        except TeacherDown:
+        except TeacherDownStop:
             run.save()                                      # the user asked to stop: resumable as it is
             raise
         finally:

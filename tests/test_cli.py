@@ -91,3 +91,26 @@ def test_resume_of_a_finished_run_with_more_steps(tmp_path, tiny_model_dir, caps
     assert "done: 3 steps" in captured.out and "LR schedule was built for 2 steps and now spans 3" in captured.err
     steps = [json.loads(l)["step"] for l in open(run / "events.jsonl") if '"train"' in l]
     assert steps == [1, 2, 3]
+
+
+def test_validate_checks_the_teacher_unless_offline(tmp_path, tiny_model_dir, openai_server, monkeypatch, capsys):
+    from tests.support.hybrid import KEY_ENV, hybrid_config
+    monkeypatch.setenv(KEY_ENV, openai_server.api_key)
+    cfg = str(hybrid_config(tmp_path, tiny_model_dir, openai_server))
+    assert main(["validate", cfg]) == 0
+    assert "teacher ok" in capsys.readouterr().out and len(openai_server.requests) >= 1
+    seen = len(openai_server.requests)
+    assert main(["validate", cfg, "--offline"]) == 0
+    assert "not checked (--offline)" in capsys.readouterr().out and len(openai_server.requests) == seen
+    monkeypatch.setenv(KEY_ENV, "sk-wrong")
+    assert main(["validate", cfg]) == 2
+    assert "sk-wrong" not in capsys.readouterr().err
+
+
+def test_version_and_what_the_tool_does(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.startswith("neurosym 0.")
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "LoRA" in capsys.readouterr().out

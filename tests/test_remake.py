@@ -41,8 +41,9 @@ def test_guard_empty(new):
 
 def test_guard_too_long():
     parent = ex("What is 2 + 3?", "5")
-    assert check_rewrite("x" * 51, parent, set(), 50) == "too_long"
-    assert check_rewrite("x" * 50, parent, set(), 50) is None
+    fifty = "Add 2 and 3, then reply with the sum only.".ljust(50, ".")
+    assert check_rewrite(fifty + ".", parent, set(), 50) == "too_long"
+    assert check_rewrite(fifty, parent, set(), 50) is None
 
 
 def test_guard_duplicate_of_parent_and_seen_after_normalisation():

@@ -267,7 +267,7 @@ def test_a_teacher_that_refuses_for_good_is_said_loudly(tmp_path, tiny_model_dir
         assert routes == ["symbolic", "lora", "lora"]
         assert "warning" in out.out and "TEACHER DOWN" in out.out  # the summary repeats it
     else:
-        assert rc == 2 and "symbolic.on_teacher_down is 'stop'" in out.err
+        assert rc == 2 and "symbolic.on_teacher_down: stop" in out.err
         assert latest_checkpoint(run).name == "step-1"  # saved on the way out, resumable
         assert math.isfinite(json.loads((latest_checkpoint(run) / "state.json").read_text())["lr"])
 

@@ -286,7 +286,7 @@ def test_no_writes_to_home_cwd_or_environ(keyed, tmp_path):
     home, cwd = tmp_path / "home", tmp_path / "cwd"
     home.mkdir()
     cwd.mkdir()
-    env = dict(os.environ, HOME=str(home), PYTHONPATH=str(Path(__file__).parent))
+    env = dict(os.environ, HOME=str(home), PYTHONPATH=str(Path(__file__).resolve().parent.parent))  # this tree
     proc = subprocess.run([sys.executable, "-c", _SCRIPT, keyed.base_url, keyed.model, str(tmp_path / "run")], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -310,9 +310,21 @@ def test_local_teacher_same_interface(tiny_model_dir, tmp_path, monkeypatch):
     assert isinstance(reply.text, str) and reply.completion_tokens <= 5 and reply.prompt_tokens > 10
     assert eng("What is 2+3?", system_prompt="You are a calculator.") == reply.text
     assert eng.usage.calls == 1 and eng.usage.cache_hits == 1
-    long = eng.complete("x" * 3000)  # longer than the 512-token context: the end is kept
-    assert long.prompt_tokens <= 512
     assert list(home.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["home", "teacher"]
+
+
+def test_local_teacher_never_cuts_the_prompt(tiny_model_dir, tmp_path):
+    """The tiny model's context is 512 tokens: a 470-token prompt is given whole (the answer gets what
+    is left); a TextGrad-sized prompt is refused with both sizes, not cut to its end."""
+    eng = make_teacher(TeacherConfig(provider="local", model=str(tiny_model_dir), max_tokens=64), tmp_path)
+    assert eng.context_length == 512
+    assert "context of only 512 tokens" in preflight(TeacherConfig(provider="local", model=str(tiny_model_dir))).note
+    fits = eng.complete("y" * 460, system_prompt="S")
+    assert fits.prompt_tokens > 460 and fits.prompt_tokens + fits.completion_tokens <= 512
+    instructions = "You will give feedback to a variable. " * 20
+    with pytest.raises(TeacherUnavailable, match=r"context of 512 tokens; this prompt takes \d+") as err:
+        eng(instructions + "x" * 3000)
+    assert err.value.kind == "context" and eng.usage.failures == {"context": 1}
 
 
 def test_local_rendering_without_chat_template():

@@ -18,10 +18,16 @@ So ``3k + 1 + r`` calls (fewer on cache hits). Teacher failures (``TeacherUnavai
 ``BudgetExhausted``, ...) propagate: the caller falls back to a LoRA step. A malformed optimizer
 answer (no ``<IMPROVED_VARIABLE>...</IMPROVED_VARIABLE>``, or nothing between the tags) leaves the
 prompt unchanged with ``malformed=True`` (and is dropped from the teacher's cache so it is not
-replayed). A new system prompt longer than ``symbolic.max_prompt_chars`` or stating a batch
-example's answer is refused (``prompt_rejected``).
+replayed). A new system prompt longer than ``symbolic.max_prompt_chars``, stating a batch example's
+answer, or still carrying TextGrad's elision marker ``(...)`` is refused (``prompt_rejected``).
+Whenever the prompt is left unchanged, ``SymbolicResult.unchanged_reason`` says why.
 
 TextGrad 0.1.8 details handled here:
+
+* TextGrad shows a variable to the optimizer and to the backward prompts through
+  ``Variable.get_short_value()``, which elides everything but the first and last 10 words of a value
+  over 20 words. The system prompt is a :func:`~neurosym.teacher.tg.full_variable_class` variable,
+  shown whole; a proposal that still carries the marker ``(...)`` is refused (``elided``).
 
 * ``TGD.step()`` raises ``IndexError`` when the start tag is missing, but accepts an answer with no
   end tag (everything after the start tag) or with nothing between the tags (an empty prompt);
@@ -104,7 +110,8 @@ class SymbolicResult:
     wrong: list[int] = field(default_factory=list)          # indices the student got wrong
     rewards_before: list[float] = field(default_factory=list)  # per example; [] for neg_loss
     evaluations: list[str] = field(default_factory=list)    # the teacher's evaluation of each answer
-    prompt_rejected: Optional[str] = None      # why a well-formed new prompt was refused (too_long, answer_leak)
+    prompt_rejected: Optional[str] = None      # why a well-formed new prompt was refused (elided, too_long, answer_leak)
+    unchanged_reason: Optional[str] = None     # None when changed; else malformed, the refusal reason, or identical
 
 
 class _OrderedGradients(set):
@@ -175,13 +182,22 @@ class _SeenView:
         yield from list(self.seen)  # a snapshot: another thread may add to it
 
 
+ELISION_MARKER = "(...)"  # what Variable.get_short_value puts in place of a long value's middle
+UNCHANGED_REASONS = ("malformed", "elided", "too_long", "answer_leak", "identical")
+
+
 def refuse_system_prompt(new: str, old: str, batch: list[Example], max_chars: int) -> Optional[str]:
-    """Why a new system prompt is refused (``too_long``, ``answer_leak``), or None.
+    """Why a new system prompt is refused (``elided``, ``too_long``, ``answer_leak``), or None.
+
+    ``elided``: it carries TextGrad's elision marker ``(...)`` that ``old`` did not have, i.e. it
+    was rewritten from an elided view and lost the middle of the prompt.
 
     A leak is a batch example's reference (or final number) in ``new`` but in neither ``old`` nor the
     example's question. Single-digit final numbers are not checked (prompts number their steps), and
     a reference that is only such a digit is not checked at all.
     """
+    if ELISION_MARKER in new and ELISION_MARKER not in old:
+        return "elided"
     if len(new) > max_chars:
         return "too_long"
     for ex in batch:
@@ -205,7 +221,7 @@ def symbolic_update(system_prompt: Optional[str], batch: list[Example], student:
     :param seen_prompts: prompts already in the data (raw or :func:`~neurosym.remake.guards.prompt_key`
         normalised), for the duplicate guard; the keys of accepted rewrites are added to it.
     """
-    from neurosym.teacher.tg import load_textgrad
+    from neurosym.teacher.tg import full_variable_class, load_textgrad
 
     if not batch:
         raise ValueError("symbolic_update needs at least one example")
@@ -213,7 +229,7 @@ def symbolic_update(system_prompt: Optional[str], batch: list[Example], student:
     old = system_prompt or ""
 
     # 1. the student answers under the current system prompt
-    prompt_var = tg.Variable(old, requires_grad=True, role_description=PROMPT_ROLE)
+    prompt_var = full_variable_class()(old, requires_grad=True, role_description=PROMPT_ROLE)
     prompt_var.gradients = _OrderedGradients()
     llm = tg.BlackboxLLM(engine=student, system_prompt=prompt_var)
     session = student.session(batch, cfg.max_new_tokens) if hasattr(student, "session") else nullcontext()
@@ -257,11 +273,14 @@ def symbolic_update(system_prompt: Optional[str], batch: list[Example], student:
         prompt_var.set_value(old)
         if recorder.last:
             _forget(teacher, recorder.last[0], recorder.last[1])
-    new_system_prompt, prompt_rejected = None, None
-    if not malformed and proposed != old:
+    new_system_prompt, prompt_rejected, unchanged = None, None, "malformed" if malformed else None
+    if not malformed and proposed.strip() == old.strip():
+        unchanged = "identical"
+    elif not malformed:
         prompt_rejected = refuse_system_prompt(proposed, old, batch, cfg.max_prompt_chars)
         if prompt_rejected is None:
             new_system_prompt = proposed
+        unchanged = prompt_rejected
 
     # 5. rewrite the prompts of wrong examples into new training examples
     rewrites: list[Rewrite] = []
@@ -291,7 +310,9 @@ def symbolic_update(system_prompt: Optional[str], batch: list[Example], student:
 
     return SymbolicResult(new_system_prompt=new_system_prompt, rewrites=rewrites, rejected=rejected,
                           feedback=feedback, malformed=malformed, outputs=outputs, wrong=wrong,
-                          rewards_before=rewards, evaluations=evaluations, prompt_rejected=prompt_rejected)
+                          rewards_before=rewards, evaluations=evaluations, prompt_rejected=prompt_rejected,
+                          unchanged_reason=unchanged)
 
 
-__all__ = ["symbolic_update", "SymbolicResult", "Rewrite", "refuse_system_prompt"]
+__all__ = ["symbolic_update", "SymbolicResult", "Rewrite", "refuse_system_prompt", "UNCHANGED_REASONS",
+           "ELISION_MARKER"]

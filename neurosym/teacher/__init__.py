@@ -2,6 +2,7 @@
 
     from neurosym.teacher import make_teacher, preflight, TeacherUnavailable, BudgetExhausted
     preflight(cfg.teacher)                       # at job start: fails fast on URL/key/model
+    print(check_teacher(cfg.teacher))            # neurosym validate: one line, or TeacherConfigError
     teacher = make_teacher(cfg.teacher, run_dir) # a textgrad EngineLM
     with teacher.meter() as m:                   # usage of this thread's calls
         text = teacher("prompt", system_prompt="...")
@@ -17,9 +18,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .accounting import TeacherUsage, UsageMeter
+from .availability import Outcome, TeacherAvailability
 from .cache import ResponseCache, cache_key
-from .errors import BudgetExhausted, TeacherConfigError, TeacherError, TeacherUnavailable
-from .preflight import PreflightResult, preflight
+from .errors import BudgetExhausted, TeacherConfigError, TeacherDown, TeacherError, TeacherUnavailable
+from .preflight import PreflightResult, check_teacher, preflight
+from .pricing import ResolvedPrice, resolve_price
 from .tg import load_textgrad, route_textgrad_log
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -55,8 +58,9 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "make_teacher", "preflight", "PreflightResult", "load_textgrad", "route_textgrad_log",
-    "TeacherError", "TeacherUnavailable", "BudgetExhausted", "TeacherConfigError",
+    "make_teacher", "preflight", "PreflightResult", "check_teacher", "load_textgrad", "route_textgrad_log",
+    "resolve_price", "ResolvedPrice", "TeacherAvailability", "Outcome",
+    "TeacherError", "TeacherUnavailable", "TeacherDown", "BudgetExhausted", "TeacherConfigError",
     "TeacherUsage", "UsageMeter", "ResponseCache", "cache_key",
     "OpenAITeacher", "LocalTeacher", "CachedTeacher", "TeacherReply", "Backoff",
 ]

@@ -86,7 +86,8 @@ class TeacherUsage:
     # -- recording --------------------------------------------------------------------------------
     def record_call(self, prompt_tokens: int, completion_tokens: int, latency_s: float = 0.0) -> float:
         """Count one paid call; returns its cost in USD."""
-        cost = self.estimate_cost(prompt_tokens, completion_tokens)
+        prompt_tokens, completion_tokens = max(0, int(prompt_tokens)), max(0, int(completion_tokens))
+        cost = max(0.0, self.estimate_cost(prompt_tokens, completion_tokens))
         with self._lock:
             self.calls += 1
             self.prompt_tokens += int(prompt_tokens)

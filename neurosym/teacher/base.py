@@ -17,6 +17,8 @@ from neurosym.config import TeacherConfig
 
 from .accounting import TeacherUsage, UsageMeter
 from .cache import CACHE_FILENAME, ResponseCache, cache_key
+from .errors import TeacherUnavailable
+from .pricing import ResolvedPrice, resolve_price
 from .tg import load_textgrad, route_textgrad_log
 
 EngineLM = load_textgrad().engine.EngineLM
@@ -66,8 +68,8 @@ class CachedTeacher(EngineLM):
         self.run_dir = Path(run_dir)
         self.cache = ResponseCache(teacher_dir(run_dir) / CACHE_FILENAME)
         route_textgrad_log(run_dir)
-        self.usage = usage or TeacherUsage(cfg.price_per_1k_tokens.input, cfg.price_per_1k_tokens.output,
-                                           cfg.budget_usd)
+        self.price: ResolvedPrice = resolve_price(cfg)
+        self.usage = usage or TeacherUsage(self.price.input, self.price.output, cfg.budget_usd)
         self._slots = threading.BoundedSemaphore(cfg.max_concurrency)
 
     # -- TextGrad's interface ---------------------------------------------------------------------
@@ -129,10 +131,49 @@ class CachedTeacher(EngineLM):
             t0 = time.monotonic()
             out = self._request(messages, params)
             latency = time.monotonic() - t0
+            if len(out.text) > self.cfg.max_response_chars:
+                # paid for, but never stored or handed on: a runaway answer must not fill the run dir
+                self.usage.record_call(*self._estimate(messages, out.text), latency)
+                self.usage.record_failure("too_large")
+                raise TeacherUnavailable(
+                    f"teacher {self.model_string!r} answered {len(out.text):,} characters, more than "
+                    f"teacher.max_response_chars={self.cfg.max_response_chars:,}; the answer was dropped "
+                    "(raise teacher.max_response_chars, or lower teacher.max_tokens)", kind="too_large")
+            out = self._sane_usage(out, messages, params)
             cost = self.usage.record_call(out.prompt_tokens, out.completion_tokens, latency)
             if out.text.strip():  # an empty answer is a glitch: do not replay it forever
                 self.cache.put(key, self.model_string, out.text, out.prompt_tokens, out.completion_tokens)
         return TeacherReply(out.text, out.prompt_tokens, out.completion_tokens, cost, False, latency)
+
+    @staticmethod
+    def _estimate(messages: list[dict], text: str) -> tuple[int, int]:
+        """(prompt, completion) tokens estimated at ~4 characters per token."""
+        prompt_chars = sum(len(str(m.get("content", ""))) for m in messages)
+        return -(-prompt_chars // 4), -(-len(text) // 4)
+
+    def _sane_usage(self, out: Completion, messages: list[dict], params: dict[str, Any]) -> Completion:
+        """``out`` with token counts a server cannot have meant replaced by estimates from the text.
+
+        Counts are untrusted: a negative count (which would make cost negative and the budget never
+        bite), a non-integer, or more tokens than the text could hold (its UTF-8 bytes plus a
+        generous per-message allowance; for the answer, also more than ``max_tokens`` allows) is
+        replaced by the ~4 characters per token estimate and counted as a ``bad_usage`` failure.
+        """
+        est_prompt, est_completion = self._estimate(messages, out.text)
+        prompt_cap = sum(len(str(m.get("content", "")).encode("utf-8")) for m in messages) + 16 * len(messages) + 64
+        completion_cap = max(int(params.get("max_tokens") or 0), len(out.text.encode("utf-8"))) + 16
+
+        def sane(value: Any, cap: int, estimate: int) -> tuple[int, bool]:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0 or value > cap:
+                return estimate, False
+            return value, True
+
+        prompt_tokens, ok_p = sane(out.prompt_tokens, prompt_cap, est_prompt)
+        completion_tokens, ok_c = sane(out.completion_tokens, completion_cap, est_completion)
+        if ok_p and ok_c:
+            return out
+        self.usage.record_failure("bad_usage")
+        return Completion(out.text, prompt_tokens, completion_tokens)
 
     def forget(self, prompt: Union[str, list], system_prompt: Optional[str] = None, **kwargs: Any) -> bool:
         """Drop a cached answer (e.g. one the caller found unusable); True if one was stored."""

@@ -3,8 +3,11 @@
 ``teacher.model`` is a hub id (from the local HF cache when offline), a local directory, or
 ``tiny://<preset>`` (a tiny random model built under the run directory). Prompts use the tokenizer's
 chat template when it has one, else a plain ``"system\\n\\nuser\\n"`` rendering; decoding is greedy
-with ``max_tokens`` new tokens; prompts longer than the context keep their end. No key, no server;
-same cache, accounting and budget as :class:`~neurosym.teacher.engine.OpenAITeacher`.
+with up to ``max_tokens`` new tokens. The whole prompt is always given: the answer gets what the
+model's context (``max_position_embeddings``) leaves after it, and a prompt that leaves fewer than
+``MIN_NEW_TOKENS`` is refused with ``TeacherUnavailable(kind="context")`` naming both sizes (never
+cut: TextGrad's instructions are at the start of its prompts). No key, no server; same cache,
+accounting and budget as :class:`~neurosym.teacher.engine.OpenAITeacher`.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from typing import Any, Optional
 from neurosym.config import TeacherConfig
 
 from .base import CachedTeacher, Completion, teacher_dir
-from .errors import TeacherConfigError
+from .errors import TeacherConfigError, TeacherUnavailable
 
 
 def render_messages(tokenizer: Any, messages: list[dict]) -> tuple[str, bool]:
@@ -43,6 +46,8 @@ class LocalTeacher(CachedTeacher):
     :param device: torch device (default: ``cuda`` when available, else ``cpu``).
     """
 
+    MIN_NEW_TOKENS = 16
+
     def __init__(self, cfg: TeacherConfig, run_dir: str | Path, *, device: Optional[str] = None, **kw: Any):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -65,10 +70,18 @@ class LocalTeacher(CachedTeacher):
         text, templated = render_messages(self.tokenizer, messages)
         ids = self.tokenizer(text, add_special_tokens=not templated, return_tensors="pt")["input_ids"]
         max_new = int(params.get("max_tokens") or self.cfg.max_tokens)
-        ctx = getattr(self.model.config, "max_position_embeddings", None)
+        ctx = self.context_length
         if ctx:
-            max_new = min(max_new, max(1, ctx // 2))
-            ids = ids[:, -(ctx - max_new):]  # keep the end of an over-long prompt
+            room = ctx - int(ids.shape[1])
+            if room < min(self.MIN_NEW_TOKENS, max_new):
+                self.usage.record_failure("context")
+                raise TeacherUnavailable(
+                    f"the local teacher {self.model_string!r} has a context of {ctx} tokens; this prompt takes "
+                    f"{int(ids.shape[1])}, leaving {max(room, 0)} for the answer (at least "
+                    f"{min(self.MIN_NEW_TOKENS, max_new)} needed). TextGrad's prompts run to thousands of tokens: "
+                    "use a teacher model with a longer context (teacher.model), or shorter examples "
+                    "(fewer per symbolic batch, data.max_length)", kind="context")
+            max_new = min(max_new, room)
         pad = self.tokenizer.pad_token_id
         if pad is None:
             pad = self.tokenizer.eos_token_id
@@ -80,6 +93,12 @@ class LocalTeacher(CachedTeacher):
         new = out[0, ids.shape[1]:]
         answer = self.tokenizer.decode(new, skip_special_tokens=True)
         return Completion(answer, int(ids.shape[1]), int(new.shape[0]))
+
+    @property
+    def context_length(self) -> Optional[int]:
+        """Tokens the model can attend to (prompt + answer), from its config; None if it has none."""
+        ctx = getattr(self.model.config, "max_position_embeddings", None)
+        return int(ctx) if ctx else None
 
     def __repr__(self) -> str:
         return f"LocalTeacher(model={self.model_string!r}, device={self.device!r})"

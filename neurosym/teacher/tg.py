@@ -6,6 +6,10 @@ its log pointed at a throw-away folder that is removed straight away; :func:`rou
 then sends TextGrad's prompt log to ``<run_dir>/teacher/textgrad.jsonl``. A user who sets
 ``TEXTGRAD_LOG_DIR`` keeps TextGrad's own behaviour.
 
+TextGrad's logger logs every prompt and answer at INFO (~27 records per symbolic update). Those
+records go to that file only: the ``textgrad`` logger does not propagate to the root logger, so
+they never reach the console (where they would break the progress bar).
+
 Other neurosym modules should get TextGrad through ``load_textgrad()`` rather than a bare
 ``import textgrad``, so the first import is the clean one.
 """
@@ -36,6 +40,7 @@ def load_textgrad() -> ModuleType:
         os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # also set by neurosym/__init__
         if "TEXTGRAD_LOG_DIR" in os.environ:  # the user chose where TextGrad logs: respect it
             import textgrad
+            logging.getLogger("textgrad").propagate = False
             return textgrad
         tmp = tempfile.mkdtemp(prefix="neurosym-textgrad-")
         os.environ["TEXTGRAD_LOG_DIR"] = tmp
@@ -45,6 +50,7 @@ def load_textgrad() -> ModuleType:
             os.environ.pop("TEXTGRAD_LOG_DIR", None)
             _drop_file_handlers(logging.getLogger("textgrad"), under=Path(tmp))
             shutil.rmtree(tmp, ignore_errors=True)
+        logging.getLogger("textgrad").propagate = False  # its INFO records belong in the run's teacher log
         return textgrad
 
 
@@ -60,6 +66,7 @@ def route_textgrad_log(run_dir: str | Path) -> Path | None:
     run's routing and TextGrad's default ``./logs`` file). Returns the path, or ``None`` when the
     user set ``TEXTGRAD_LOG_DIR`` (their choice is kept)."""
     tg = load_textgrad()
+    logging.getLogger("textgrad").propagate = False  # never the console, however textgrad was imported
     if "TEXTGRAD_LOG_DIR" in os.environ:
         return None
     path = Path(run_dir) / "teacher" / "textgrad.jsonl"
@@ -77,3 +84,29 @@ def route_textgrad_log(run_dir: str | Path) -> Path | None:
         setattr(handler, _HANDLER_ATTR, True)
         logger.addHandler(handler)
     return path
+
+
+_full_variable_class = None
+
+
+def full_variable_class() -> type:
+    """``FullTextVariable``: a ``textgrad.Variable`` whose short value is its whole value.
+
+    TextGrad 0.1.8 shows a variable to the optimizer (``TGD``'s ``<VARIABLE> {variable_short}``)
+    and to the backward prompts through ``Variable.get_short_value()``, which keeps only the first
+    and last 10 words once a value passes 20 words (``"first (...) last"``). A teacher that rewrites
+    the span it was shown then drops the middle of the prompt. For the variable being optimised the
+    whole text is what matters, so this subclass shows all of it, everywhere TextGrad asks.
+    """
+    global _full_variable_class
+    base = load_textgrad().Variable  # outside _lock, which load_textgrad takes
+    with _lock:
+        if _full_variable_class is None:
+
+            def get_short_value(self, n_words_offset: int = 10) -> str:  # noqa: ARG001 - TextGrad's signature
+                return self.value
+
+            _full_variable_class = type("FullTextVariable", (base,), {
+                "get_short_value": get_short_value, "__module__": __name__,
+                "__doc__": "A textgrad.Variable shown whole to the optimizer and backward prompts."})
+        return _full_variable_class

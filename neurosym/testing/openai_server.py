@@ -5,12 +5,21 @@ It speaks the chat-completions protocol (``POST /v1/chat/completions``, ``GET /v
 OpenAI, vLLM, Ollama or llama.cpp. Answers come from a *responder* (messages -> text) that a test
 can replace; faults are queued with :meth:`OpenAIServer.inject` and consumed one per chat request:
 
+* ``"none"``: no fault for this request (to let earlier requests through before faults start);
 * ``"429"``: rate limited, with a ``Retry-After`` header (``retry_after=0.2`` seconds by default);
 * ``"500"``: internal server error;
 * ``"hang"``: sleep ``seconds`` (default 30) before answering, i.e. past the client's timeout;
 * ``"malformed"``: a normal completion whose text is ``text`` (default: an answer with no
   ``<IMPROVED_VARIABLE>`` tags; ``text=""`` gives an empty answer);
-* ``"401"``: authentication error.
+* ``"401"``: authentication error; ``"403"``: permission denied; ``"404"``: model not found;
+* ``"bad_json"``: a 200 whose body is not JSON (``body=`` bytes to send instead of the default);
+* ``"no_choices"``: a 200 JSON object without ``choices``;
+* ``"wrong_types"``: a 200 completion whose content is a number and usage counts are strings;
+* ``"trickle"``: a normal completion sent ``chunk`` bytes (default 1) every ``interval`` seconds
+  (default 0.05), so every read arrives within any read timeout;
+* ``"huge"``: a normal completion whose text is ``chars`` characters long (default 1,000,000);
+* ``"usage"``: a normal completion reporting ``prompt_tokens`` / ``completion_tokens`` as given
+  (negative, absurd, ...).
 
 A request whose ``Authorization`` header does not carry ``api_key`` gets a 401 (whose body echoes
 the key it was given, as a careless server might); an unknown model gets a 404 ``model_not_found``.
@@ -33,7 +42,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Optional
 
 Responder = Callable[[list[dict]], str]
-FAULTS = ("429", "500", "hang", "malformed", "401")
+FAULTS = ("none", "429", "500", "hang", "malformed", "401", "403", "404", "bad_json", "no_choices", "wrong_types",
+          "trickle", "huge", "usage")
 DEFAULT_MODEL = "teacher-model"
 DEFAULT_KEY = "sk-test-0123456789abcdef"
 _TAG_START, _TAG_END = "<IMPROVED_VARIABLE>", "</IMPROVED_VARIABLE>"
@@ -81,8 +91,9 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     # -- plumbing ---------------------------------------------------------------------------------
-    def _send(self, status: int, payload: Any, headers: Optional[dict] = None) -> None:
-        body = json.dumps(payload).encode()
+    def _send(self, status: int, payload: Any, headers: Optional[dict] = None, raw: Optional[bytes] = None,
+              trickle: Optional[tuple[int, float]] = None) -> None:
+        body = raw if raw is not None else json.dumps(payload).encode()
         try:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -90,7 +101,16 @@ class _Handler(BaseHTTPRequestHandler):
             for k, v in (headers or {}).items():
                 self.send_header(k, str(v))
             self.end_headers()
-            self.wfile.write(body)
+            if trickle is None:
+                self.wfile.write(body)
+                return
+            size, interval = trickle
+            stop = self.server.owner._stop
+            for i in range(0, len(body), size):
+                self.wfile.write(body[i:i + size])
+                self.wfile.flush()
+                if stop.wait(interval):
+                    break
         except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout): fine
             self.close_connection = True
 
@@ -158,14 +178,33 @@ class _Handler(BaseHTTPRequestHandler):
                                    headers={"Retry-After": ra} if ra is not None else None)
             if fault == "500":
                 return self._error(500, "The server had an error while processing your request.", "server_error")
+            if fault == "403":
+                return self._error(403, "You are not allowed to use this model.", "invalid_request_error",
+                                   "permission_denied")
+            if fault == "404":
+                return self._model_not_found(model)
+            if fault == "bad_json":
+                return self._send(200, None, raw=kw.get("body", b'{"id": "chatcmpl-1", "choices": [{"mess'))
+            if fault == "no_choices":
+                return self._send(200, {"id": "chatcmpl-1", "object": "chat.completion", "model": model})
             if fault == "hang":
                 owner._stop.wait(kw.get("seconds", 30.0))
             if fault == "malformed":
                 text = kw.get("text", "I looked at it and I think it is fine as it is.")
+            elif fault == "huge":
+                text = ("All work and no play makes Jack a dull boy. " * (kw.get("chars", 1_000_000) // 44 + 1)
+                        )[: kw.get("chars", 1_000_000)]
             else:
                 text = owner._respond(body["messages"])
             rec["answer"] = text
-            self._send(200, owner._completion(model, body["messages"], text))
+            payload = owner._completion(model, body["messages"], text)
+            if fault == "wrong_types":
+                payload["choices"][0]["message"]["content"] = 42
+                payload["usage"] = {"prompt_tokens": "many", "completion_tokens": "few"}
+            if fault == "usage":
+                payload["usage"].update({k: kw[k] for k in ("prompt_tokens", "completion_tokens") if k in kw})
+            trickle = (int(kw.get("chunk", 1)), float(kw.get("interval", 0.05))) if fault == "trickle" else None
+            self._send(200, payload, trickle=trickle)
 
     def _model_not_found(self, model: Any) -> None:
         self._error(404, f"The model `{model}` does not exist or you do not have access to it.",
@@ -272,8 +311,9 @@ class OpenAIServer:
 
     def _record(self, handler: _Handler, body: Any, authorized: bool, fault: Optional[str]) -> dict:
         headers = {k.lower(): v for k, v in handler.headers.items() if k.lower() != "authorization"}
+        scheme = (handler.headers.get("Authorization") or "").split(" ", 1)[0] or None
         rec = {"method": handler.command, "path": handler.path, "json": body, "headers": headers,
-               "authorized": authorized, "fault": fault, "time": time.monotonic()}
+               "authorized": authorized, "auth_scheme": scheme, "fault": fault, "time": time.monotonic()}
         with self._lock:
             self.requests.append(rec)
         return rec

@@ -8,8 +8,8 @@ results land at the next step boundary (``land``). Work in flight at a checkpoin
 and submitted again on resume, so nothing is lost and nothing lands twice. Near the end of the run,
 no job is submitted that could not land before the last step.
 
-Failures are classified by exception type: a spent budget closes the route; a teacher that refuses
-for good (401/403/404: ``TeacherConfigError``) closes it loudly, or stops the run with
+Failures are classified by exception type (``neurosym.teacher.availability``): a spent budget closes
+the route; a teacher that refuses for good (401/403/404) closes it loudly, or stops the run with
 ``symbolic.on_teacher_down: stop``; other teacher faults pause the route after
 ``symbolic.down_after_failures`` in a row, for ``symbolic.down_for_steps`` steps.
 """
@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from neurosym.data import Example
-from neurosym.errors import TeacherDown
+from neurosym.errors import TeacherDownStop
+from neurosym.teacher.availability import TeacherAvailability
 from neurosym.updates.base import Landing, Outcome, Update
 
 log = logging.getLogger(__name__)
@@ -79,9 +80,7 @@ class SymbolicUpdate(Update):
         self.async_ = cfg.symbolic.async_
         self.pool = ThreadPoolExecutor(cfg.symbolic.max_inflight, thread_name_prefix="symbolic") if self.async_ else None
         self.inflight: list[tuple[Job, Future]] = []
-        self.closed_reason: Optional[str] = None
-        self.failures_in_row = 0
-        self.paused_until = -1
+        self.availability = TeacherAvailability(cfg.symbolic)  # budget, down for good, paused after failures
         self.mean_wall_s = 0.0   # of the teacher's part, to know what can still land before the end
         self.n_landed = 0
 
@@ -91,10 +90,9 @@ class SymbolicUpdate(Update):
         return self.teacher.budget_left
 
     def unavailable(self, step: int) -> Optional[str]:
-        if self.closed_reason:
-            return self.closed_reason
-        if step <= self.paused_until:
-            return f"teacher down: paused until step {self.paused_until}"
+        why = self.availability.unavailable_reason(step)
+        if why:
+            return why
         if self.async_:
             if len(self.inflight) >= self.cfg.max_inflight:
                 return "all symbolic workers busy"
@@ -153,57 +151,34 @@ class SymbolicUpdate(Update):
             return outcome
         result, run = landed.result, self.run
         record.update(accepted=len(result.rewrites), rejected=dict(result.rejected), malformed=result.malformed)
-        why = getattr(result, "unchanged_reason", None)
         version = run.prompts.propose(result.new_system_prompt, step) if result.new_system_prompt else None
         if version is not None:
             run.renderer.system_prompt = run.prompts.current
             run.recorder.prompt(step, version, run.prompts.current)
-        else:
-            record["prompt_unchanged"] = why or ("malformed" if result.malformed else "identical")
+        else:  # why the prompt stayed (malformed, elided, too_long, answer_leak, identical)
+            record["unchanged_reason"] = result.unchanged_reason or "identical"
         rows = self.store.add(result.rewrites, step=step, prompt_version=run.prompts.version,
                               teacher_model=run.cfg.teacher.model) if result.rewrites else []
         run.batches.add_refined(rows)
         return outcome
 
     def _note(self, landed: Landed, step: int) -> None:
-        """Update availability from an outcome."""
-        from neurosym.teacher import BudgetExhausted, TeacherConfigError
-
+        """Update availability from an outcome; say loudly what changed; stop if the user asked to."""
         self.n_landed += 1
         self.mean_wall_s += (landed.wall_s - self.mean_wall_s) / self.n_landed
-        exc = landed.error
-        if exc is None:
-            self.failures_in_row = 0
-        elif isinstance(exc, BudgetExhausted):
-            if not self.closed_reason:
-                self.closed_reason = "budget spent"
-                self.run.recorder.alert(step, f"teacher budget spent ({self.teacher.usage.cost_usd:.4f} USD): "
-                                              f"symbolic route closed for the rest of the run")
-        elif isinstance(exc, TeacherConfigError) or getattr(exc, "permanent", False):
-            if not self.closed_reason:
-                self.closed_reason = f"teacher down: {str(exc)[:200]}"
-                if self.run.cfg.symbolic.on_teacher_down == "stop":
-                    raise TeacherDown(f"the teacher refused for good at step {step}: {exc}\n"
-                                      f"  symbolic.on_teacher_down is 'stop'. Fix the teacher settings, then "
-                                      f"`neurosym resume {self.run.dir}`.")
-                self.run.recorder.alert(step, f"TEACHER DOWN: {exc}. The symbolic route is closed; the job goes on "
-                                              f"with LoRA steps only (set symbolic.on_teacher_down: stop to stop).")
-        else:
-            self.failures_in_row += 1
-            if self.failures_in_row >= self.cfg.down_after_failures:
-                self.paused_until = step + self.cfg.down_for_steps
-                self.failures_in_row = 0
-                self.run.recorder.alert(step, f"teacher failed {self.cfg.down_after_failures} times in a row "
-                                              f"({type(exc).__name__}: {str(exc)[:120]}); symbolic route paused "
-                                              f"until step {self.paused_until}")
+        outcome = self.availability.note(landed.error, step)
+        if outcome.message:
+            self.run.recorder.alert(step, outcome.message)
+        if outcome.stop:
+            raise TeacherDownStop(f"{outcome.message}\n  Fix the teacher settings, then `neurosym resume {self.run.dir}` "
+                                  f"(--set teacher.* is allowed on resume).")
 
     # ---- checkpoint -----------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {
             "teacher_usage": self.teacher.usage.state_dict(),
             "store_position": self.store.position(),
-            "closed_reason": self.closed_reason, "failures_in_row": self.failures_in_row,
-            "paused_until": self.paused_until, "mean_wall_s": self.mean_wall_s, "n_landed": self.n_landed,
+            **self.availability.state_dict(), "mean_wall_s": self.mean_wall_s, "n_landed": self.n_landed,
             "inflight": [{"submitted_step": j.submitted_step, "system_prompt": j.system_prompt,
                           "batch": [ex.to_state() for ex in j.batch],
                           "decision": j.decision.as_dict() if j.decision is not None else None}
@@ -217,9 +192,7 @@ class SymbolicUpdate(Update):
             return
         self.teacher.usage.load_state_dict(state["teacher_usage"])
         self.store.truncate_after(state["store_position"])
-        self.closed_reason = state["closed_reason"]
-        self.failures_in_row = state["failures_in_row"]
-        self.paused_until = state["paused_until"]
+        self.availability.load_state_dict(state)
         self.mean_wall_s, self.n_landed = state["mean_wall_s"], state["n_landed"]
         from classifiers.base import Decision
         for j in state["inflight"]:
@@ -230,6 +203,9 @@ class SymbolicUpdate(Update):
         return self.store.examples()
 
     def close(self) -> None:
+        abort = getattr(self.teacher, "abort", None)  # HTTP calls in flight end now (their jobs are in the
+        if abort is not None:                         # checkpoint and are submitted again on resume)
+            abort()
         if self.pool is not None:
             self.pool.shutdown(wait=False, cancel_futures=True)
         self.store.close()

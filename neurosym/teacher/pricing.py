@@ -1,0 +1,92 @@
+"""The teacher's price per 1k tokens: the config's, else the one LiteLLM's bundled cost map knows.
+
+LiteLLM (installed with TextGrad) ships ``model_prices_and_context_window_backup.json``. It is read
+here as a plain JSON file, offline, without importing litellm (slow) and without touching
+``os.environ``. ``resolve_price(cfg)`` returns a :class:`ResolvedPrice` saying where the price came
+from; a model the map does not know is priced 0 and ``enforceable`` is False (a ``budget_usd`` then
+cannot bite, and :func:`resolve_price` logs a warning saying so).
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+log = logging.getLogger("neurosym.teacher")
+
+COST_MAP_FILE = "model_prices_and_context_window_backup.json"
+
+
+@dataclass(frozen=True)
+class ResolvedPrice:
+    """USD per 1k prompt / completion tokens, and where they come from."""
+    input: float
+    output: float
+    source: str          # "config", "litellm:<map key>", "local" or "unknown"
+    enforceable: bool    # False: the model's price is unknown, so a budget cannot be enforced
+
+    def describe(self) -> str:
+        if self.source == "unknown":
+            return "price unknown (cost counted as $0)"
+        where = {"config": "teacher.price_per_1k_tokens", "local": "local model"}.get(
+            self.source, "LiteLLM cost map: " + self.source.split(":", 1)[-1])
+        return f"${self.input:g} in / ${self.output:g} out per 1k tokens ({where})"
+
+
+@functools.lru_cache(maxsize=1)
+def _cost_map() -> dict:
+    spec = importlib.util.find_spec("litellm")
+    if spec is None or not spec.submodule_search_locations:
+        return {}
+    for folder in spec.submodule_search_locations:
+        path = Path(folder) / COST_MAP_FILE
+        if path.is_file():
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):  # pragma: no cover - a damaged install
+                return {}
+            return data if isinstance(data, dict) else {}
+    return {}
+
+
+def litellm_price(model: str) -> Optional[tuple[float, float, str]]:
+    """(input, output USD per 1k tokens, map key) for ``model`` in LiteLLM's bundled cost map, or
+    ``None``. ``openai/gpt-4o-mini`` and ``gpt-4o-mini`` both find the ``gpt-4o-mini`` entry."""
+    table = _cost_map()
+    candidates = [model]
+    if "/" in model:
+        candidates.append(model.split("/", 1)[1])
+    for key in candidates:
+        entry = table.get(key)
+        if not isinstance(entry, dict):
+            continue
+        pin, pout = entry.get("input_cost_per_token"), entry.get("output_cost_per_token")
+        if isinstance(pin, (int, float)) and isinstance(pout, (int, float)) and pin >= 0 and pout >= 0:
+            return float(pin) * 1000.0, float(pout) * 1000.0, key
+    return None
+
+
+def resolve_price(cfg, *, warn: bool = True) -> ResolvedPrice:
+    """The price for ``cfg`` (the ``teacher`` section): ``price_per_1k_tokens`` when set (an unset
+    half is 0), free for ``provider: local``, else LiteLLM's map, else 0 and not enforceable."""
+    p = cfg.price_per_1k_tokens
+    if p.input is not None or p.output is not None:
+        return ResolvedPrice(float(p.input or 0.0), float(p.output or 0.0), "config", True)
+    if cfg.provider == "local":
+        return ResolvedPrice(0.0, 0.0, "local", True)
+    found = litellm_price(cfg.model)
+    if found is not None:
+        return ResolvedPrice(found[0], found[1], f"litellm:{found[2]}", True)
+    if warn:
+        budget = getattr(cfg, "budget_usd", None)
+        log.warning("teacher.model %r has no price in LiteLLM's cost map: its cost is counted as $0%s; set "
+                    "teacher.price_per_1k_tokens {input: ..., output: ...} (USD per 1k tokens)", cfg.model,
+                    f", so teacher.budget_usd={budget:g} cannot be enforced" if budget is not None else "")
+    return ResolvedPrice(0.0, 0.0, "unknown", False)
+
+
+__all__ = ["ResolvedPrice", "resolve_price", "litellm_price"]
