@@ -29,12 +29,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from .engine import OpenAITeacher
     from .local import LocalTeacher
 
-_LAZY = {"OpenAITeacher": "engine", "Backoff": "engine", "LocalTeacher": "local",
+_LAZY = {"OpenAITeacher": "engine", "Backoff": "engine", "LocalTeacher": "local", "PythonTeacher": "python",
          "CachedTeacher": "base", "TeacherReply": "base"}
 
 
 def make_teacher(cfg: "TeacherConfig", run_dir: str | Path, **kwargs: Any) -> "CachedTeacher":
-    """The TextGrad engine for ``cfg.provider`` (``openai`` or ``local``), caching under ``run_dir``.
+    """The TextGrad engine for ``cfg.provider`` (``openai``, ``local`` or ``python``), caching under ``run_dir``.
 
     Extra keyword arguments go to the engine's constructor (e.g. ``backoff=``, ``usage=``).
     """
@@ -44,7 +44,10 @@ def make_teacher(cfg: "TeacherConfig", run_dir: str | Path, **kwargs: Any) -> "C
     if cfg.provider == "local":
         from .local import LocalTeacher
         return LocalTeacher(cfg, run_dir, **kwargs)
-    raise TeacherConfigError(f"teacher.provider {cfg.provider!r} is not supported; use 'openai' or 'local'")
+    if cfg.provider == "python":
+        from .python import PythonTeacher
+        return PythonTeacher(cfg, run_dir, **kwargs)
+    raise TeacherConfigError(f"teacher.provider {cfg.provider!r} is not supported; use 'openai', 'local' or 'python'")
 
 
 def __getattr__(name: str) -> Any:
@@ -58,5 +61,5 @@ __all__ = [
     "make_teacher", "preflight", "PreflightResult", "load_textgrad", "route_textgrad_log",
     "TeacherError", "TeacherUnavailable", "BudgetExhausted", "TeacherConfigError",
     "TeacherUsage", "UsageMeter", "ResponseCache", "cache_key",
-    "OpenAITeacher", "LocalTeacher", "CachedTeacher", "TeacherReply", "Backoff",
+    "OpenAITeacher", "LocalTeacher", "PythonTeacher", "CachedTeacher", "TeacherReply", "Backoff",
 ]
