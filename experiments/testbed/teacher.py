@@ -180,3 +180,12 @@ def simulated(messages: list[dict], *, model: str = "simulated", temperature: fl
     if m:  # TextGrad's optimizer system prompt names its tags
         return optimize(user, m.group(1), m.group(2))
     return feedback(system + "\n" + user)
+
+
+SENT: list[list[dict]] = []  # what :func:`recorded` was sent (compare.py's leak audit reads it)
+
+
+def recorded(messages: list[dict], **kwargs: object) -> str:
+    """:func:`simulated`, keeping a copy of every request in :data:`SENT` (same process only)."""
+    SENT.append([dict(m) for m in messages])
+    return simulated(messages, **kwargs)  # type: ignore[arg-type]
