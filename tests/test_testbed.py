@@ -82,3 +82,82 @@ def test_testbed_scheme_names_a_missing_student_and_how_to_build_it(monkeypatch,
         resolve_tiny("testbed://student", tmp_path)
     with pytest.raises(FileNotFoundError, match="unknown testbed model"):
         resolve_tiny("testbed://teacher", tmp_path)
+
+
+# ---- the pretrained student and the jobs on it -------------------------------------------------------
+
+def test_student_loads_through_from_pretrained_and_knows_its_world():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from neurosym.tiny import resolve_tiny
+
+    path = resolve_tiny("testbed://student", ROOT / ".models")
+    assert Path(path) == STUDENT
+    meta = json.loads((STUDENT / "testbed_student.json").read_text())
+    assert (STUDENT / "model.safetensors").stat().st_size <= 10 * 2**20
+    model, tok = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    import accuracy as A
+
+    world = W.make_world(meta["spec"]["world_seed"])
+    s = W.task_splits(world, 0.5)
+    fmt = [r for r in s["test"] if r["meta"]["kind"] == "format"]
+    know = [r for r in s["test"] if r["meta"]["kind"] == "knowledge"]
+    under_task = A.score(fmt, A.answers(model, tok, fmt, W.BASE_PROMPT))["overall"]
+    under_hand = A.score(fmt, A.answers(model, tok, fmt, W.hand_prompt()))["overall"]
+    new = A.score(know, A.answers(model, tok, know, W.hand_prompt()))["overall"]
+    assert under_task == 0.0            # format errors: the task's prompt does not ask for the format
+    assert under_hand >= 0.6            # ...and the right instruction fixes most of them
+    assert new <= 0.1                   # knowledge errors: no prompt tells it an unseen fact
+
+
+@pytest.mark.slow
+def test_hybrid_job_routes_fixes_the_prompt_and_leaks_nothing(tmp_path):
+    import yaml
+
+    import accuracy as A
+    from experiments.testbed import teacher as T
+    from neurosym.config import load_config
+    from neurosym.train import train
+
+    cfg = yaml.safe_load((ROOT / "experiments" / "testbed" / "hybrid.yaml").read_text())
+    cfg["run"]["output_dir"] = str(tmp_path / "runs")
+    for key in ("train", "eval"):
+        cfg["data"][key] = str(ROOT / "experiments" / "testbed" / cfg["data"][key])
+    cfg["reward"]["probe"] = str(ROOT / "experiments" / "testbed" / cfg["reward"]["probe"])
+    cfg["train"].update(max_steps=12, save_every=0)
+    cfg["tracking"] = {"mode": "disabled"}
+    cfg["teacher"]["callable"] = "experiments.testbed.teacher:recorded"
+    path = tmp_path / "hybrid.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    T.SENT.clear()
+    out = train(load_config(path), quiet=True)
+    events = [json.loads(l) for l in (out.run_dir / "events.jsonl").read_text().splitlines()]
+    routes = [e["route"] for e in events if e.get("kind") == "train"]
+    assert "lora" in routes and "symbolic" in routes
+    prompts = [e["text"] for e in events if e.get("kind") == "prompt"]
+    assert prompts[0] == "Answer." and W.hand_prompt() in prompts
+    data = ROOT / "experiments" / "testbed" / "data"
+    rows = A.read_rows(data / "eval.jsonl")
+    model, tok, prompt, _ = A.load_run(out.run_dir)
+    after = A.score(rows, A.answers(model, tok, rows, prompt))
+    base, btok = A.load_base()
+    before = A.score(rows, A.answers(base, btok, rows, W.BASE_PROMPT))
+    assert after["format"] > before["format"] + 0.3
+    # audit: nothing from eval/test reached the teacher, a prompt version or a refined example
+    from experiments.testbed.compare import audit
+    splits = {k: A.read_rows(data / f"{k}.jsonl") for k in ("train", "eval", "test")}
+    assert T.SENT and audit(out.run_dir, splits, list(T.SENT)) == []
+
+
+@pytest.mark.slow
+def test_compare_quick_holds_its_invariants(tmp_path, capsys):
+    from experiments.testbed import compare
+
+    compare.main(["--quick", "--work", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "invariants hold" in out
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    arms = {r["arm"] for r in rows}
+    assert {"none", "hand_prompt", "lora", "prompt", "learned", "random"} <= arms
+    learned = [r for r in rows if r["arm"] == "learned"]
+    assert all(r["cost"] == r["budget"] for r in learned) and {r["c"] for r in learned} == {1, 10, 100}

@@ -5,8 +5,8 @@ Arms: ``none`` (the student as is), ``hand_prompt`` (the hand-written correct sy
 training: the upper bound for format errors), ``lora`` (always_lora), ``prompt`` (always_symbolic),
 ``alternate``, ``plateau``, ``learned`` (reward_classifier), ``random`` (a random router given exactly the
 learned router's number of symbolic updates, hence of LoRA steps, over the same steps: the control
-that tells routing from merely having both tools). The oracle router (sees the hidden error type) is
-not run: it needs a router hook (see the README section "Does routing pay?").
+that tells routing from merely having both tools), ``oracle`` (reads the hidden error type: an upper
+bound only; ``oracle.py``; run through a temporary registry entry until the loop has a router hook).
 
 Cost = LoRA steps + c * teacher calls + probe evaluations (one probe evaluation = one gain
 measurement, the routed batch plus the probe set, generated greedily), for c in {1, 10, 100}.
@@ -46,12 +46,14 @@ from experiments.testbed import world as W  # noqa: E402
 COSTS = (1, 10, 100)
 ROUTERS = {"lora": {"kind": "always_lora"}, "prompt": {"kind": "always_symbolic"},
            "alternate": {"kind": "alternate", "every": 4}, "plateau": {"kind": "plateau"},
-           "learned": {"kind": "reward_classifier"}, "random": {"kind": "random"}}
-ARMS = ("none", "hand_prompt", "lora", "prompt", "alternate", "plateau", "learned", "random")
+           "learned": {"kind": "reward_classifier"}, "random": {"kind": "random"},
+           "oracle": {"kind": "random"}}  # see run_arm
+ARMS = ("none", "hand_prompt", "lora", "prompt", "alternate", "plateau", "learned", "random", "oracle")
 
 
 # ---- one run -------------------------------------------------------------------------------------
 MODEL = "testbed://student"
+LORA_FACTOR = 3  # the LoRA-only arm runs this many times more steps, so it can reach the others' budgets
 
 
 def job_config(data: dict[str, Path], arm: str, seed: int, noise: float, steps: int, every: int,
@@ -88,7 +90,22 @@ def run_arm(data, arm, seed, noise, steps, every, out, p_random=0.5) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{arm}.yaml"
     path.write_text(yaml.safe_dump(job_config(data, arm, seed, noise, steps, every, out, p_random), sort_keys=False))
-    train(load_config(path), quiet=True)
+    if arm != "oracle":
+        train(load_config(path), quiet=True)
+        return out / arm
+    # The oracle needs a router the config cannot name yet (no router hook in the loop): its config says
+    # router.kind: random and, for this run only, the registry's "random" entry builds the oracle.
+    import classifiers
+    from experiments.testbed import oracle
+
+    oracle.TRAIN = Path(data["train"])
+    saved = classifiers.ROUTERS["random"]
+    classifiers.ROUTERS["random"] = oracle.make_oracle
+    try:
+        train(load_config(path), quiet=True)
+    finally:
+        classifiers.ROUTERS["random"] = saved
+        oracle.TRAIN = None
     return out / arm
 
 
@@ -163,7 +180,7 @@ def setting(alpha: float, seed: int, noise: float, steps: int, every: int, work:
                                                       base, tok, splits["retention"], W.BASE_PROMPT)),
                                                   "prompt": prompt}},
                                    "eval_s": time.perf_counter() - t0}
-    order = [a for a in ("learned", "lora", "prompt", "alternate", "plateau", "random") if a in arms]
+    order = [a for a in ("learned", "lora", "prompt", "alternate", "plateau", "random", "oracle") if a in arms]
     for arm in order:
         p = 0.5
         if arm == "random":
@@ -171,7 +188,8 @@ def setting(alpha: float, seed: int, noise: float, steps: int, every: int, work:
             n_sym = learned["ledger"][-1]["symbolic"] if learned else steps // 2
             p = matched_p(seed, steps, n_sym)
         T.SENT.clear()
-        run_dir = run_arm(data, arm, seed, noise, steps, every, work / "runs", p)
+        n, k = (steps * LORA_FACTOR, every * LORA_FACTOR) if arm == "lora" else (steps, every)
+        run_dir = run_arm(data, arm, seed, noise, n, k, work / "runs", p)
         result["leaks"] += audit(run_dir, splits, list(T.SENT))
         result["arms"][arm] = {"ledger": ledger(run_dir), "scores": score_checkpoints(run_dir, splits)}
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # scored; keep events, config, store
@@ -264,7 +282,7 @@ def check_invariants(results: list[dict], flat: list[dict]) -> None:
 
 
 def main(argv=None) -> None:
-    global MODEL
+    global MODEL, LORA_FACTOR
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="CI setting: one alpha, one seed, few steps; asserts")
     ap.add_argument("--alphas", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
@@ -275,10 +293,12 @@ def main(argv=None) -> None:
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     ap.add_argument("--work", default="runs/compare", help="working folder (runs, data, results.json)")
     ap.add_argument("--model", default="testbed://student", help="the student (default: the pretrained testbed student)")
+    ap.add_argument("--lora-factor", type=int, default=3,
+                    help="the LoRA-only arm runs this many times --steps (it needs more steps to spend the budget)")
     args = ap.parse_args(argv)
-    MODEL = args.model
+    MODEL, LORA_FACTOR = args.model, args.lora_factor
     if args.quick:
-        args.alphas, args.seeds, args.noise, args.steps, args.every = [0.5], [0], [0.0], 6, 2
+        args.alphas, args.seeds, args.noise, args.steps, args.every, LORA_FACTOR = [0.5], [0], [0.0], 6, 2, 1
         args.arms = ["none", "hand_prompt", "lora", "prompt", "learned", "random"]
     work = Path(args.work)
     if work.exists():
