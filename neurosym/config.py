@@ -164,8 +164,10 @@ class Price(_Section):
 
 
 class TeacherConfig(_Section):
-    provider: Literal["openai", "local"] = "openai"
+    provider: Literal["openai", "local", "python"] = "openai"
     model: str = "gpt-4o-mini"
+    callable: Optional[str] = Field(None, description="provider python: 'module:function' called with "
+                                    "(messages, model=, temperature=, max_tokens=) that returns the reply text.")
     base_url: Optional[str] = Field(None, description="OpenAI-compatible endpoint; None = api.openai.com.")
     api_key_env: str = Field("OPENAI_API_KEY", description="Name of the environment variable holding the key.")
     timeout_s: float = Field(60.0, gt=0)
@@ -177,6 +179,12 @@ class TeacherConfig(_Section):
     budget_usd: Optional[float] = Field(None, ge=0, allow_inf_nan=False)
     max_response_chars: int = Field(20_000, gt=0, description="Longest teacher answer accepted; a longer "
                                     "one is a teacher fault (never stored).")
+
+    @model_validator(mode="after")
+    def _callable_for_python(self):
+        if self.provider == "python" and (not self.callable or self.callable.count(":") != 1):
+            raise ValueError("teacher.provider: python needs teacher.callable as 'module:function'")
+        return self
 
 
 class SymbolicConfig(_Section):

@@ -86,7 +86,11 @@ def build_tiny_model(out_dir: str | os.PathLike, preset: str = "llama", seed: in
 
 
 def resolve_tiny(name_or_path: str, cache_dir: str | os.PathLike) -> str:
-    """Map ``tiny://<preset>`` to a locally built model directory; other names pass through."""
+    """Map ``tiny://<preset>`` to a locally built model directory (``testbed://student`` to the testbed's
+    pretrained student, :mod:`neurosym.testbed`); other names pass through."""
+    if name_or_path.startswith("testbed://"):
+        from neurosym.testbed import resolve_testbed
+        return resolve_testbed(name_or_path)
     if not name_or_path.startswith(TINY_SCHEME):
         return name_or_path
     preset = name_or_path[len(TINY_SCHEME):] or "llama"

@@ -32,12 +32,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from .engine import OpenAITeacher
     from .local import LocalTeacher
 
-_LAZY = {"OpenAITeacher": "engine", "Backoff": "engine", "LocalTeacher": "local",
+_LAZY = {"OpenAITeacher": "engine", "Backoff": "engine", "LocalTeacher": "local", "PythonTeacher": "python",
          "CachedTeacher": "base", "TeacherReply": "base"}
 
 
 def make_teacher(cfg: "TeacherConfig", run_dir: str | Path, **kwargs: Any) -> "CachedTeacher":
-    """The TextGrad engine for ``cfg.provider`` (``openai`` or ``local``), caching under ``run_dir``.
+    """The TextGrad engine for ``cfg.provider`` (``openai``, ``local`` or ``python``), caching under ``run_dir``.
 
     Extra keyword arguments go to the engine's constructor (e.g. ``backoff=``, ``usage=``).
     """
@@ -47,7 +47,10 @@ def make_teacher(cfg: "TeacherConfig", run_dir: str | Path, **kwargs: Any) -> "C
     if cfg.provider == "local":
         from .local import LocalTeacher
         return LocalTeacher(cfg, run_dir, **kwargs)
-    raise TeacherConfigError(f"teacher.provider {cfg.provider!r} is not supported; use 'openai' or 'local'")
+    if cfg.provider == "python":
+        from .python import PythonTeacher
+        return PythonTeacher(cfg, run_dir, **kwargs)
+    raise TeacherConfigError(f"teacher.provider {cfg.provider!r} is not supported; use 'openai', 'local' or 'python'")
 
 
 def __getattr__(name: str) -> Any:
@@ -62,5 +65,5 @@ __all__ = [
     "resolve_price", "ResolvedPrice", "TeacherAvailability", "Outcome",
     "TeacherError", "TeacherUnavailable", "TeacherDown", "BudgetExhausted", "TeacherConfigError",
     "TeacherUsage", "UsageMeter", "ResponseCache", "cache_key",
-    "OpenAITeacher", "LocalTeacher", "CachedTeacher", "TeacherReply", "Backoff",
+    "OpenAITeacher", "LocalTeacher", "PythonTeacher", "CachedTeacher", "TeacherReply", "Backoff",
 ]

@@ -1,0 +1,89 @@
+"""Cost of the learned router itself on the testbed: a LoRA step under the learned router (which measures
+the gain with a generation-based reward before and after every update) against a LoRA step of a
+LoRA-only job, same config, same steps, measured side by side in one run.
+
+Also times, on the same batch + probe, the loop's per-example greedy generation against batched greedy
+generation (left padding, KV cache: ``accuracy.answers``), the proposed cheaper measurement.
+
+    python experiments/testbed/bench_router_cost.py --steps 20
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from experiments.testbed import accuracy as A  # noqa: E402
+
+
+def run(kind: str, steps: int, out: Path) -> list[dict]:
+    from neurosym.config import load_config
+    from neurosym.train import train
+
+    cfg = yaml.safe_load((HERE / "hybrid.yaml").read_text())
+    cfg["run"].update(name=kind, output_dir=str(out))
+    for key in ("train", "eval"):
+        cfg["data"][key] = str(HERE / cfg["data"][key])
+    cfg["reward"]["probe"] = str(HERE / cfg["reward"]["probe"])
+    cfg["train"].update(max_steps=steps, save_every=0)
+    cfg["tracking"] = {"mode": "disabled"}
+    cfg["router"]["kind"] = kind
+    path = out / f"{kind}.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    train(load_config(path), quiet=True)
+    return [json.loads(l) for l in (out / kind / "events.jsonl").read_text().splitlines()]
+
+
+def lora_step_times(events: list[dict]) -> list[float]:
+    return [e["wall_s"] for e in events if e.get("kind") == "train" and e["route"] == "lora"]
+
+
+def generation_times(n_rounds: int = 3) -> tuple[float, float]:
+    """(per-example greedy, batched greedy) seconds for the routed batch + probe (16 examples)."""
+    from neurosym.data import Example
+    from neurosym.student import make_student_engine
+
+    model, tok = A.load_base()
+    rows = A.read_rows(HERE / "data" / "train.jsonl")[:8] + A.read_rows(HERE / "data" / "probe.jsonl")
+    engine = make_student_engine(model, tok, max_length=128, max_new_tokens=16)
+    one, batched = [], []
+    for _ in range(n_rounds):
+        t0 = time.perf_counter()
+        for r in rows:
+            engine.answer(Example((("user", r["prompt"]),), r["response"]), "Answer.")
+        one.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        A.answers(model, tok, rows, "Answer.", 128, max_new_tokens=16)
+        batched.append(time.perf_counter() - t0)
+    return statistics.median(one), statistics.median(batched)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=20)
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        base = lora_step_times(run("always_lora", args.steps, Path(tmp)))
+        routed = lora_step_times(run("reward_classifier", args.steps, Path(tmp)))
+    b, r = statistics.median(base), statistics.median(routed)
+    print(f"LoRA step, LoRA-only job:      {b * 1000:.1f} ms (median of {len(base)})")
+    print(f"LoRA step, learned router job: {r * 1000:.1f} ms (median of {len(routed)})")
+    print(f"router overhead ratio: {r / b:.2f}x (target <= 1.3x)")
+    one, batched = generation_times()
+    print(f"gain measurement generation (batch + probe, 16 examples): per-example {one * 1000:.0f} ms, "
+          f"batched {batched * 1000:.0f} ms ({one / batched:.1f}x faster batched)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,324 @@
+"""Does routing pay? Every arm on the testbed world at matched cost, through the ordinary
+config -> ``neurosym.train.train(cfg)`` path.
+
+Arms: ``none`` (the student as is), ``hand_prompt`` (the hand-written correct system prompt, no
+training: the upper bound for format errors), ``lora`` (always_lora), ``prompt`` (always_symbolic),
+``alternate``, ``plateau``, ``learned`` (reward_classifier), ``random`` (a random router given exactly the
+learned router's number of symbolic updates, hence of LoRA steps, over the same steps: the control
+that tells routing from merely having both tools), ``oracle`` (reads the hidden error type: an upper
+bound only; ``oracle.py``; run through a temporary registry entry until the loop has a router hook).
+
+Cost = LoRA steps + c * teacher calls + probe evaluations (one probe evaluation = one gain
+measurement, the routed batch plus the probe set, generated greedily), for c in {1, 10, 100}.
+Matching: every arm saves a checkpoint every ``--every`` steps; for each c the budget is the learned
+arm's total cost, and each arm is scored at its last checkpoint whose cumulative cost is within that
+budget (an arm that never reaches it is scored at its end, under budget, and marked ``<``).
+Accuracy is exact match on the test split (a phrasing no training row uses), overall and by hidden
+kind, and retention is exact match on known entities' facts outside the task (plain format).
+
+    python experiments/testbed/compare.py --quick              # CI: small setting, asserts invariants
+    python experiments/testbed/compare.py --alphas 0 0.5 1 --seeds 0 1 2 3 4 --noise 0 0.3
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sqlite3
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from experiments.testbed import accuracy as A  # noqa: E402
+from experiments.testbed import teacher as T  # noqa: E402
+from experiments.testbed import world as W  # noqa: E402
+
+COSTS = (1, 10, 100)
+ROUTERS = {"lora": {"kind": "always_lora"}, "prompt": {"kind": "always_symbolic"},
+           "alternate": {"kind": "alternate", "every": 4}, "plateau": {"kind": "plateau"},
+           "learned": {"kind": "reward_classifier"}, "random": {"kind": "random"},
+           "oracle": {"kind": "random"}}  # see run_arm
+ARMS = ("none", "hand_prompt", "lora", "prompt", "alternate", "plateau", "learned", "random", "oracle")
+
+
+# ---- one run -------------------------------------------------------------------------------------
+MODEL = "testbed://student"
+LORA_FACTOR = 3  # the LoRA-only arm runs this many times more steps, so it can reach the others' budgets
+
+
+def job_config(data: dict[str, Path], arm: str, seed: int, noise: float, steps: int, every: int,
+               out: Path, p_random: float = 0.5) -> dict:
+    cfg = yaml.safe_load((HERE / "hybrid.yaml").read_text())
+    cfg["model"]["name_or_path"] = MODEL
+    cfg["run"] = {"name": arm, "output_dir": str(out), "seed": seed}
+    cfg["data"].update(train=str(data["train"]), eval=str(data["eval"]))
+    cfg["reward"]["probe"] = str(data["probe"])
+    cfg["train"].update(max_steps=steps, save_every=every, keep_last_n=1000, eval_every=0)
+    cfg["tracking"] = {"mode": "disabled"}
+    cfg["teacher"].update(callable="experiments.testbed.teacher:recorded", model=f"simulated?noise={noise}&seed={seed}")
+    cfg["router"].update(ROUTERS[arm])
+    if arm == "random":
+        cfg["router"]["random_p"] = p_random
+    return cfg
+
+
+def matched_p(seed: int, steps: int, n_symbolic: int) -> float:
+    """The ``random_p`` for which RandomRouter(p, seed) takes exactly ``n_symbolic`` symbolic routes
+    in ``steps`` decisions (its draws depend only on the seed)."""
+    u = np.sort(np.random.default_rng(seed).random(steps))
+    if n_symbolic <= 0:
+        return 0.0
+    if n_symbolic >= steps:
+        return 1.0
+    return float((u[n_symbolic - 1] + u[n_symbolic]) / 2)
+
+
+def run_arm(data, arm, seed, noise, steps, every, out, p_random=0.5) -> Path:
+    from neurosym.config import load_config
+    from neurosym.train import train
+
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{arm}.yaml"
+    path.write_text(yaml.safe_dump(job_config(data, arm, seed, noise, steps, every, out, p_random), sort_keys=False))
+    if arm != "oracle":
+        train(load_config(path), quiet=True)
+        return out / arm
+    # The oracle needs a router the config cannot name yet (no router hook in the loop): its config says
+    # router.kind: random and, for this run only, the registry's "random" entry builds the oracle.
+    import classifiers
+    from experiments.testbed import oracle
+
+    oracle.TRAIN = Path(data["train"])
+    saved = classifiers.ROUTERS["random"]
+    classifiers.ROUTERS["random"] = oracle.make_oracle
+    try:
+        train(load_config(path), quiet=True)
+    finally:
+        classifiers.ROUTERS["random"] = saved
+        oracle.TRAIN = None
+    return out / arm
+
+
+def ledger(run_dir: Path) -> list[dict]:
+    """Per step: cumulative LoRA steps, symbolic updates, teacher calls, probe evaluations, wall time."""
+    rows, lora, sym, calls, probes, wall = [], 0, 0, 0, 0, 0.0
+    for line in (run_dir / "events.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        if r.get("kind") != "train":
+            continue
+        lora += r["route"] == "lora"
+        sym += r["route"] == "symbolic"
+        calls += (r.get("symbolic") or {}).get("calls", 0)
+        if "decision" in r and r["decision"].get("router") == "reward_classifier":
+            probes += 1 + ("gain" in r) + (r["route"] == "symbolic" and "gain" in r)
+        wall += r["wall_s"]
+        rows.append({"step": r["step"], "lora_steps": lora, "symbolic": sym, "teacher_calls": calls,
+                     "probe_evals": probes, "wall_s": wall})
+    return rows
+
+
+def cost(row: dict, c: float) -> float:
+    return row["lora_steps"] + c * row["teacher_calls"] + row["probe_evals"]
+
+
+def score_checkpoints(run_dir: Path, splits: dict[str, list[dict]]) -> dict[int, dict]:
+    """{step: {"test": score, "retention": score, "prompt": text}} for every checkpoint."""
+    out = {}
+    for ckpt in sorted((run_dir / "checkpoints").glob("step-*"), key=lambda p: int(p.name[5:])):
+        model, tok, prompt, cfg = A.load_run(run_dir, ckpt.name)
+        out[int(ckpt.name[5:])] = {
+            "test": A.score(splits["test"], A.answers(model, tok, splits["test"], prompt, cfg.data.max_length)),
+            "retention": A.score(splits["retention"], A.answers(model, tok, splits["retention"], W.BASE_PROMPT,
+                                                                cfg.data.max_length)),
+            "prompt": prompt}
+    return out
+
+
+def audit(run_dir: Path, splits: dict[str, list[dict]], sent: list) -> list[str]:
+    """Eval/test questions, and eval/test answers that are no train answer, found in anything the
+    teacher was sent, a prompt version or a refined example."""
+    train_answers = {r["response"] for r in splits["train"]}
+    questions = {r["prompt"] for s in ("eval", "test") for r in splits[s]}
+    answers = {r["response"] for s in ("eval", "test") for r in splits[s]} - train_answers
+    texts = [m["content"] for msgs in sent for m in msgs]
+    for line in (run_dir / "events.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        if r.get("kind") == "prompt" and r.get("text"):
+            texts.append(r["text"])
+    store = run_dir / "remake.sqlite"
+    if store.exists():
+        with sqlite3.connect(store) as db:
+            texts += [t for row in db.execute("SELECT prompt, feedback FROM refined") for t in row if t]
+    return [f"{run_dir.name}: {x!r}" for t in texts for x in (questions | answers) if x in t]
+
+
+# ---- one setting (alpha, seed, noise): every arm ----------------------------------------------------
+def setting(alpha: float, seed: int, noise: float, steps: int, every: int, work: Path, arms) -> dict:
+    work.mkdir(parents=True, exist_ok=True)
+    data = W.write_task(work / "data", alpha, seed=seed)
+    splits = {k: A.read_rows(p) for k, p in data.items()}
+    result = {"alpha": alpha, "seed": seed, "noise": noise, "arms": {}, "leaks": []}
+    base, tok = A.load_base(MODEL)
+    for arm in ("none", "hand_prompt"):
+        if arm in arms:
+            prompt = W.BASE_PROMPT if arm == "none" else W.hand_prompt()
+            t0 = time.perf_counter()
+            result["arms"][arm] = {"ledger": [{"step": 0, "lora_steps": 0, "symbolic": 0, "teacher_calls": 0,
+                                               "probe_evals": 0, "wall_s": 0.0}],
+                                   "scores": {0: {"test": A.score(splits["test"], A.answers(base, tok, splits["test"], prompt)),
+                                                  "retention": A.score(splits["retention"], A.answers(
+                                                      base, tok, splits["retention"], W.BASE_PROMPT)),
+                                                  "prompt": prompt}},
+                                   "eval_s": time.perf_counter() - t0}
+    order = [a for a in ("learned", "lora", "prompt", "alternate", "plateau", "random", "oracle") if a in arms]
+    for arm in order:
+        p = 0.5
+        if arm == "random":
+            learned = result["arms"].get("learned")
+            n_sym = learned["ledger"][-1]["symbolic"] if learned else steps // 2
+            p = matched_p(seed, steps, n_sym)
+        T.SENT.clear()
+        n, k = (steps * LORA_FACTOR, every * LORA_FACTOR) if arm == "lora" else (steps, every)
+        run_dir = run_arm(data, arm, seed, noise, n, k, work / "runs", p)
+        result["leaks"] += audit(run_dir, splits, list(T.SENT))
+        result["arms"][arm] = {"ledger": ledger(run_dir), "scores": score_checkpoints(run_dir, splits)}
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # scored; keep events, config, store
+    return result
+
+
+def at_budget(arm: dict, budget: float, c: float) -> tuple[dict, dict, bool]:
+    """(ledger row, scores) at the arm's last scored step within ``budget``; bool: budget reached."""
+    by_step = {r["step"]: r for r in arm["ledger"]}
+    best = None
+    for step in sorted(arm["scores"]):
+        row = by_step.get(step, arm["ledger"][0])
+        if cost(row, c) <= budget + 1e-9:
+            best = step
+    if best is None:
+        best = min(arm["scores"])
+    row = by_step.get(best, arm["ledger"][0])
+    reached = cost(arm["ledger"][-1], c) >= budget - 1e-9
+    return row, arm["scores"][best], reached
+
+
+# ---- the table --------------------------------------------------------------------------------------
+def mean_ci(xs: list[float]) -> str:
+    if not xs:
+        return "-"
+    m = statistics.fmean(xs)
+    if len(xs) < 2:
+        return f"{m:.2f}"
+    half = 1.96 * statistics.stdev(xs) / math.sqrt(len(xs))
+    return f"{m:.2f}±{half:.2f}"
+
+
+def table(results: list[dict], arms) -> tuple[str, list[dict]]:
+    lines = ["| α | noise | c | arm | acc | knowledge | format | retention | LoRA steps | teacher calls | cost | wall s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    flat = []
+    keys = sorted({(r["alpha"], r["noise"]) for r in results})
+    for alpha, noise in keys:
+        group = [r for r in results if r["alpha"] == alpha and r["noise"] == noise]
+        for c in COSTS:
+            for arm in arms:
+                cells = {k: [] for k in ("acc", "knowledge", "format", "retention", "lora", "calls", "cost", "wall")}
+                under = False
+                for r in group:
+                    if arm not in r["arms"]:
+                        continue
+                    ref = r["arms"].get("learned")
+                    budget = cost(ref["ledger"][-1], c) if ref else float("inf")
+                    row, sc, reached = at_budget(r["arms"][arm], budget, c)
+                    under |= not reached and arm not in ("none", "hand_prompt")
+                    t = sc["test"]
+                    cells["acc"].append(t["overall"])
+                    if "knowledge" in t:
+                        cells["knowledge"].append(t["knowledge"])
+                    if "format" in t:
+                        cells["format"].append(t["format"])
+                    cells["retention"].append(sc["retention"]["overall"])
+                    cells["lora"].append(row["lora_steps"])
+                    cells["calls"].append(row["teacher_calls"])
+                    cells["cost"].append(cost(row, c))
+                    cells["wall"].append(row["wall_s"])
+                    flat.append({"alpha": alpha, "noise": noise, "c": c, "arm": arm, "seed": r["seed"],
+                                 "budget": budget, "cost": cost(row, c), "lora_steps": row["lora_steps"],
+                                 "teacher_calls": row["teacher_calls"], "symbolic": row["symbolic"],
+                                 "test": t, "retention": sc["retention"]["overall"], "reached": reached})
+                if not cells["acc"]:
+                    continue
+                mark = "<" if under else ""
+                lines.append(f"| {alpha} | {noise} | {c} | {arm} | {mean_ci(cells['acc'])} | "
+                             f"{mean_ci(cells['knowledge'])} | {mean_ci(cells['format'])} | "
+                             f"{mean_ci(cells['retention'])} | {statistics.fmean(cells['lora']):.0f} | "
+                             f"{statistics.fmean(cells['calls']):.0f} | {mark}{statistics.fmean(cells['cost']):.0f} | "
+                             f"{statistics.fmean(cells['wall']):.0f} |")
+    return "\n".join(lines), flat
+
+
+def check_invariants(results: list[dict], flat: list[dict]) -> None:
+    """What --quick asserts: arms at matched cost, the random control matched to the learned router,
+    no eval/test answer anywhere the teacher or the training data could see it."""
+    for r in results:
+        assert not r["leaks"], f"eval/test text reached the teacher or the data: {r['leaks'][:3]}"
+        learned, rnd = r["arms"].get("learned"), r["arms"].get("random")
+        if learned and rnd:
+            a, b = learned["ledger"][-1], rnd["ledger"][-1]
+            assert (a["lora_steps"], a["symbolic"]) == (b["lora_steps"], b["symbolic"]), (a, b)
+    for row in flat:
+        assert row["cost"] <= row["budget"] + 1e-9 or row["arm"] == "learned", row
+        if row["arm"] == "learned":
+            assert abs(row["cost"] - row["budget"]) < 1e-9, row
+
+
+def main(argv=None) -> None:
+    global MODEL, LORA_FACTOR
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="CI setting: one alpha, one seed, few steps; asserts")
+    ap.add_argument("--alphas", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.3])
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--every", type=int, default=5)
+    ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    ap.add_argument("--work", default="runs/compare", help="working folder (runs, data, results.json)")
+    ap.add_argument("--model", default="testbed://student", help="the student (default: the pretrained testbed student)")
+    ap.add_argument("--lora-factor", type=int, default=3,
+                    help="the LoRA-only arm runs this many times --steps (it needs more steps to spend the budget)")
+    args = ap.parse_args(argv)
+    MODEL, LORA_FACTOR = args.model, args.lora_factor
+    if args.quick:
+        args.alphas, args.seeds, args.noise, args.steps, args.every, LORA_FACTOR = [0.5], [0], [0.0], 6, 2, 1
+        args.arms = ["none", "hand_prompt", "lora", "prompt", "learned", "random"]
+    work = Path(args.work)
+    if work.exists():
+        shutil.rmtree(work / "settings", ignore_errors=True)
+    results = []
+    t0 = time.perf_counter()
+    for alpha in args.alphas:
+        for noise in args.noise:
+            for seed in args.seeds:
+                where = work / "settings" / f"a{alpha}-n{noise}-s{seed}"
+                results.append(setting(alpha, seed, noise, args.steps, args.every, where, args.arms))
+                print(f"done alpha={alpha} noise={noise} seed={seed} ({time.perf_counter() - t0:.0f}s)",
+                      file=sys.stderr, flush=True)
+    text, flat = table(results, args.arms)
+    print(text)
+    (work / "results.json").write_text(json.dumps({"args": vars(args), "rows": flat}, indent=1))
+    if args.quick:
+        check_invariants(results, flat)
+        print("invariants hold: arms at matched cost, random control matched to the learned router, no leak")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+"""The testbed's simulated teacher: a ``teacher.provider: python`` callable that reads the prompts
+TextGrad and neurosym send and answers them like a careful LLM would in this world.
+
+    teacher:
+      provider: python
+      callable: experiments.testbed.teacher:simulated
+      model: simulated?noise=0.3&seed=1      # noise: share of evaluations with a wrong or no diagnosis
+
+What it knows is what any capable LLM knows: the format instructions of this world (the operator
+phrases in :mod:`world`) and how to compare two strings. It never reads the world's entity tables, the
+hidden error type or any file: every answer is a function of the messages it is sent (and of the noise
+seed), which is also why the response cache can replay it.
+
+* **evaluation** (``TextLoss`` with neurosym's ``EVAL_INSTRUCTION``): compares the student's answer with
+  the reference. Same value, different format: names each missing (or unwanted) instruction. Different
+  value: "NEEDS NEW KNOWLEDGE" (no prompt can supply a fact the student never saw).
+* **backward** (TextGrad's gradient prompts): passes the diagnoses found in the context on as feedback.
+* **optimizer** (``TGD``): adds the instructions most feedback asks for to the system prompt (in the
+  order the student learned them), removes unwanted ones, and answers between the optimizer's tags.
+* **example rewrite** (neurosym's ``REWRITE_SYSTEM``): appends the missing instructions to the question;
+  for a knowledge error it declines (no tags), since rewording cannot teach a fact.
+
+With ``noise=p``, an evaluation is replaced, with probability ``p`` (decided by a hash of the request
+and the seed), by a wrong diagnosis (an instruction that is not missing) or by no diagnosis.
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from collections import Counter
+from urllib.parse import parse_qs, urlsplit
+
+try:  # imported as experiments.testbed.teacher (teacher.callable) or as a top-level module (scripts)
+    from .world import INSTRUCTION, OP_ORDER
+except ImportError:  # pragma: no cover - script use
+    from world import INSTRUCTION, OP_ORDER  # type: ignore
+
+REWRITE_SYSTEM_START = "You rewrite training questions for a small student language model"
+EVAL_START = "You evaluate a student language model's answer"
+MISSING = 'Missing instruction: "{}"'
+UNWANTED = 'Unwanted instruction: "{}"'
+KNOWLEDGE = "NEEDS NEW KNOWLEDGE"
+PHRASE_TO_OP = {v: k for k, v in INSTRUCTION.items()}
+_MISSING_RE = re.compile(r'Missing instruction: "([^"]+)"')
+_UNWANTED_RE = re.compile(r'Unwanted instruction: "([^"]+)"')
+
+
+def _tag(text: str, name: str) -> str | None:
+    m = re.search(rf"<{name}>(.*?)</{name}>", text, re.S)
+    return m.group(1).strip() if m else None
+
+
+def settings(model: str) -> tuple[float, int]:
+    """(noise, seed) from a model string such as ``simulated?noise=0.3&seed=1``."""
+    q = parse_qs(urlsplit(model or "").query)
+    return float(q.get("noise", ["0"])[0]), int(q.get("seed", ["0"])[0])
+
+
+# ---- reading answers ------------------------------------------------------------------------------
+def features(text: str) -> tuple[set, str]:
+    """(format operators visible in ``text``, the bare value)."""
+    s, ops = text.strip(), set()
+    if s.endswith("!"):
+        ops.add("exclaim"); s = s[:-1]
+    if len(s) >= 2 and s[0] == "[" and s[-1] == "]":
+        ops.add("bracket"); s = s[1:-1]
+    if len(s) >= 2 and s[0] == '"' and s[-1] == '"':
+        ops.add("quote"); s = s[1:-1]
+    m = re.fullmatch(r"(city|colour|number): (.*)", s, re.S | re.I)
+    if m:
+        ops.add("prefix"); s = m.group(2)
+    if "_" in s:
+        ops.add("underscore")
+    if any(c.isalpha() for c in s) and s == s.upper():
+        ops.add("upper")
+    return ops, s
+
+
+def _canon(value: str) -> str:
+    return value.replace("_", " ").lower().strip()
+
+
+def diagnose(answer: str, reference: str) -> tuple[str, list[str], list[str]]:
+    """("correct"|"format"|"knowledge", missing operators, unwanted operators)."""
+    if answer.strip() == reference.strip():
+        return "correct", [], []
+    a_ops, a_val = features(answer)
+    r_ops, r_val = features(reference)
+    if _canon(a_val) == _canon(r_val):
+        pass
+    elif _canon(a_val)[::-1] == _canon(r_val) and _canon(a_val):
+        a_ops = a_ops | {"reverse"}
+    else:
+        return "knowledge", [], []
+    missing = [o for o in OP_ORDER if o in r_ops - a_ops]
+    unwanted = [o for o in OP_ORDER if o in a_ops - r_ops]
+    if not missing and not unwanted:  # e.g. different spacing: call it a format slip without a fix
+        return "format", [], []
+    return "format", missing, unwanted
+
+
+# ---- the four kinds of request --------------------------------------------------------------------
+def evaluate(system: str, answer: str, rng: random.Random, noise: float) -> str:
+    reference = _tag(system, "REFERENCE_ANSWER") or ""
+    kind, missing, unwanted = diagnose(answer, reference)
+    if noise and rng.random() < noise:
+        if rng.random() < 0.5:
+            return "The answer does not look right, but I cannot tell what went wrong."
+        wrong = rng.choice([o for o in OP_ORDER if o not in missing])
+        return ("The value is correct but the format differs from the reference answer. "
+                + MISSING.format(INSTRUCTION[wrong]))
+    if kind == "correct":
+        return "The student's answer is correct and in the same format as the reference answer."
+    if kind == "knowledge":
+        return (f"The value is wrong: the student does not know this fact. {KNOWLEDGE}: no instruction in "
+                "the system prompt can supply a fact the student has never seen.")
+    lines = ["The value is correct but the format differs from the reference answer."]
+    lines += [MISSING.format(INSTRUCTION[o]) for o in missing]
+    lines += [UNWANTED.format(INSTRUCTION[o]) for o in unwanted]
+    return " ".join(lines)
+
+
+def feedback(text: str) -> str:
+    """Backward: pass on the diagnoses found in the context."""
+    missing, unwanted = _MISSING_RE.findall(text), _UNWANTED_RE.findall(text)
+    out = []
+    for phrase in dict.fromkeys(missing):
+        out.append(f"Adding the instruction to the system prompt would fix the format. {MISSING.format(phrase)}")
+    for phrase in dict.fromkeys(unwanted):
+        out.append(f"Removing this instruction would fix the format. {UNWANTED.format(phrase)}")
+    if KNOWLEDGE in text:
+        out.append(f"{KNOWLEDGE}: the answer's value is wrong; a prompt edit cannot fix this, the model's "
+                   "weights must learn the fact.")
+    return " ".join(out) or "The answer is correct; no change is needed."
+
+
+def optimize(user: str, start: str, end: str) -> str:
+    """TGD: the current prompt plus the instructions most feedback asks for, minus unwanted ones."""
+    current = _tag(user, "VARIABLE") or ""
+    if "(...)" in current:
+        current = _tag(user, "LM_SYSTEM_PROMPT") or current
+    missing = Counter(p for p in _MISSING_RE.findall(user) if p in PHRASE_TO_OP)
+    unwanted = Counter(p for p in _UNWANTED_RE.findall(user) if p in PHRASE_TO_OP)
+    top = max([*missing.values(), *unwanted.values(), 0])
+    add = {PHRASE_TO_OP[p] for p, n in missing.items() if 2 * n >= top}
+    drop = {PHRASE_TO_OP[p] for p, n in unwanted.items() if 2 * n >= top}
+    sentences = [s.strip() + "." for s in current.split(".") if s.strip()]
+    have = {PHRASE_TO_OP[s] for s in sentences if s in PHRASE_TO_OP}
+    other = [s for s in sentences if s not in PHRASE_TO_OP]
+    ops = (have | add) - drop
+    new = " ".join(other + [INSTRUCTION[o] for o in OP_ORDER if o in ops])
+    return f"{start}{new}{end}"
+
+
+def rewrite(user: str) -> str:
+    question = _tag(user, "QUESTION") or ""
+    evaluation = _tag(user, "EVALUATION") or ""
+    missing = [p for p in dict.fromkeys(_MISSING_RE.findall(evaluation)) if p in PHRASE_TO_OP]
+    if KNOWLEDGE in evaluation:
+        return f"{KNOWLEDGE}: rewording the question cannot teach the student a fact it has never seen."
+    if not missing:
+        return "I cannot see how to make this question clearer."
+    return "<REWRITTEN_PROMPT>" + " ".join([question] + missing) + "</REWRITTEN_PROMPT>"
+
+
+def simulated(messages: list[dict], *, model: str = "simulated", temperature: float = 0.0,
+              max_tokens: int = 1024, **_: object) -> str:
+    """The teacher: ``messages`` (system + user) -> reply text."""
+    system = "\n".join(str(m.get("content", "")) for m in messages if m.get("role") == "system")
+    user = "\n".join(str(m.get("content", "")) for m in messages if m.get("role") != "system")
+    noise, seed = settings(model)
+    digest = hashlib.sha256(f"{seed}\x00{system}\x00{user}".encode()).digest()
+    rng = random.Random(int.from_bytes(digest[:8], "big"))
+    if system.startswith(REWRITE_SYSTEM_START):
+        return rewrite(user)
+    if system.startswith(EVAL_START):
+        return evaluate(system, user, rng, noise)
+    m = re.search(r"between (\S+) \{improved variable\} (\S+) tags", system)
+    if m:  # TextGrad's optimizer system prompt names its tags
+        return optimize(user, m.group(1), m.group(2))
+    return feedback(system + "\n" + user)
+
+
+SENT: list[list[dict]] = []  # what :func:`recorded` was sent (compare.py's leak audit reads it)
+
+
+def recorded(messages: list[dict], **kwargs: object) -> str:
+    """:func:`simulated`, keeping a copy of every request in :data:`SENT` (same process only)."""
+    SENT.append([dict(m) for m in messages])
+    return simulated(messages, **kwargs)  # type: ignore[arg-type]

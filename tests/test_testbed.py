@@ -1,0 +1,163 @@
+"""The routing testbed: the world and its splits, the pretrained student, the hybrid job, compare.py."""
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "experiments" / "testbed"))
+import world as W  # noqa: E402
+
+STUDENT = ROOT / "experiments" / "testbed" / "student"
+
+
+def test_world_is_a_function_of_its_seed():
+    a, b, c = W.make_world(0), W.make_world(0), W.make_world(1)
+    assert a == b and a != c
+    assert W.pretraining_corpus(a, 0)[:50] == W.pretraining_corpus(b, 0)[:50]
+    assert W.task_splits(a, 0.5, seed=2) == W.task_splits(b, 0.5, seed=2)
+    names = [e.name for e in a.known + a.new]
+    assert len(set(names)) == len(names) >= 200
+
+
+def test_corpus_covers_every_operator_alone_and_in_pairs_and_only_known_entities():
+    world = W.make_world(0)
+    corpus = W.pretraining_corpus(world)
+    systems = {r["system"] for r in corpus}
+    assert len(W.OPS) >= 6
+    for ops in W.op_sets():
+        assert W.system_prompt(ops) in systems, ops
+    words = {w for r in corpus for w in re.findall(r"[A-Za-z]+", r["prompt"] + " " + r["response"])}
+    assert not any(e.name in words for e in world.new)  # new entities never appear in pretraining
+    assert any(r["system"] == "Complete the fact." for r in corpus)  # declarative facts
+    assert any("lives in" in r["prompt"] and "?" in r["prompt"] for r in corpus)  # facts given in the prompt
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.25, 0.5, 0.75, 1.0])
+def test_task_splits_mix_knowledge_and_format_errors_at_alpha(alpha):
+    world = W.make_world(0)
+    s = W.task_splits(world, alpha, seed=3)
+    known = {e.name for e in world.known}
+    kinds = [r["meta"]["kind"] for r in s["test"]]
+    assert kinds.count("knowledge") == round(alpha * len(kinds))
+    for r in s["train"] + s["eval"] + s["test"]:
+        assert "system" not in r  # the task's system prompt is data.system_prompt, what the route rewrites
+        name_known = any(r["prompt"].find(n) >= 0 for n in known)
+        if r["meta"]["kind"] == "knowledge":
+            assert not name_known and r["response"].isdigit()  # the target format is the identity on digits
+        else:
+            assert name_known and r["response"] == r["response"].upper() and " " not in r["response"]
+    # test phrasings are used by no train or eval row; the same facts are asked in each split
+    train_eval = {r["prompt"] for r in s["train"] + s["eval"]}
+    assert not any(r["prompt"] in train_eval for r in s["test"])
+    assert {r["meta"]["fact"] for r in s["test"]} == {r["meta"]["fact"] for r in s["train"]}
+    assert all(r in s["train"] for r in s["probe"])  # the router's probe never touches eval/test
+    retained = {r["prompt"] for r in s["retention"]}
+    assert not retained & {r["prompt"] for r in s["train"]}
+
+
+def test_hand_prompt_is_what_the_task_asks_for():
+    assert W.hand_prompt() == "Answer. Use upper case. Use underscores for spaces."
+    assert W.apply_ops("lowen bay", "city", W.TARGET_OPS) == "LOWEN_BAY"
+    assert W.apply_ops("42", "number", W.TARGET_OPS) == "42"
+
+
+def test_bundled_data_is_what_the_generator_writes(tmp_path):
+    W.write_task(tmp_path, 0.5, seed=0)
+    for name in ("train", "eval", "test", "probe", "retention"):
+        assert (tmp_path / f"{name}.jsonl").read_text() == \
+            (ROOT / "experiments" / "testbed" / "data" / f"{name}.jsonl").read_text(), name
+
+
+def test_testbed_scheme_names_a_missing_student_and_how_to_build_it(monkeypatch, tmp_path):
+    import neurosym.testbed as tb
+    from neurosym.tiny import resolve_tiny
+
+    monkeypatch.setattr(tb, "MODELS", {"student": Path("nowhere") / "student"})
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="pretrain.py"):
+        resolve_tiny("testbed://student", tmp_path)
+    with pytest.raises(FileNotFoundError, match="unknown testbed model"):
+        resolve_tiny("testbed://teacher", tmp_path)
+
+
+# ---- the pretrained student and the jobs on it -------------------------------------------------------
+
+def test_student_loads_through_from_pretrained_and_knows_its_world():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from neurosym.tiny import resolve_tiny
+
+    path = resolve_tiny("testbed://student", ROOT / ".models")
+    assert Path(path) == STUDENT
+    meta = json.loads((STUDENT / "testbed_student.json").read_text())
+    assert (STUDENT / "model.safetensors").stat().st_size <= 10 * 2**20
+    model, tok = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    import accuracy as A
+
+    world = W.make_world(meta["spec"]["world_seed"])
+    s = W.task_splits(world, 0.5)
+    fmt = [r for r in s["test"] if r["meta"]["kind"] == "format"]
+    know = [r for r in s["test"] if r["meta"]["kind"] == "knowledge"]
+    under_task = A.score(fmt, A.answers(model, tok, fmt, W.BASE_PROMPT))["overall"]
+    under_hand = A.score(fmt, A.answers(model, tok, fmt, W.hand_prompt()))["overall"]
+    new = A.score(know, A.answers(model, tok, know, W.hand_prompt()))["overall"]
+    assert under_task == 0.0            # format errors: the task's prompt does not ask for the format
+    assert under_hand >= 0.6            # ...and the right instruction fixes most of them
+    assert new <= 0.1                   # knowledge errors: no prompt tells it an unseen fact
+
+
+@pytest.mark.slow
+def test_hybrid_job_routes_fixes_the_prompt_and_leaks_nothing(tmp_path):
+    import yaml
+
+    import accuracy as A
+    from experiments.testbed import teacher as T
+    from neurosym.config import load_config
+    from neurosym.train import train
+
+    cfg = yaml.safe_load((ROOT / "experiments" / "testbed" / "hybrid.yaml").read_text())
+    cfg["run"]["output_dir"] = str(tmp_path / "runs")
+    for key in ("train", "eval"):
+        cfg["data"][key] = str(ROOT / "experiments" / "testbed" / cfg["data"][key])
+    cfg["reward"]["probe"] = str(ROOT / "experiments" / "testbed" / cfg["reward"]["probe"])
+    cfg["train"].update(max_steps=12, save_every=0)
+    cfg["tracking"] = {"mode": "disabled"}
+    cfg["teacher"]["callable"] = "experiments.testbed.teacher:recorded"
+    path = tmp_path / "hybrid.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    T.SENT.clear()
+    out = train(load_config(path), quiet=True)
+    events = [json.loads(l) for l in (out.run_dir / "events.jsonl").read_text().splitlines()]
+    routes = [e["route"] for e in events if e.get("kind") == "train"]
+    assert "lora" in routes and "symbolic" in routes
+    prompts = [e["text"] for e in events if e.get("kind") == "prompt"]
+    assert prompts[0] == "Answer." and W.hand_prompt() in prompts
+    data = ROOT / "experiments" / "testbed" / "data"
+    rows = A.read_rows(data / "eval.jsonl")
+    model, tok, prompt, _ = A.load_run(out.run_dir)
+    after = A.score(rows, A.answers(model, tok, rows, prompt))
+    base, btok = A.load_base()
+    before = A.score(rows, A.answers(base, btok, rows, W.BASE_PROMPT))
+    assert after["format"] > before["format"] + 0.3
+    # audit: nothing from eval/test reached the teacher, a prompt version or a refined example
+    from experiments.testbed.compare import audit
+    splits = {k: A.read_rows(data / f"{k}.jsonl") for k in ("train", "eval", "test")}
+    assert T.SENT and audit(out.run_dir, splits, list(T.SENT)) == []
+
+
+@pytest.mark.slow
+def test_compare_quick_holds_its_invariants(tmp_path, capsys):
+    from experiments.testbed import compare
+
+    compare.main(["--quick", "--work", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "invariants hold" in out
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    arms = {r["arm"] for r in rows}
+    assert {"none", "hand_prompt", "lora", "prompt", "learned", "random"} <= arms
+    learned = [r for r in rows if r["arm"] == "learned"]
+    assert all(r["cost"] == r["budget"] for r in learned) and {r["c"] for r in learned} == {1, 10, 100}
