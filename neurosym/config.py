@@ -55,22 +55,64 @@ class DataFields(_Section):
     """Names of the fields in your records, if they differ from the defaults."""
     prompt: str = "prompt"
     response: str = "response"
+    completion: str = "completion"
     system: str = "system"
     instruction: str = "instruction"
     input: str = "input"
     output: str = "output"
     messages: str = "messages"
+    conversations: str = "conversations"
+    role: Optional[str] = Field(None, description="Role key of a message: `role` (chat) / `from` (ShareGPT).")
+    content: Optional[str] = Field(None, description="Text key of a message: `content` (chat) / `value` (ShareGPT).")
+
+
+DATA_FORMATS = ("auto", "prompt_response", "prompt_completion", "alpaca", "chat", "sharegpt")
+DataFormat = Literal["auto", "prompt_response", "prompt_completion", "alpaca", "chat", "sharegpt"]
+
+
+class DataSource(_Section):
+    """One dataset: a file, a `save_to_disk` folder, a local dataset folder or a hub id."""
+    path: str = Field(..., description="JSONL/JSON(.gz), .parquet, a dataset folder, or a hub id (org/name).")
+    weight: float = Field(1.0, gt=0, allow_inf_nan=False, description="Mixing weight among data.train sources.")
+    format: Optional[DataFormat] = Field(None, description="Default: data.format.")
+    fields: Optional[DataFields] = Field(None, description="Default: data.fields.")
+    split: Optional[str] = Field(None, description="For dataset folders / hub ids (default: train).")
+    subset: Optional[str] = Field(None, description="Dataset configuration name (datasets' `name`).")
+    revision: Optional[str] = None
 
 
 class DataConfig(_Section):
-    train: str = Field(..., description="JSONL file, .parquet file, or a `datasets.save_to_disk` folder.")
-    eval: Optional[str] = None
-    format: Literal["auto", "prompt_response", "alpaca", "chat"] = "auto"
+    train: Union[str, DataSource, list[Union[str, DataSource]]] = Field(
+        ..., description="A path or hub id, or a list of {path, weight, format, fields, split, subset} to mix.")
+    eval: Optional[Union[str, DataSource]] = None
+    format: DataFormat = "auto"
     fields: DataFields = DataFields()
     system_prompt: Optional[str] = Field(None, description="Task system prompt (the symbolic route rewrites it).")
     max_length: int = Field(512, gt=8)
-    packing: Literal[False] = Field(False, description="Packing is not supported; sequences are padded per batch.")
+    train_on: Literal["last_turn", "assistant", "all"] = Field(
+        "last_turn", description="Loss on the last assistant turn, every assistant turn, or every token.")
+    packing: bool = Field(False, description="Pack each step's examples into rows of max_length (no cross-attention).")
     on_error: Literal["raise", "skip"] = "raise"
+
+    @field_validator("train")
+    @classmethod
+    def _non_empty(cls, v):
+        if isinstance(v, list) and not v:
+            raise ValueError("data.train is an empty list: give at least one path")
+        return v
+
+    def sources(self, split: str = "train") -> list[DataSource]:
+        """``data.train`` (or ``data.eval``) as a list of sources with format/fields filled in."""
+        value = getattr(self, split)
+        if value is None:
+            return []
+        items = value if isinstance(value, list) else [value]
+        out = []
+        for item in items:
+            src = DataSource(path=item) if isinstance(item, str) else item
+            out.append(src.model_copy(update={"format": src.format or self.format,
+                                              "fields": src.fields or self.fields}))
+        return out
 
 
 class TrainConfig(_Section):
@@ -362,8 +404,8 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple = (), chec
     data = raw.get("data")
     if isinstance(data, dict):
         for key in ("train", "eval"):
-            if isinstance(data.get(key), str):
-                data[key] = _resolve(data[key], base)
+            if key in data:
+                data[key] = _resolve_sources(data[key], base)
     reward = raw.get("reward")
     if isinstance(reward, dict) and isinstance(reward.get("probe"), str):
         reward["probe"] = _resolve(reward["probe"], base)
@@ -372,14 +414,39 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple = (), chec
     except ValidationError as err:
         raise ConfigError(f"invalid config {path}:\n" + _format_errors(err, str(path), lines, overridden)) from None
     if check_files:
-        for key, value in (("train", cfg.data.train), ("eval", cfg.data.eval), ("probe", cfg.reward.probe)):
-            if value and not Path(value).exists():
+        paths = [("train", s.path) for s in cfg.data.sources("train")]
+        paths += [("eval", s.path) for s in cfg.data.sources("eval")] + [("probe", cfg.reward.probe)]
+        for key, value in paths:
+            if value and not Path(value).exists() and not (key != "probe" and _is_dataset_id(value)):
                 section = "reward" if key == "probe" else "data"
                 loc = (section, key)
                 where = f"--set {overridden[loc]}" if loc in overridden else f"{path}:{lines.get(loc, '?')}"
                 raise ConfigError(f"{where}: `{section}.{key}` points to a missing file: {value}\n"
                                   f"  Paths are relative to the config file's folder ({base}).")
     return cfg
+
+
+_DATASET_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_FILE_SUFFIXES = (".jsonl", ".json", ".gz", ".parquet", ".csv", ".txt", ".bz2", ".xz", ".zst")
+
+
+def _is_dataset_id(value: str) -> bool:
+    """`org/name` or `name` with no data-file suffix: a hub id for `datasets.load_dataset`."""
+    return bool(_DATASET_ID.match(value)) and not value.lower().endswith(_FILE_SUFFIXES)
+
+
+def _resolve_sources(value, base: Path):
+    """Data paths relative to the config's folder; a hub id that is not a local path stays as it is."""
+    def one(path: str) -> str:
+        resolved = _resolve(path, base)
+        return path if not Path(resolved).exists() and _is_dataset_id(path) else resolved
+    if isinstance(value, str):
+        return one(value)
+    if isinstance(value, dict) and isinstance(value.get("path"), str):
+        return {**value, "path": one(value["path"])}
+    if isinstance(value, list):
+        return [_resolve_sources(v, base) for v in value]
+    return value
 
 
 def _resolve(value: str, base: Path) -> str:

@@ -22,7 +22,7 @@ from monitors.suite import MonitorSuite
 from neurosym.batches import BatchSource
 from neurosym.checkpoint import latest_checkpoint, restore_checkpoint, save_checkpoint
 from neurosym.config import Config, save_resolved
-from neurosym.data import EpochSampler, Renderer, collate, load_examples
+from neurosym.data import EpochSampler, Renderer, load_examples, make_micro_batches
 from neurosym.events import EventLog
 from neurosym.gain import GainProbe
 from neurosym.model import autocast_for, load_for_training
@@ -107,12 +107,9 @@ def prepare_run_dir(cfg: Config, resume: bool) -> Path:
 
 
 def micro_batches(examples, renderer: Renderer, cfg: Config, pad_id: int, device) -> list[dict]:
-    bs = cfg.train.batch_size
-    out = []
-    for i in range(0, len(examples), bs):
-        batch = collate([renderer.encode(ex) for ex in examples[i:i + bs]], pad_id)
-        out.append({k: v.to(device) for k, v in batch.items()})
-    return out
+    encodings = [renderer.encode(ex) for ex in examples]
+    batches = make_micro_batches(encodings, cfg.train.batch_size, pad_id, cfg.data.packing, cfg.data.max_length)
+    return [{k: v.to(device) for k, v in b.items()} for b in batches]
 
 
 def scheduled_lr(scheduler) -> float:
@@ -158,7 +155,7 @@ def train(cfg: Config, resume: bool = False, quiet: Optional[bool] = None) -> Ou
     seed_everything(cfg.run.seed)
     model, tokenizer, device, dtype = load_for_training(cfg, run_dir.parent / ".models")
     autocast = autocast_for(device, dtype)
-    renderer = Renderer(tokenizer, cfg.data.max_length, cfg.data.system_prompt)
+    renderer = Renderer(tokenizer, cfg.data.max_length, cfg.data.system_prompt, cfg.data.train_on)
     steps = total_steps(cfg, len(train_set))
     optimizer, scheduler = make_optimizer(cfg, model, steps)
     per_step = cfg.train.batch_size * cfg.train.grad_accum

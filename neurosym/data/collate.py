@@ -1,4 +1,15 @@
-"""Padding a list of encodings into one micro-batch (right padding, labels -100 on padding)."""
+"""Micro-batches from encodings: padded rows, or packed rows with no attention across examples.
+
+Padded (default): right padding, labels -100 on padding, a 2D attention mask.
+
+Packed (``data.packing: true``): a step's examples are packed first-fit-decreasing into rows of at
+most ``max_length`` tokens, and ``batch_size`` rows make a micro-batch (the same memory bound as
+``batch_size`` padded rows of ``max_length``). Each row carries ``position_ids`` that restart at 0 for
+every example, and no 2D attention mask: given position ids and no mask, transformers builds a
+block-diagonal causal mask for sdpa/eager and takes the varlen path for flash-attention, so a token
+attends only to earlier tokens of its own example. The first token of each example gets label -100,
+so no loss crosses a boundary either; the loss over a packed step equals the padded one.
+"""
 from __future__ import annotations
 
 import torch
@@ -17,3 +28,62 @@ def collate(items: list[Encoded], pad_id: int) -> dict:
         labels[i, :n] = torch.tensor(e.labels)
         mask[i, :n] = 1
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def pack(lengths: list[int], max_length: int) -> list[list[int]]:
+    """Indices grouped into rows of at most ``max_length`` tokens (first fit, longest first)."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in order:
+        n = lengths[i]
+        if n > max_length:
+            raise ValueError(f"an encoding of {n} tokens is longer than max_length {max_length}")
+        j = next((r for r, left in enumerate(room) if left >= n), None)
+        if j is None:
+            rows.append([i])
+            room.append(max_length - n)
+        else:
+            rows[j].append(i)
+            room[j] -= n
+    return rows
+
+
+def collate_packed(rows: list[list[Encoded]], pad_id: int) -> dict:
+    """One micro-batch of packed rows; ``attention_mask`` marks real tokens (for counting) and is not
+    passed to the model (see :func:`forward_inputs`)."""
+    width = max(sum(len(e.input_ids) for e in row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    pos = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, row in enumerate(rows):
+        at = 0
+        for e in row:
+            n = len(e.input_ids)
+            ids[r, at:at + n] = torch.tensor(e.input_ids)
+            labels[r, at + 1:at + n] = torch.tensor(e.labels[1:])
+            pos[r, at:at + n] = torch.arange(n)
+            mask[r, at:at + n] = 1
+            at += n
+        pos[r, at:] = torch.arange(width - at)  # the padding tail is a block of its own
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask, "position_ids": pos}
+
+
+def make_micro_batches(encodings: list[Encoded], batch_size: int, pad_id: int, packing: bool = False,
+                       max_length: int | None = None) -> list[dict]:
+    """A step's encodings as micro-batches of ``batch_size`` rows (padded, or packed)."""
+    if not packing:
+        return [collate(encodings[i:i + batch_size], pad_id) for i in range(0, len(encodings), batch_size)]
+    if max_length is None:
+        raise ValueError("packing needs max_length")
+    rows = [[encodings[i] for i in row] for row in pack([len(e.input_ids) for e in encodings], max_length)]
+    return [collate_packed(rows[i:i + batch_size], pad_id) for i in range(0, len(rows), batch_size)]
+
+
+def forward_inputs(batch: dict) -> dict:
+    """The model's keyword arguments for a micro-batch: packed rows pass position ids and no 2D mask
+    (so transformers builds the block-diagonal mask / varlen path); padded rows pass the mask."""
+    if "position_ids" in batch:
+        return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}

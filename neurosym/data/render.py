@@ -4,15 +4,23 @@ The prompt part (system prompt, earlier turns, the user's prompt, the assistant 
 -100; the response and the end-of-sequence token are trained. With a chat template the prompt is
 rendered by ``apply_chat_template(..., add_generation_prompt=True)``; without one by a plain
 "System:/User:/Assistant:" layout. `neurosym preview` prints exactly this split.
+
+``train_on`` (``data.train_on``) picks what the loss sees in a conversation:
+- ``last_turn`` (default): the final assistant response and EOS;
+- ``assistant``: every assistant turn (earlier ones as the template renders them, end-of-turn
+  tokens included) plus the final response and EOS;
+- ``all``: every token (train on inputs).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Optional
 
+from neurosym.data.errors import DataError
 from neurosym.data.examples import Example
 
 IGNORE = -100
+TRAIN_ON = ("last_turn", "assistant", "all")
 
 
 @dataclass(frozen=True)
@@ -29,7 +37,11 @@ class Encoded:
 class Renderer:
     """Renders examples under the current task system prompt; caches encodings per prompt."""
 
-    def __init__(self, tokenizer, max_length: int, system_prompt: Optional[str] = None):
+    def __init__(self, tokenizer, max_length: int, system_prompt: Optional[str] = None,
+                 train_on: str = "last_turn"):
+        if train_on not in TRAIN_ON:
+            raise ValueError(f"train_on must be one of {TRAIN_ON}, got {train_on!r}")
+        self.train_on = train_on
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.has_template = bool(getattr(tokenizer, "chat_template", None))
@@ -68,20 +80,65 @@ class Renderer:
         if hit is not None:
             return hit
         tok = self.tokenizer
-        prompt_ids = self._prompt_ids(self.prompt_text(ex))
+        if self.train_on == "assistant" and any(r == "assistant" for r, _ in ex.messages):
+            pieces = self._prompt_pieces(ex)
+        else:
+            pieces = [(self._prompt_ids(self.prompt_text(ex)), False)]
         response_ids = tok(ex.response, add_special_tokens=False)["input_ids"]
         if tok.eos_token_id is not None:
             response_ids = response_ids + [tok.eos_token_id]
         truncated = False
-        room = self.max_length - len(response_ids)
-        if room < 1:  # keep one prompt token; cut the response's tail
-            response_ids = response_ids[: self.max_length - 1]
-            room, truncated = 1, True
-        if len(prompt_ids) > room:  # keep the end of the prompt (closest to the answer)
-            prompt_ids, truncated = prompt_ids[-room:], True
-        enc = Encoded(prompt_ids + response_ids, [IGNORE] * len(prompt_ids) + response_ids, truncated)
+        if len(response_ids) > self.max_length - 1:  # keep one prompt token; cut the response's tail
+            response_ids, truncated = response_ids[: self.max_length - 1], True
+        ids = [t for piece, _ in pieces for t in piece]
+        labels = [t if trained else IGNORE for piece, trained in pieces for t in piece]
+        ids, labels = ids + response_ids, labels + response_ids
+        if len(ids) > self.max_length:  # keep the end of the prompt (closest to the answer)
+            ids, labels, truncated = ids[-self.max_length:], labels[-self.max_length:], True
+        if self.train_on == "all":
+            labels = list(ids)
+        enc = Encoded(ids, labels, truncated)
         self._cache[ex] = enc
         return enc
+
+    def _prompt_pieces(self, ex: Example) -> list:
+        """The prompt as (token ids, trained) pieces: earlier assistant turns trained, the rest masked."""
+        msgs = self.messages(ex)
+        if not self.has_template:
+            names = {"system": "System", "user": "User", "assistant": "Assistant"}
+            spans, text = [], ""
+            for m in msgs:
+                head = f"{names[m['role']]}: "
+                if m["role"] == "assistant":
+                    spans.append((len(text) + len(head), len(text) + len(head) + len(m["content"]) + 1))
+                text += f"{head}{m['content']}\n"
+            text += "Assistant: "
+        else:
+            text = self.prompt_text(ex)
+            spans = []
+            for j, m in enumerate(msgs):
+                if m["role"] != "assistant":
+                    continue
+                render = self.tokenizer.apply_chat_template
+                before = render(msgs[:j], tokenize=False, add_generation_prompt=True)
+                after = render(msgs[:j + 1], tokenize=False)
+                if not (after.startswith(before) and text.startswith(after)):
+                    raise DataError(
+                        f"{ex.source}: this tokenizer's chat template renders earlier turns differently once "
+                        f"later turns follow, so the loss of each assistant turn cannot be placed; use "
+                        f"data.train_on: last_turn (or all)")
+                spans.append((len(before), len(after)))
+        pieces, pos = [], 0
+        for a, b in spans:
+            pieces += [(text[pos:a], False), (text[a:b], True)]
+            pos = b
+        pieces.append((text[pos:], False))
+        out = []
+        for i, (chunk, trained) in enumerate(pieces):
+            if chunk or (i == 0 and not self.has_template):
+                special = i == 0 and not self.has_template  # the plain layout takes the tokenizer's BOS
+                out.append((self.tokenizer(chunk, add_special_tokens=special)["input_ids"], trained))
+        return out
 
     def generation_ids(self, ex: Example) -> list:
         """Token ids of the prompt alone, for generating the student's answer."""

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from neurosym.data.collate import forward_inputs
 from neurosym.data.render import IGNORE
 
 
@@ -23,7 +24,7 @@ class LoraStepResult:
 
 def token_losses(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token cross-entropy of the response tokens, and the mask of which tokens count."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logits = model(**forward_inputs(batch)).logits
     logits = logits[:, :-1].float()
     labels = batch["labels"][:, 1:]
     mask = labels != IGNORE
