@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from neurosym.data.errors import DataError
-from neurosym.data.readers import iter_rows
+from neurosym.data.readers import iter_rows, source_name
 
 log = logging.getLogger(__name__)
 __all__ = ["DataError", "Example", "LoadReport", "TrainSet", "detect_format", "load_examples", "parse_record"]
@@ -249,9 +249,9 @@ def _load_one(src, on_error: str, report: LoadReport) -> list[Example]:
         report.formats[kind] = report.formats.get(kind, 0) + 1
         examples.append(ex)
     report.skipped += skipped
-    report.sources.append({"path": src.path, "loaded": len(examples), "skipped": skipped, "weight": src.weight})
+    report.sources.append({"path": source_name(src), "loaded": len(examples), "skipped": skipped, "weight": src.weight})
     if not examples:
-        raise DataError(f"{src.path}: no usable examples ({skipped} skipped)"
+        raise DataError(f"{source_name(src)}: no usable examples ({skipped} skipped)"
                         + (f"; first: {report.errors[0]}" if report.errors else ""))
     return examples
 
@@ -264,11 +264,11 @@ def load_examples(spec, data_cfg, on_error: Optional[str] = None) -> tuple[Train
     """
     on_error = on_error or data_cfg.on_error
     sources = _as_sources(spec, data_cfg)
-    report = LoadReport(", ".join(s.path for s in sources))
+    report = LoadReport(", ".join(source_name(s) for s in sources))
     out = TrainSet()
     for src in sources:
         start = len(out)
         out.extend(_load_one(src, on_error, report))
-        out.parts.append((start, len(out), src.weight, src.path))
+        out.parts.append((start, len(out), src.weight, source_name(src)))
     report.loaded = len(out)
     return out, report

@@ -47,12 +47,13 @@ def iter_rows(source) -> Iterator[tuple[str, object]]:
     elif path.is_dir() and _is_saved_dataset(path):
         yield from _dataset_rows(_load_from_disk(path, source), str(path))
     elif path.is_dir() or not path.is_absolute():
-        yield from _dataset_rows(_load_dataset(source), _name(source))
+        yield from _dataset_rows(_load_dataset(source), source_name(source))
     else:
         raise DataError(f"data file not found: {path}")
 
 
-def _name(source) -> str:
+def source_name(source) -> str:
+    """`path[subset=..,split=..,revision=..]`: how rows and reports name a source."""
     extra = "".join(f"{k}={getattr(source, k)}," for k in ("subset", "split", "revision") if getattr(source, k))
     return f"{source.path}[{extra.rstrip(',')}]" if extra else source.path
 
@@ -196,7 +197,7 @@ def _load_dataset(source):
         hint = "" if Path(source.path).exists() else (
             " (not a local path, so it was looked up as a hub dataset id; check the name, your network, "
             "or HF_HUB_OFFLINE)")
-        raise DataError(f"cannot load dataset {_name(source)}: {detail}{hint}") from None
+        raise DataError(f"cannot load dataset {source_name(source)}: {detail}{hint}") from None
 
 
 def _dataset_rows(ds, name: str) -> Iterator[tuple[str, object]]:
