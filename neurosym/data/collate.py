@@ -5,8 +5,9 @@ Padded (default): right padding, labels -100 on padding, a 2D attention mask.
 Packed (``data.packing: true``): a step's examples are packed first-fit-decreasing into rows of at
 most ``max_length`` tokens, and ``batch_size`` rows make a micro-batch (the same memory bound as
 ``batch_size`` padded rows of ``max_length``). Each row carries ``position_ids`` that restart at 0 for
-every example, and no 2D attention mask: given position ids and no mask, transformers builds a
-block-diagonal causal mask for sdpa/eager and takes the varlen path for flash-attention, so a token
+every example, and no 2D attention mask: given position ids, no mask and no KV cache, transformers
+(>= 4.54) builds a block-diagonal causal mask for sdpa/eager/flex and takes the varlen path for
+flash-attention (what its ``DataCollatorWithFlattening`` relies on), so a token
 attends only to earlier tokens of its own example. The first token of each example gets label -100,
 so no loss crosses a boundary either; the loss over a packed step equals the padded one.
 """
@@ -85,5 +86,7 @@ def forward_inputs(batch: dict) -> dict:
     """The model's keyword arguments for a micro-batch: packed rows pass position ids and no 2D mask
     (so transformers builds the block-diagonal mask / varlen path); padded rows pass the mask."""
     if "position_ids" in batch:
-        return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
+        # use_cache=False matters: transformers only detects packed rows when no KV cache is built, and
+        # it builds one by default in eval mode (the no-leak test fails without this).
+        return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "use_cache": False}
     return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}

@@ -1,0 +1,129 @@
+"""`data.train_on` (last turn, every assistant turn, everything) and packing without attention leaking
+across example boundaries, proven on the tiny Llama: an example's logits packed with others equal its
+logits alone."""
+import pytest
+import torch
+
+from neurosym.config import DataConfig
+from neurosym.data import Example, Renderer, forward_inputs, make_micro_batches
+from neurosym.data.collate import collate, pack
+from neurosym.data.render import IGNORE
+from neurosym.preview import preview_lines
+
+CONV = Example((("system", "Be exact."), ("user", "1+1?"), ("assistant", "2"), ("user", "2+2?")), "4")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def _trained(tok, enc) -> list[str]:
+    """The trained spans, decoded, in order."""
+    spans, cur = [], []
+    for t, lab in zip(enc.input_ids, enc.labels):
+        if lab != IGNORE:
+            cur.append(t)
+        elif cur:
+            spans.append(tok.decode(cur))
+            cur = []
+    return spans + ([tok.decode(cur)] if cur else [])
+
+
+@pytest.mark.parametrize("template", [True, False])
+def test_train_on_modes(tokenizer, template):
+    saved = tokenizer.chat_template
+    if not template:
+        tokenizer.chat_template = None
+    try:
+        last = Renderer(tokenizer, 256, None, "last_turn").encode(CONV)
+        every = Renderer(tokenizer, 256, None, "assistant").encode(CONV)
+        allt = Renderer(tokenizer, 256, None, "all").encode(CONV)
+    finally:
+        tokenizer.chat_template = saved
+    assert _trained(tokenizer, last) == ["4</s>"]
+    # the earlier assistant turn is trained as the template renders it (end-of-turn included)
+    assert _trained(tokenizer, every) == (["2</s>\n", "4</s>"] if template else ["2\n", "4</s>"])
+    assert tokenizer.decode(every.input_ids) == tokenizer.decode(last.input_ids)
+    assert allt.labels == allt.input_ids and allt.input_ids == last.input_ids
+    single = Example((("user", "q"),), "a")  # without earlier turns `assistant` is the last turn
+    assert Renderer(tokenizer, 64, "S", "assistant").encode(single) == Renderer(tokenizer, 64, "S").encode(single)
+
+
+def test_train_on_assistant_truncation_keeps_the_response(tokenizer):
+    long = Example((("user", "x" * 100), ("assistant", "y" * 40), ("user", "z")), "answer")
+    enc = Renderer(tokenizer, 32, None, "assistant").encode(long)
+    assert len(enc.input_ids) == 32 and enc.truncated and _trained(tokenizer, enc)[-1] == "answer</s>"
+
+
+def test_pack_fills_rows_without_exceeding_max_length():
+    lengths = [30, 10, 25, 5, 40, 20, 12]
+    rows = pack(lengths, 50)
+    assert sorted(i for r in rows for i in r) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in r) <= 50 for r in rows) and len(rows) == 3
+    with pytest.raises(ValueError, match="longer than max_length"):
+        pack([51], 50)
+
+
+def _examples(n):
+    return [Example((("user", f"What is {i} plus {i * 7 % 13}? " + "pad " * (i % 4)),), f"It is {i + i * 7 % 13}.")
+            for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+    m = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    return m.eval()
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_logits_equal_logits_alone(tokenizer, model, attn):
+    model.set_attn_implementation(attn)
+    r = Renderer(tokenizer, 512, "Add the numbers.")
+    encs = [r.encode(ex) for ex in _examples(5)]
+    (batch,) = make_micro_batches(encs, 4, tokenizer.pad_token_id, packing=True, max_length=512)
+    rows = pack([len(e.input_ids) for e in encs], 512)
+    assert batch["input_ids"].shape[0] == len(rows) < 4 and max(len(row) for row in rows) >= 3
+    with torch.no_grad():
+        packed = model(**forward_inputs(batch)).logits
+        leaky = model(input_ids=batch["input_ids"]).logits  # plain causal attention over the row
+    leak = 0.0
+    for k, row in enumerate(rows):
+        at = 0
+        for i in row:
+            n = len(encs[i].input_ids)
+            with torch.no_grad():
+                alone = model(input_ids=torch.tensor([encs[i].input_ids])).logits[0]
+            torch.testing.assert_close(packed[k, at:at + n], alone, rtol=1e-4, atol=1e-5)
+            leak = max(leak, float((leaky[k, at:at + n] - alone).abs().max()))
+            at += n
+    assert leak > 1e-2  # the check can see a leak: without the mask the later examples differ
+
+
+def test_packed_loss_equals_padded_loss(tokenizer, model):
+    from neurosym.steps.lora import token_losses
+    model.set_attn_implementation("sdpa")
+    r = Renderer(tokenizer, 256, "Add.", "all")  # `all` trains every token: the boundary token must not be
+    encs = [r.encode(ex) for ex in _examples(7)]
+    with torch.no_grad():
+        padded = [token_losses(model, b) for b in make_micro_batches(encs, 2, tokenizer.pad_token_id)]
+        packed_batches = make_micro_batches(encs, 2, tokenizer.pad_token_id, packing=True, max_length=256)
+        packed = [token_losses(model, b) for b in packed_batches]
+    assert len(packed_batches) < 4
+    total = lambda res: (sum(float(l.sum()) for l, _ in res), sum(int(m.sum()) for _, m in res))
+    (lp, np_), (lq, nq) = total(padded), total(packed)
+    assert np_ == nq and abs(lp - lq) < 1e-3 * nq
+    assert sum(int(b["attention_mask"].sum()) for b in packed_batches) == sum(len(e.input_ids) for e in encs)
+
+
+def test_preview_shows_train_on_and_packed_rows(tokenizer):
+    cfg = DataConfig(train="x.jsonl", max_length=128, packing=True, train_on="assistant")
+    lines = preview_lines(tokenizer, [CONV] + _examples(4), cfg, n=5, color=False)
+    assert lines[0].endswith("loss on: assistant; packed rows")
+    rows = [l for l in lines if l.startswith("=== row")]
+    assert rows and sum(int(l.split(": ")[1].split()[0]) for l in rows) == 5
+    assert any("[[2</s>\n]]" in l for l in lines) and any("positions 0.." in l for l in lines)
+    plain = preview_lines(tokenizer, [CONV], DataConfig(train="x.jsonl"), n=1, color=False)
+    assert plain[0].endswith("loss on: last_turn") and "[[4</s>]]" in plain[2] and "[[2" not in plain[2]
