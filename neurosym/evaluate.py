@@ -15,13 +15,13 @@ from neurosym.train import micro_batches
 def evaluate_checkpoint(cfg: Config, run_dir: Path, checkpoint: str | None = None) -> dict:
     ckpt = find_checkpoint(run_dir, checkpoint)
     split = cfg.data.eval or cfg.data.train
-    examples, _ = load_examples(split, cfg.data)
+    examples, report = load_examples(split, cfg.data)
     model, tokenizer, device, dtype = load_with_adapter(cfg, run_dir.parent / ".models", ckpt)
     from neurosym.state import TrainState
     state = TrainState.load(ckpt / "state.json")
     prompt = state.components.get("prompts", {}).get("current", cfg.data.system_prompt)
-    renderer = Renderer(tokenizer, cfg.data.max_length, prompt)
+    renderer = Renderer(tokenizer, cfg.data.max_length, prompt, cfg.data.train_on)
     batches = micro_batches(examples, renderer, cfg, tokenizer.pad_token_id, device)
     loss, n = eval_loss(model, batches, autocast_for(device, dtype))
-    return {"checkpoint": str(ckpt), "split": split, "examples": len(examples), "tokens": n,
+    return {"checkpoint": str(ckpt), "split": report.path, "examples": len(examples), "tokens": n,
             "loss": loss, "ppl": math.exp(min(loss, 50))}

@@ -127,3 +127,32 @@ def test_preview_shows_train_on_and_packed_rows(tokenizer):
     assert any("[[2</s>\n]]" in l for l in lines) and any("positions 0.." in l for l in lines)
     plain = preview_lines(tokenizer, [CONV], DataConfig(train="x.jsonl"), n=1, color=False)
     assert plain[0].endswith("loss on: last_turn") and "[[4</s>]]" in plain[2] and "[[2" not in plain[2]
+
+
+def test_packed_multi_source_run_trains_evaluates_and_previews(tmp_path, tiny_model_dir, capsys):
+    import json as _json
+
+    from neurosym.cli import main
+    from tests.support.jobs import arithmetic_rows, write_config, write_rows
+    chats = write_rows(tmp_path / "chats.jsonl", [
+        {"conversations": [{"from": "human", "value": f"{i}+1?"}, {"from": "gpt", "value": f"{i + 1}"},
+                           {"from": "human", "value": f"{i}+2?"}, {"from": "gpt", "value": f"{i + 2}"}]}
+        for i in range(6)])
+    plain = write_rows(tmp_path / "plain.jsonl", arithmetic_rows(10))
+    cfg = write_config(tmp_path, tiny_model_dir, train={"max_steps": 3, "save_every": 0, "eval_every": 0},
+                       data={"train": [{"path": str(plain), "weight": 2}, {"path": str(chats)}],
+                             "eval": {"path": str(chats)}, "packing": True, "train_on": "assistant",
+                             "max_length": 256})
+    assert main(["preview", str(cfg), "-n", "4", "--no-color"]) == 0
+    out = capsys.readouterr().out
+    assert "loss on: assistant; packed rows" in out and "=== row 0" in out
+    assert main(["train", str(cfg)]) == 0
+    run = tmp_path / "runs" / "job"
+    events = [_json.loads(l) for l in (run / "events.jsonl").read_text().splitlines()]
+    losses = [e["loss"] for e in events if e["kind"] == "train"]
+    assert len(losses) == 3 and all(l == l and l > 0 for l in losses)
+    state = _json.loads(next(run.glob("checkpoints/step-3/state.json")).read_text())
+    assert state["sampler"]["kind"] == "mixture"
+    capsys.readouterr()
+    assert main(["eval", str(run)]) == 0
+    assert _json.loads(capsys.readouterr().out)["split"] == str(chats)
