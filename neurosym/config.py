@@ -417,7 +417,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple = (), chec
         paths = [("train", s.path) for s in cfg.data.sources("train")]
         paths += [("eval", s.path) for s in cfg.data.sources("eval")] + [("probe", cfg.reward.probe)]
         for key, value in paths:
-            if value and not Path(value).exists() and not (key != "probe" and _is_dataset_id(value)):
+            if value and not Path(value).exists() and not (key != "probe" and looks_like_dataset_id(value)):
                 section = "reward" if key == "probe" else "data"
                 loc = (section, key)
                 where = f"--set {overridden[loc]}" if loc in overridden else f"{path}:{lines.get(loc, '?')}"
@@ -430,7 +430,7 @@ _DATASET_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _FILE_SUFFIXES = (".jsonl", ".json", ".gz", ".parquet", ".csv", ".txt", ".bz2", ".xz", ".zst")
 
 
-def _is_dataset_id(value: str) -> bool:
+def looks_like_dataset_id(value: str) -> bool:
     """`org/name` or `name` with no data-file suffix: a hub id for `datasets.load_dataset`."""
     return bool(_DATASET_ID.match(value)) and not value.lower().endswith(_FILE_SUFFIXES)
 
@@ -439,7 +439,7 @@ def _resolve_sources(value, base: Path):
     """Data paths relative to the config's folder; a hub id that is not a local path stays as it is."""
     def one(path: str) -> str:
         resolved = _resolve(path, base)
-        return path if not Path(resolved).exists() and _is_dataset_id(path) else resolved
+        return path if not Path(resolved).exists() and looks_like_dataset_id(path) else resolved
     if isinstance(value, str):
         return one(value)
     if isinstance(value, dict) and isinstance(value.get("path"), str):

@@ -156,6 +156,10 @@ def train(cfg: Config, resume: bool = False, quiet: Optional[bool] = None) -> Ou
     model, tokenizer, device, dtype = load_for_training(cfg, run_dir.parent / ".models")
     autocast = autocast_for(device, dtype)
     renderer = Renderer(tokenizer, cfg.data.max_length, cfg.data.system_prompt, cfg.data.train_on)
+    train_set, unrendered = renderer.check(train_set, cfg.data.on_error)  # before step 1, not at step 900
+    eval_set = renderer.check(eval_set, cfg.data.on_error)[0] if eval_set else eval_set
+    if unrendered:
+        log.warning("skipped %d examples that cannot be rendered (first: %s)", len(unrendered), unrendered[0])
     steps = total_steps(cfg, len(train_set))
     optimizer, scheduler = make_optimizer(cfg, model, steps)
     per_step = cfg.train.batch_size * cfg.train.grad_accum

@@ -137,3 +137,9 @@ def test_json_array_file(tmp_path):
     path.write_text(json.dumps([ALPACA, ALPACA], indent=2))
     examples, _ = load_examples(path, DataConfig(train=str(path)))
     assert len(examples) == 2 and examples[1].source == f"{path}[1]"
+
+
+def test_a_missing_file_is_not_mistaken_for_a_hub_id(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match="data file not found: missing.jsonl"):
+        load_examples("missing.jsonl", DataConfig(train="x"))

@@ -156,3 +156,48 @@ def test_packed_multi_source_run_trains_evaluates_and_previews(tmp_path, tiny_mo
     capsys.readouterr()
     assert main(["eval", str(run)]) == 0
     assert _json.loads(capsys.readouterr().out)["split"] == str(chats)
+
+
+GEMMA_LIKE = ("{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+              "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</s>{% endfor %}"
+              "{% if add_generation_prompt %}<assistant>{% endif %}")
+DROPS_OLD_TURNS = ("{% for m in messages %}{% if loop.last or m['role'] != 'assistant' %}<{{ m['role'] }}>"
+                   "{{ m['content'] }}\n{% endif %}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}")
+
+
+def test_examples_a_template_refuses_are_found_before_training(tokenizer):
+    from neurosym.data import DataError, TrainSet
+    saved = tokenizer.chat_template
+    tokenizer.chat_template = GEMMA_LIKE
+    try:
+        own = Example((("system", "S"), ("user", "q")), "a", "d.jsonl:2")
+        fine = [Example((("user", f"q{i}"),), "a", f"d.jsonl:{i + 3}") for i in range(3)]
+        data = TrainSet([fine[0], own] + fine[1:], [(0, 2, 1.0, "d.jsonl"), (2, 4, 2.0, "e.jsonl")])
+        r = Renderer(tokenizer, 64, None)
+        with pytest.raises(DataError, match="d.jsonl:2: the tokenizer's chat template refuses this example"):
+            r.check(data)
+        kept, errors = r.check(data, on_error="skip")
+        assert list(kept) == fine and kept.parts == [(0, 1, 1.0, "d.jsonl"), (1, 3, 2.0, "e.jsonl")]
+        assert len(errors) == 1 and "System role not supported" in errors[0]
+        tokenizer.chat_template = DROPS_OLD_TURNS
+        with pytest.raises(DataError, match="renders a conversation turn by turn"):
+            Renderer(tokenizer, 64, None, "assistant")
+        Renderer(tokenizer, 64, None, "last_turn")  # fine for the last turn only
+    finally:
+        tokenizer.chat_template = saved
+
+
+def test_example_losses_mean_the_same_packed_or_padded(tokenizer, model):
+    from neurosym.data.collate import example_losses
+    from neurosym.steps.lora import token_losses
+    model.set_attn_implementation("sdpa")
+    r = Renderer(tokenizer, 256, "Add.")
+    encs = [r.encode(ex) for ex in _examples(6)]
+    out = {}
+    for packing in (False, True):
+        pairs = []
+        with torch.no_grad():
+            for b in make_micro_batches(encs, 2, tokenizer.pad_token_id, packing=packing, max_length=256):
+                pairs += example_losses(*token_losses(model, b), b)
+        out[packing] = [l for _, l in sorted(pairs)]
+    assert len(out[True]) == 6 and out[True] == pytest.approx(out[False], abs=1e-5)

@@ -10,6 +10,9 @@ every example, and no 2D attention mask: given position ids, no mask and no KV c
 flash-attention (what its ``DataCollatorWithFlattening`` relies on), so a token
 attends only to earlier tokens of its own example. The first token of each example gets label -100,
 so no loss crosses a boundary either; the loss over a packed step equals the padded one.
+
+Every micro-batch carries ``example_ids`` (the index of each row's, or each token's, example in the
+step) so per-example losses (:func:`example_losses`) mean the same thing in both layouts.
 """
 from __future__ import annotations
 
@@ -74,12 +77,44 @@ def collate_packed(rows: list[list[Encoded]], pad_id: int) -> dict:
 def make_micro_batches(encodings: list[Encoded], batch_size: int, pad_id: int, packing: bool = False,
                        max_length: int | None = None) -> list[dict]:
     """A step's encodings as micro-batches of ``batch_size`` rows (padded, or packed)."""
+    out = []
     if not packing:
-        return [collate(encodings[i:i + batch_size], pad_id) for i in range(0, len(encodings), batch_size)]
+        for i in range(0, len(encodings), batch_size):
+            batch = collate(encodings[i:i + batch_size], pad_id)
+            batch["example_ids"] = torch.arange(i, i + batch["input_ids"].shape[0])
+            out.append(batch)
+        return out
     if max_length is None:
         raise ValueError("packing needs max_length")
-    rows = [[encodings[i] for i in row] for row in pack([len(e.input_ids) for e in encodings], max_length)]
-    return [collate_packed(rows[i:i + batch_size], pad_id) for i in range(0, len(rows), batch_size)]
+    rows = pack([len(e.input_ids) for e in encodings], max_length)
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i:i + batch_size]
+        batch = collate_packed([[encodings[j] for j in row] for row in chunk], pad_id)
+        ids = torch.full_like(batch["input_ids"], -1)
+        for r, row in enumerate(chunk):
+            at = 0
+            for j in row:
+                n = len(encodings[j].input_ids)
+                ids[r, at:at + n] = j
+                at += n
+        batch["example_ids"] = ids
+        out.append(batch)
+    return out
+
+
+def example_losses(losses: torch.Tensor, mask: torch.Tensor, batch: dict) -> list[tuple[int, float]]:
+    """(index in the step, mean token loss) of each example of a micro-batch, padded or packed.
+    ``losses``/``mask`` are ``token_losses``' outputs (shifted by one: position t scores token t+1)."""
+    ids = batch["example_ids"]
+    if ids.dim() == 1:  # padded: one example per row
+        per_row = losses.sum(1) / mask.sum(1).clamp(min=1)
+        return list(zip(ids.tolist(), per_row.tolist()))
+    owner = ids[:, 1:]  # the example the scored token belongs to
+    out = []
+    for j in owner[owner >= 0].unique().tolist():
+        sel = (owner == j) & mask
+        out.append((j, float(losses[sel].sum() / sel.sum().clamp(min=1))))
+    return out
 
 
 def forward_inputs(batch: dict) -> dict:

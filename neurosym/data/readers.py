@@ -26,6 +26,7 @@ import lzma
 from pathlib import Path
 from typing import Iterator
 
+from neurosym.config import looks_like_dataset_id
 from neurosym.data.errors import DataError
 
 _GZIP, _BZ2, _XZ, _ZSTD = b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd"
@@ -46,7 +47,7 @@ def iter_rows(source) -> Iterator[tuple[str, object]]:
             yield from _text_rows(path, head)
     elif path.is_dir() and _is_saved_dataset(path):
         yield from _dataset_rows(_load_from_disk(path, source), str(path))
-    elif path.is_dir() or not path.is_absolute():
+    elif path.is_dir() or (not path.is_absolute() and looks_like_dataset_id(source.path)):
         yield from _dataset_rows(_load_dataset(source), source_name(source))
     else:
         raise DataError(f"data file not found: {path}")
@@ -168,7 +169,7 @@ def _parquet_rows(path: Path) -> Iterator[tuple[str, object]]:
 
 
 def _is_saved_dataset(path: Path) -> bool:
-    return any((path / f).exists() for f in ("dataset_info.json", "state.json", "dataset_dict.json"))
+    return (path / "state.json").exists() or (path / "dataset_dict.json").exists()  # what load_from_disk reads
 
 
 def _load_from_disk(path: Path, source):

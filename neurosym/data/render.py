@@ -47,6 +47,26 @@ class Renderer:
         self.has_template = bool(getattr(tokenizer, "chat_template", None))
         self._system = system_prompt
         self._cache: dict = {}
+        if train_on == "assistant" and self.has_template:
+            self._check_template_is_incremental()
+
+    def _check_template_is_incremental(self) -> None:
+        """`train_on: assistant` places each turn's loss by rendering the conversation turn by turn; a
+        template that renders earlier turns differently once later ones follow cannot be split that way.
+        Found here, before training starts, rather than at the first multi-turn batch."""
+        msgs = [{"role": "system", "content": "s"}, {"role": "user", "content": "u1"},
+                {"role": "assistant", "content": "a1"}, {"role": "user", "content": "u2"}]
+        render = self.tokenizer.apply_chat_template
+        try:
+            full = render(msgs, tokenize=False, add_generation_prompt=True)
+            before = render(msgs[:2], tokenize=False, add_generation_prompt=True)
+            after = render(msgs[:3], tokenize=False)
+        except Exception as exc:  # noqa: BLE001 - jinja errors of the model's own template
+            raise DataError(f"data.train_on: assistant: the chat template failed on a plain conversation: {exc}") from None
+        if not (after.startswith(before) and full.startswith(after)):
+            raise DataError("data.train_on: assistant needs a chat template that renders a conversation turn by "
+                            "turn (earlier turns unchanged when later ones follow); this one does not. Use "
+                            "data.train_on: last_turn or all")
 
     @property
     def system_prompt(self) -> Optional[str]:
@@ -67,7 +87,10 @@ class Renderer:
     def prompt_text(self, ex: Example) -> str:
         msgs = self.messages(ex)
         if self.has_template:
-            return self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+            try:
+                return self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+            except Exception as exc:  # noqa: BLE001 - a template raising on this conversation (roles, system)
+                raise DataError(f"{ex.source}: the tokenizer's chat template refuses this example: {exc}") from None
         names = {"system": "System", "user": "User", "assistant": "Assistant"}
         return "".join(f"{names[m['role']]}: {m['content']}\n" for m in msgs) + "Assistant: "
 
@@ -120,8 +143,12 @@ class Renderer:
                 if m["role"] != "assistant":
                     continue
                 render = self.tokenizer.apply_chat_template
-                before = render(msgs[:j], tokenize=False, add_generation_prompt=True)
-                after = render(msgs[:j + 1], tokenize=False)
+                try:
+                    before = render(msgs[:j], tokenize=False, add_generation_prompt=True)
+                    after = render(msgs[:j + 1], tokenize=False)
+                except Exception as exc:  # noqa: BLE001 - the template refuses a partial conversation
+                    raise DataError(f"{ex.source}: the chat template refuses part of this conversation ({exc}); "
+                                    f"use data.train_on: last_turn") from None
                 if not (after.startswith(before) and text.startswith(after)):
                     raise DataError(
                         f"{ex.source}: this tokenizer's chat template renders earlier turns differently once "
@@ -139,6 +166,44 @@ class Renderer:
                 special = i == 0 and not self.has_template  # the plain layout takes the tokenizer's BOS
                 out.append((self.tokenizer(chunk, add_special_tokens=special)["input_ids"], trained))
         return out
+
+    def check(self, examples: list, on_error: str = "raise") -> tuple[list, list]:
+        """Encode every example once, before training (this also fills the cache). An example the
+        template refuses, or whose response is cut away entirely, is refused with its file:line, or
+        skipped and reported with ``on_error="skip"``. Returns (kept examples, "file:line: reason" list);
+        a ``TrainSet`` keeps its per-source ``parts`` in step with what was kept."""
+        kept, errors = [], []
+        counts = []
+        parts = getattr(examples, "parts", None) or [(0, len(examples), 1.0, "")]
+        for start, stop, *_ in parts:
+            n = 0
+            for ex in examples[start:stop]:
+                try:
+                    if self.encode(ex).n_target == 0:
+                        raise DataError(f"{ex.source}: nothing left to train on after truncation to "
+                                        f"max_length {self.max_length}")
+                except DataError as exc:
+                    if on_error == "raise":
+                        raise DataError(f"{exc}\n  (set data.on_error: skip to skip such examples and count "
+                                        f"them)") from None
+                    errors.append(str(exc))
+                    continue
+                kept.append(ex)
+                n += 1
+            counts.append(n)
+        if hasattr(examples, "parts"):
+            from neurosym.data.examples import TrainSet
+            new_parts, at = [], 0
+            for (start, stop, weight, name), n in zip(parts, counts):
+                if n == 0:
+                    raise DataError(f"{name}: no example survives rendering ({stop - start} skipped); "
+                                    f"first: {errors[0] if errors else '?'}")
+                new_parts.append((at, at + n, weight, name))
+                at += n
+            kept = TrainSet(kept, new_parts)
+        if not kept:
+            raise DataError(f"no example survives rendering; first: {errors[0] if errors else '?'}")
+        return kept, errors
 
     def generation_ids(self, ex: Example) -> list:
         """Token ids of the prompt alone, for generating the student's answer."""

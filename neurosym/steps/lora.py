@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from neurosym.data.collate import forward_inputs
+from neurosym.data.collate import example_losses as per_example_losses, forward_inputs
 from neurosym.data.render import IGNORE
 
 
@@ -44,8 +44,7 @@ def lora_step(model, optimizer, scheduler, micro_batches: list[dict], max_grad_n
         (losses.sum() / total_targets).backward()
         with torch.no_grad():
             loss_sum += float(losses.sum())
-            per_example = losses.sum(1) / mask.sum(1).clamp(min=1)
-            example_losses.extend(per_example.tolist())
+            example_losses.extend(per_example_losses(losses, mask, batch))
             tokens += int(batch["attention_mask"].sum())
     params = [p for p in model.parameters() if p.requires_grad]
     clip = max_grad_norm if max_grad_norm else float("inf")
@@ -53,7 +52,7 @@ def lora_step(model, optimizer, scheduler, micro_batches: list[dict], max_grad_n
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return LoraStepResult(loss_sum / total_targets, grad_norm, tokens, example_losses)
+    return LoraStepResult(loss_sum / total_targets, grad_norm, tokens, [l for _, l in sorted(example_losses)])
 
 
 @torch.no_grad()
