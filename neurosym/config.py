@@ -103,13 +103,15 @@ class DataConfig(_Section):
 
     def sources(self, split: str = "train") -> list[DataSource]:
         """``data.train`` (or ``data.eval``) as a list of sources with format/fields filled in."""
-        value = getattr(self, split)
+        return self.resolve(getattr(self, split))
+
+    def resolve(self, value) -> list[DataSource]:
+        """A path, a source or a list of them, as sources; unset format/fields come from this section."""
         if value is None:
             return []
-        items = value if isinstance(value, list) else [value]
         out = []
-        for item in items:
-            src = DataSource(path=item) if isinstance(item, str) else item
+        for item in value if isinstance(value, list) else [value]:
+            src = DataSource(path=str(item)) if isinstance(item, (str, os.PathLike)) else item
             out.append(src.model_copy(update={"format": src.format or self.format,
                                               "fields": src.fields or self.fields}))
         return out

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Optional
 
 from neurosym.data.errors import DataError
@@ -213,20 +212,6 @@ class LoadReport:
     sources: list = field(default_factory=list)  # per source: {path, loaded, skipped, weight}
 
 
-def _as_sources(spec, data_cfg) -> list:
-    from neurosym.config import DataSource
-
-    if isinstance(spec, (str, Path)):
-        spec = DataSource(path=str(spec))
-    items = spec if isinstance(spec, list) else [spec]
-    out = []
-    for item in items:
-        src = DataSource(path=str(item)) if isinstance(item, (str, Path)) else item
-        out.append(src.model_copy(update={"format": src.format or data_cfg.format,
-                                          "fields": src.fields or data_cfg.fields}))
-    return out
-
-
 def _load_one(src, on_error: str, report: LoadReport) -> list[Example]:
     examples, skipped = [], 0
     for loc, raw in iter_rows(src):
@@ -263,7 +248,7 @@ def load_examples(spec, data_cfg, on_error: Optional[str] = None) -> tuple[Train
     `validate`, `preview`, `train` and `eval` all read through here, so they agree on what is usable.
     """
     on_error = on_error or data_cfg.on_error
-    sources = _as_sources(spec, data_cfg)
+    sources = data_cfg.resolve(spec)
     report = LoadReport(", ".join(source_name(s) for s in sources))
     out = TrainSet()
     for src in sources:

@@ -13,7 +13,8 @@ caller decides between refusing (``file:line``) and skipping-and-counting.
 - A folder written by ``datasets.save_to_disk``: ``datasets.load_from_disk`` (``split`` picks a split of
   a ``DatasetDict``).
 - Any other folder or a hub id: ``datasets.load_dataset(path, name=subset, split=split, revision=...)``,
-  the call a hub id takes (a local folder of data files, a folder with a loading script).
+  the call a hub id takes (a local folder of data files, a loading script: datasets >= 4 refuses
+  scripts with its own message).
 """
 from __future__ import annotations
 
@@ -38,7 +39,9 @@ _BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
 def iter_rows(source) -> Iterator[tuple[str, object]]:
     """``(location, record-or-DataError)`` for every row of one ``DataSource``."""
     path = Path(source.path)
-    if path.is_file():
+    if path.is_file() and path.suffix == ".py":  # a loading script: datasets decides (>= 4 refuses scripts)
+        yield from _dataset_rows(_load_dataset(source), source_name(source))
+    elif path.is_file():
         with open(path, "rb") as f:
             head = f.read(8)
         if path.suffix.lower() == ".parquet" or head.startswith(_PARQUET):
