@@ -9,10 +9,11 @@ import difflib
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator,
+                      model_validator)
 
 
 class ConfigError(ValueError):
@@ -81,10 +82,23 @@ class DataSource(_Section):
     revision: Optional[str] = None
 
 
+def _path_or_sources(value) -> str:
+    return "path" if isinstance(value, str) else "sources"
+
+
+# `train: a.jsonl` stays a string; a mapping or a list becomes a list of DataSource. The discriminator
+# makes pydantic report only the errors of the shape the user wrote (not one per union member).
+_SOURCE_TAGS = ("path", "sources", "source")
+TrainSpec = Annotated[Union[Annotated[str, Tag("path")], Annotated[list[DataSource], Tag("sources")]],
+                      Discriminator(_path_or_sources)]
+EvalSpec = Annotated[Union[Annotated[str, Tag("path")], Annotated[DataSource, Tag("source")]],
+                     Discriminator(lambda v: "path" if isinstance(v, str) else "source")]
+
+
 class DataConfig(_Section):
-    train: Union[str, DataSource, list[Union[str, DataSource]]] = Field(
+    train: TrainSpec = Field(
         ..., description="A path or hub id, or a list of {path, weight, format, fields, split, subset} to mix.")
-    eval: Optional[Union[str, DataSource]] = None
+    eval: Optional[EvalSpec] = None
     format: DataFormat = "auto"
     fields: DataFields = DataFields()
     system_prompt: Optional[str] = Field(None, description="Task system prompt (the symbolic route rewrites it).")
@@ -94,11 +108,15 @@ class DataConfig(_Section):
     packing: bool = Field(False, description="Pack each step's examples into rows of max_length (no cross-attention).")
     on_error: Literal["raise", "skip"] = "raise"
 
-    @field_validator("train")
+    @field_validator("train", mode="before")
     @classmethod
-    def _non_empty(cls, v):
-        if isinstance(v, list) and not v:
-            raise ValueError("data.train is an empty list: give at least one path")
+    def _one_shape(cls, v):
+        if isinstance(v, dict):
+            v = [v]
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("data.train is an empty list: give at least one path")
+            v = [{"path": item} if isinstance(item, str) else item for item in v]
         return v
 
     def sources(self, split: str = "train") -> list[DataSource]:
@@ -279,6 +297,10 @@ def _key_lines(node, prefix=()) -> dict[tuple, int]:
             path = prefix + (k.value,)
             lines[path] = k.start_mark.line + 1
             lines.update(_key_lines(v, path))
+    elif isinstance(node, yaml.SequenceNode):  # list items (data.train sources) as path + (index,)
+        for i, v in enumerate(node.value):
+            lines[prefix + (str(i),)] = v.start_mark.line + 1
+            lines.update(_key_lines(v, prefix + (str(i),)))
     return lines
 
 
@@ -307,13 +329,26 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
     """The pydantic model that owns the last element of ``loc`` (for suggestions)."""
     model: Any = Config
     for part in loc[:-1]:
+        if part.isdigit():  # an index into a list of sections (data.train.0)
+            continue
         field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
         if field is None:
             return None
-        model = field.annotation
-        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        model = _section_in(field.annotation)
+        if model is None:
             return None
     return model
+
+
+def _section_in(annotation):
+    """The section model inside an annotation (itself, or inside Optional/Union/list/Annotated)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _section_in(arg)
+        if found is not None:
+            return found
+    return None
 
 
 # Names other tools use for our keys, so a habit from HF Trainer or axolotl gets a useful hint.
@@ -347,7 +382,7 @@ def _field_names(model: type[BaseModel]) -> list[str]:
 def _format_errors(err: ValidationError, source: str, lines: dict, overridden: dict) -> str:
     out = []
     for e in err.errors():
-        loc = tuple(str(p) for p in e["loc"])
+        loc = tuple(str(p) for p in e["loc"] if p not in _SOURCE_TAGS)  # drop union tags (data.train)
         dotted = ".".join(loc)
         where = source
         if loc in overridden:

@@ -143,3 +143,25 @@ def test_a_missing_file_is_not_mistaken_for_a_hub_id(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(DataError, match="data file not found: missing.jsonl"):
         load_examples("missing.jsonl", DataConfig(train="x"))
+
+
+def test_source_list_errors_name_the_item_line_and_fix(tmp_path, tiny_model_dir):
+    a = write_rows(tmp_path / "a.jsonl", [PR])
+    text = (f"model: {{name_or_path: {tiny_model_dir}}}\ntrain: {{max_steps: 1}}\ndata:\n  train:\n"
+            f"    - {{path: a.jsonl, wieght: 2}}\n    - {{path: a.jsonl, weight: .inf}}\n    - {{path: b.jsonl}}\n")
+    (tmp_path / "c.yaml").write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path / "c.yaml")
+    msg = str(err.value)
+    assert "c.yaml:5: unknown key `data.train.0.wieght`. Did you mean `data.train.0.weight`?" in msg
+    assert "c.yaml:6: `data.train.1.weight`" in msg and "valid string" not in msg  # no union noise
+    (tmp_path / "c.yaml").write_text(text.replace("wieght", "weight").replace(".inf", "1"))
+    with pytest.raises(ConfigError, match="`data.train` points to a missing file: .*b.jsonl"):
+        load_config(tmp_path / "c.yaml")
+    (tmp_path / "c.yaml").write_text(text.replace("wieght", "weight").replace(".inf", "1").replace("b.jsonl", "a.jsonl"))
+    cfg = load_config(tmp_path / "c.yaml")
+    assert [(s.path, s.weight, s.format) for s in cfg.data.sources()] == [(str(a), 2.0, "auto")] * 1 + [(str(a), 1.0, "auto")] * 2
+    one = load_config(write_config(tmp_path, tiny_model_dir, data={"train": {"path": str(a), "format": "chat"}}))
+    assert [s.format for s in one.data.sources()] == ["chat"] and isinstance(one.data.train, list)
+    with pytest.raises(ConfigError, match="empty list"):
+        load_config(write_config(tmp_path, tiny_model_dir, data={"train": []}))
