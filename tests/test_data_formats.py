@@ -80,9 +80,11 @@ def test_explicit_format_applies_to_every_record(tmp_path):
 @pytest.fixture
 def dataset_folder(tmp_path, monkeypatch):
     """A local dataset repository (README `configs:` with two subsets and two splits), loaded through
-    `datasets.load_dataset` exactly as a hub id is; its cache goes to tmp."""
+    `datasets.load_dataset` exactly as a hub id is. The HF datasets cache is pointed at tmp to check that
+    reading a local folder leaves nothing in it."""
     import datasets
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setattr(datasets.config, "DOWNLOADED_DATASETS_PATH", str(tmp_path / "hf-cache" / "downloads"))
     root = tmp_path / "my-dataset"
     write_rows(root / "math" / "train.jsonl", [{"prompt": f"p{i}", "completion": f"c{i}"} for i in range(3)])
     write_rows(root / "math" / "test.jsonl", [{"prompt": "t", "completion": "c"}])
@@ -106,6 +108,7 @@ def test_dataset_by_name_with_split_and_subset(tmp_path, dataset_folder, tiny_mo
     assert train[0].source == f"{dataset_folder}[subset=math][0]"
     evals, _ = load_examples(cfg.data.eval, cfg.data)
     assert [e.prompt for e in evals] == ["t"]
+    assert not (tmp_path / "hf-cache").exists() or not any((tmp_path / "hf-cache").rglob("*.arrow"))
     with pytest.raises(DataError, match=r"cannot load dataset .*split=test_x"):
         load_examples(DataSource(path=str(dataset_folder), subset="math", split="test_x"), cfg.data)
 

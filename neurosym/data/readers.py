@@ -24,6 +24,7 @@ import gzip
 import io
 import json
 import lzma
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -192,13 +193,22 @@ def _load_from_disk(path: Path, source):
 
 
 def _load_dataset(source):
+    """A hub id uses the Hugging Face datasets cache (like hub models do); a local folder or script is
+    prepared in a temporary folder that is removed afterwards, so reading local data leaves nothing
+    behind in the user's home."""
     import datasets
     split = source.split or "train"
+    local = Path(source.path).exists()
     try:
-        return datasets.load_dataset(source.path, name=source.subset, split=split, revision=source.revision)
+        if not local:
+            return datasets.load_dataset(source.path, name=source.subset, split=split, revision=source.revision)
+        with tempfile.TemporaryDirectory(prefix="neurosym-datasets-") as tmp:
+            ds = datasets.load_dataset(source.path, name=source.subset, split=split, revision=source.revision,
+                                       cache_dir=tmp, keep_in_memory=True)
+            return list(ds)
     except Exception as exc:  # noqa: BLE001 - hub/network/config errors all mean "cannot load this"
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        hint = "" if Path(source.path).exists() else (
+        hint = "" if local else (
             " (not a local path, so it was looked up as a hub dataset id; check the name, your network, "
             "or HF_HUB_OFFLINE)")
         raise DataError(f"cannot load dataset {source_name(source)}: {detail}{hint}") from None
