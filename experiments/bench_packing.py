@@ -73,6 +73,23 @@ def padding_share(model: str, args) -> tuple[float, float]:
     return out[0], out[1]
 
 
+def build_wide_model(out: Path, width: int) -> str:
+    """A random Llama of the given width with the tiny char tokenizer: at realistic widths the linear
+    layers dominate the cost, as in real models (tiny://llama is so narrow that attention dominates)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from neurosym.tiny import build_tokenizer
+    tok = build_tokenizer()
+    cfg = LlamaConfig(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id, tie_word_embeddings=True, hidden_size=width,
+                      intermediate_size=width * 4, num_hidden_layers=4, num_attention_heads=max(1, width // 64),
+                      num_key_value_heads=max(1, width // 128), max_position_embeddings=1024)
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=30)
@@ -81,9 +98,13 @@ def main() -> int:
     p.add_argument("--grad-accum", type=int, default=1)
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--model", default="tiny://llama")
+    p.add_argument("--width", type=int, default=0, help="instead of --model: a random 4-layer Llama this wide")
     p.add_argument("--data", default=str(HERE / "data" / "arith_train.jsonl"), help="training file to measure on")
     args = p.parse_args()
     import torch
+    wide = tempfile.TemporaryDirectory()
+    if args.width:
+        args.model = build_wide_model(Path(wide.name) / f"llama-{args.width}", args.width)
     print(f"device: {'cuda ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}; "
           f"torch threads {torch.get_num_threads()}; model {args.model}; batch {args.batch_size} x accum "
           f"{args.grad_accum}; max_length {args.max_length}; {args.steps} steps x {args.repeats} repeats; "
