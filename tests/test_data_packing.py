@@ -62,6 +62,9 @@ def test_pack_fills_rows_without_exceeding_max_length():
     rows = pack(lengths, 50)
     assert sorted(i for r in rows for i in r) == list(range(len(lengths)))
     assert all(sum(lengths[i] for i in r) <= 50 for r in rows) and len(rows) == 3
+    assert sorted(sum(lengths[i] for i in r) for r in rows) == [45, 47, 50]  # balanced, not 50/50/42
+    # 8 x 140 tokens at max_length 1024: two rows of 560, not 1022 + 98 (padded to 1022)
+    assert [sum(140 for _ in r) for r in pack([140] * 8, 1024)] == [560, 560]
     with pytest.raises(ValueError, match="longer than max_length"):
         pack([51], 50)
 

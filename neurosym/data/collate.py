@@ -35,22 +35,34 @@ def collate(items: list[Encoded], pad_id: int) -> dict:
 
 
 def pack(lengths: list[int], max_length: int) -> list[list[int]]:
-    """Indices grouped into rows of at most ``max_length`` tokens (first fit, longest first)."""
+    """Indices grouped into as few rows of at most ``max_length`` tokens as first-fit-decreasing finds,
+    then balanced across those rows (longest first into the shortest row that has room), so a
+    micro-batch's rows have similar lengths and little padding (a row is padded to the longest row of
+    its micro-batch, not to ``max_length``)."""
+    for n in lengths:
+        if n > max_length:
+            raise ValueError(f"an encoding of {n} tokens is longer than max_length {max_length}")
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     rows: list[list[int]] = []
     room: list[int] = []
-    for i in order:
-        n = lengths[i]
-        if n > max_length:
-            raise ValueError(f"an encoding of {n} tokens is longer than max_length {max_length}")
-        j = next((r for r, left in enumerate(room) if left >= n), None)
+    for i in order:  # first fit decreasing: how many rows are needed
+        j = next((r for r, left in enumerate(room) if left >= lengths[i]), None)
         if j is None:
             rows.append([i])
-            room.append(max_length - n)
+            room.append(max_length - lengths[i])
         else:
             rows[j].append(i)
-            room[j] -= n
-    return rows
+            room[j] -= lengths[i]
+    balanced: list[list[int]] = [[] for _ in rows]
+    used = [0] * len(rows)
+    for i in order:  # the same number of rows, filled evenly
+        j = min((r for r in range(len(rows)) if used[r] + lengths[i] <= max_length),
+                key=lambda r: (used[r], r), default=None)
+        if j is None:
+            return rows  # balancing does not fit: keep the first-fit rows
+        balanced[j].append(i)
+        used[j] += lengths[i]
+    return balanced
 
 
 def collate_packed(rows: list[list[Encoded]], pad_id: int) -> dict:

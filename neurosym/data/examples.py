@@ -22,7 +22,7 @@ from neurosym.data.errors import DataError
 from neurosym.data.readers import iter_rows, source_name
 
 log = logging.getLogger(__name__)
-__all__ = ["DataError", "Example", "LoadReport", "TrainSet", "detect_format", "load_examples", "parse_record"]
+__all__ = ["DataError", "Example", "LoadReport", "TrainSet", "check_text", "detect_format", "load_examples", "parse_record"]
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ def detect_format(record: dict, fields) -> Optional[str]:
     return None
 
 
-def _check_text(value: str, what: str) -> str:
+def check_text(value: str, what: str) -> str:
     """Strings a tokenizer cannot take (a lone surrogate from a ``\\ud800`` escape) are refused here,
     at load time, instead of crashing the tokenizer mid-run."""
     try:
@@ -96,7 +96,7 @@ def _text(record: dict, key: str, required: bool = True) -> Optional[str]:
     value = record[key]
     if not isinstance(value, str):
         raise DataError(f"field `{key}` must be a string, got {type(value).__name__}")
-    return _check_text(value, f"field `{key}`")
+    return check_text(value, f"field `{key}`")
 
 
 def _messages(value, key: str, fields, sharegpt: bool) -> list[tuple[str, str]]:
@@ -123,7 +123,7 @@ def _messages(value, key: str, fields, sharegpt: bool) -> list[tuple[str, str]]:
             raise DataError(f"`{key}` message {i}: `{ck}` must be a string, got {type(m[ck]).__name__}")
         if role == "system" and i != 0:
             raise DataError(f"`{key}` message {i}: a system message is only allowed first")
-        pairs.append((role, _check_text(m[ck], f"`{key}` message {i}")))
+        pairs.append((role, check_text(m[ck], f"`{key}` message {i}")))
     return pairs
 
 
@@ -161,7 +161,7 @@ def parse_record(record, fmt: str, fields, source: str) -> Example:
         pairs = _messages(record[fields.prompt], fields.prompt, fields, sharegpt=False)
         completion = record.get(fields.completion)
         if isinstance(completion, str):
-            pairs.append(("assistant", _check_text(completion, f"field `{fields.completion}`")))
+            pairs.append(("assistant", check_text(completion, f"field `{fields.completion}`")))
         else:
             done = _messages(completion, fields.completion, fields, sharegpt=False)
             if [r for r, _ in done] != ["assistant"]:
