@@ -2,8 +2,9 @@
 
 Padded (default): right padding, labels -100 on padding, a 2D attention mask.
 
-Packed (``data.packing: true``): a step's examples are packed first-fit-decreasing into rows of at
-most ``max_length`` tokens, and ``batch_size`` rows make a micro-batch (the same memory bound as
+Packed (``data.packing: true``): a step's examples are packed into the fewest rows of at most
+``max_length`` tokens that first-fit-decreasing finds, balanced across those rows, and ``batch_size``
+rows make a micro-batch (the same memory bound as
 ``batch_size`` padded rows of ``max_length``). Each row carries ``position_ids`` that restart at 0 for
 every example, and no 2D attention mask: given position ids, no mask and no KV cache, transformers
 (>= 4.54) builds a block-diagonal causal mask for sdpa/eager/flex and takes the varlen path for
