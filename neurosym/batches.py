@@ -1,6 +1,7 @@
 """Where each batch comes from: a failed update's batch first (it takes a LoRA step instead), else
-the training data (resumable epoch sampler) plus, once the symbolic route has produced some, refined
-examples from the remake store (``remake.mix_ratio`` of the batch). All of it is in the checkpoint."""
+the training data (a resumable epoch sampler, or a weighted mixture when ``data.train`` lists several
+sources) plus, once the symbolic route has produced some, refined examples from the remake store
+(``remake.mix_ratio`` of the batch). All of it is in the checkpoint."""
 from __future__ import annotations
 
 from typing import Optional
@@ -8,12 +9,14 @@ from typing import Optional
 import numpy as np
 
 from neurosym.data import EpochSampler, Example
+from neurosym.data.sampler import MixtureSampler
 
 
 class BatchSource:
     def __init__(self, train: list[Example], seed: int, per_step: int, mix_ratio: float):
         self.train, self.per_step, self.mix_ratio = train, per_step, mix_ratio
-        self.sampler = EpochSampler(len(train), seed)
+        parts = getattr(train, "parts", None) or []
+        self.sampler = MixtureSampler(parts, seed) if len(parts) > 1 else EpochSampler(len(train), seed)
         self.rng = np.random.default_rng([seed, 0x5EED])
         self.refined: list[Example] = []
         self.fallbacks: list[tuple[list[Example], str]] = []  # (batch, why its update failed)

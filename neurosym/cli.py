@@ -102,7 +102,10 @@ def cmd_validate(args) -> int:
             continue
         examples, report = load_examples(path, cfg.data)
         kinds = ", ".join(f"{k} {v}" for k, v in sorted(report.formats.items()))
-        print(f"  data.{split:<5} {len(examples)} examples ({kinds}), {report.skipped} skipped: {path}")
+        print(f"  data.{split:<5} {len(examples)} examples ({kinds}), {report.skipped} skipped: {report.path}")
+        if len(report.sources) > 1:
+            for src in report.sources:
+                print(f"    {src['path']}: {src['loaded']} examples, {src['skipped']} skipped, weight {src['weight']}")
         for err in report.errors[:5]:
             print(f"    skipped {err}")
     if cfg.router.kind != "always_lora":
@@ -115,21 +118,14 @@ def cmd_validate(args) -> int:
 
 
 def cmd_preview(args) -> int:
-    from neurosym.data import Renderer, load_examples
+    from neurosym.data import load_examples
     from neurosym.model import load_tokenizer
-    from neurosym.preview import show
+    from neurosym.preview import preview_lines
     cfg = _load(args.config, args.set)
     examples, _ = load_examples(cfg.data.train, cfg.data)
     tokenizer = load_tokenizer(cfg.model, cfg.run_dir.parent / ".models")
-    renderer = Renderer(tokenizer, cfg.data.max_length, cfg.data.system_prompt)
     color = sys.stdout.isatty() and not args.no_color
-    legend = "dim = masked prompt (no loss), green = trained" if color else "[[...]] = trained, rest masked (no loss)"
-    print(f"legend: {legend}")
-    for ex in examples[: args.n]:
-        enc = renderer.encode(ex)
-        print(f"--- {ex.source}: {len(enc.input_ids)} tokens, {enc.n_target} trained"
-              f"{' (TRUNCATED)' if enc.truncated else ''}")
-        print(show(tokenizer, enc, color))
+    print("\n".join(preview_lines(tokenizer, examples, cfg.data, args.n, color)))
     return 0
 
 

@@ -9,10 +9,11 @@ import difflib
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator,
+                      model_validator)
 
 from classifiers.config import RouterConfig
 from neurosym.errors import UserError
@@ -85,22 +86,83 @@ class DataFields(_Section):
     """Names of the fields in your records, if they differ from the defaults."""
     prompt: str = "prompt"
     response: str = "response"
+    completion: str = "completion"
     system: str = "system"
     instruction: str = "instruction"
     input: str = "input"
     output: str = "output"
     messages: str = "messages"
+    conversations: str = "conversations"
+    role: Optional[str] = Field(None, description="Role key of a message: `role` (chat) / `from` (ShareGPT).")
+    content: Optional[str] = Field(None, description="Text key of a message: `content` (chat) / `value` (ShareGPT).")
+
+
+DATA_FORMATS = ("auto", "prompt_response", "prompt_completion", "alpaca", "chat", "sharegpt")
+DataFormat = Literal["auto", "prompt_response", "prompt_completion", "alpaca", "chat", "sharegpt"]
+
+
+class DataSource(_Section):
+    """One dataset: a file, a `save_to_disk` folder, a local dataset folder or a hub id."""
+    path: str = Field(..., description="JSONL/JSON(.gz), .parquet, a dataset folder, or a hub id (org/name).")
+    weight: float = Field(1.0, gt=0, allow_inf_nan=False, description="Mixing weight among data.train sources.")
+    format: Optional[DataFormat] = Field(None, description="Default: data.format.")
+    fields: Optional[DataFields] = Field(None, description="Default: data.fields.")
+    split: Optional[str] = Field(None, description="For dataset folders / hub ids (default: train).")
+    subset: Optional[str] = Field(None, description="Dataset configuration name (datasets' `name`).")
+    revision: Optional[str] = None
+
+
+def _path_or_sources(value) -> str:
+    return "path" if isinstance(value, str) else "sources"
+
+
+# `train: a.jsonl` stays a string; a mapping or a list becomes a list of DataSource. The discriminator
+# makes pydantic report only the errors of the shape the user wrote (not one per union member).
+_SOURCE_TAGS = ("path", "sources", "source")
+TrainSpec = Annotated[Union[Annotated[str, Tag("path")], Annotated[list[DataSource], Tag("sources")]],
+                      Discriminator(_path_or_sources)]
+EvalSpec = Annotated[Union[Annotated[str, Tag("path")], Annotated[DataSource, Tag("source")]],
+                     Discriminator(lambda v: "path" if isinstance(v, str) else "source")]
 
 
 class DataConfig(_Section):
-    train: str = Field(..., description="JSONL file, .parquet file, or a `datasets.save_to_disk` folder.")
-    eval: Optional[str] = None
-    format: Literal["auto", "prompt_response", "alpaca", "chat"] = "auto"
+    train: TrainSpec = Field(
+        ..., description="A path or hub id, or a list of {path, weight, format, fields, split, subset} to mix.")
+    eval: Optional[EvalSpec] = None
+    format: DataFormat = "auto"
     fields: DataFields = DataFields()
     system_prompt: Optional[str] = Field(None, description="Task system prompt (the symbolic route rewrites it).")
     max_length: int = Field(512, gt=8)
-    packing: Literal[False] = Field(False, description="Packing is not supported; sequences are padded per batch.")
+    train_on: Literal["last_turn", "assistant", "all"] = Field(
+        "last_turn", description="Loss on the last assistant turn, every assistant turn, or every token.")
+    packing: bool = Field(False, description="Pack each step's examples into rows of max_length (no cross-attention).")
     on_error: Literal["raise", "skip"] = "raise"
+
+    @field_validator("train", mode="before")
+    @classmethod
+    def _one_shape(cls, v):
+        if isinstance(v, dict):
+            v = [v]
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("data.train is an empty list: give at least one path")
+            v = [{"path": item} if isinstance(item, str) else item for item in v]
+        return v
+
+    def sources(self, split: str = "train") -> list[DataSource]:
+        """``data.train`` (or ``data.eval``) as a list of sources with format/fields filled in."""
+        return self.resolve(getattr(self, split))
+
+    def resolve(self, value) -> list[DataSource]:
+        """A path, a source or a list of them, as sources; unset format/fields come from this section."""
+        if value is None:
+            return []
+        out = []
+        for item in value if isinstance(value, list) else [value]:
+            src = DataSource(path=str(item)) if isinstance(item, (str, os.PathLike)) else item
+            out.append(src.model_copy(update={"format": src.format or self.format,
+                                              "fields": src.fields or self.fields}))
+        return out
 
 
 class TrainConfig(_Section):
@@ -313,6 +375,10 @@ def _key_lines(node, prefix=()) -> dict[tuple, int]:
             path = prefix + (k.value,)
             lines[path] = k.start_mark.line + 1
             lines.update(_key_lines(v, path))
+    elif isinstance(node, yaml.SequenceNode):  # list items (data.train sources) as path + (index,)
+        for i, v in enumerate(node.value):
+            lines[prefix + (str(i),)] = v.start_mark.line + 1
+            lines.update(_key_lines(v, prefix + (str(i),)))
     return lines
 
 
@@ -341,13 +407,26 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
     """The pydantic model that owns the last element of ``loc`` (for suggestions)."""
     model: Any = Config
     for part in loc[:-1]:
+        if part.isdigit():  # an index into a list of sections (data.train.0)
+            continue
         field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
         if field is None:
             return None
-        model = field.annotation
-        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        model = _section_in(field.annotation)
+        if model is None:
             return None
     return model
+
+
+def _section_in(annotation):
+    """The section model inside an annotation (itself, or inside Optional/Union/list/Annotated)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _section_in(arg)
+        if found is not None:
+            return found
+    return None
 
 
 # Names other tools use for our keys, so a habit from HF Trainer or axolotl gets a useful hint.
@@ -381,7 +460,7 @@ def _field_names(model: type[BaseModel]) -> list[str]:
 def _format_errors(err: ValidationError, source: str, lines: dict, overridden: dict) -> str:
     out = []
     for e in err.errors():
-        loc = tuple(str(p) for p in e["loc"])
+        loc = tuple(str(p) for p in e["loc"] if p not in _SOURCE_TAGS)  # drop union tags (data.train)
         dotted = ".".join(loc)
         where = source
         if loc in overridden:
@@ -449,8 +528,8 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple = (), chec
     data = raw.get("data")
     if isinstance(data, dict):
         for key in ("train", "eval"):
-            if isinstance(data.get(key), str):
-                data[key] = _resolve(data[key], base)
+            if key in data:
+                data[key] = _resolve_sources(data[key], base)
     reward = raw.get("reward")
     if isinstance(reward, dict) and isinstance(reward.get("probe"), str):
         reward["probe"] = _resolve(reward["probe"], base)
@@ -459,8 +538,10 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple = (), chec
     except ValidationError as err:
         raise ConfigError(f"invalid config {path}:\n" + _format_errors(err, str(path), lines, overridden)) from None
     if check_files:
-        for key, value in (("train", cfg.data.train), ("eval", cfg.data.eval), ("probe", cfg.reward.probe)):
-            if value and not Path(value).exists():
+        paths = [("train", s.path) for s in cfg.data.sources("train")]
+        paths += [("eval", s.path) for s in cfg.data.sources("eval")] + [("probe", cfg.reward.probe)]
+        for key, value in paths:
+            if value and not Path(value).exists() and not (key != "probe" and looks_like_dataset_id(value)):
                 section = "reward" if key == "probe" else "data"
                 loc = (section, key)
                 where = f"--set {overridden[loc]}" if loc in overridden else f"{path}:{lines.get(loc, '?')}"
@@ -478,6 +559,29 @@ def _is_text_key(keys: list[str]) -> bool:
         return False
     ann = field.annotation
     return ann is str or (typing.get_origin(ann) is Union and set(typing.get_args(ann)) <= {str, type(None)})
+
+
+_DATASET_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_FILE_SUFFIXES = (".jsonl", ".json", ".gz", ".parquet", ".csv", ".txt", ".bz2", ".xz", ".zst")
+
+
+def looks_like_dataset_id(value: str) -> bool:
+    """`org/name` or `name` with no data-file suffix: a hub id for `datasets.load_dataset`."""
+    return bool(_DATASET_ID.match(value)) and not value.lower().endswith(_FILE_SUFFIXES)
+
+
+def _resolve_sources(value, base: Path):
+    """Data paths relative to the config's folder; a hub id that is not a local path stays as it is."""
+    def one(path: str) -> str:
+        resolved = _resolve(path, base)
+        return path if not Path(resolved).exists() and looks_like_dataset_id(path) else resolved
+    if isinstance(value, str):
+        return one(value)
+    if isinstance(value, dict) and isinstance(value.get("path"), str):
+        return {**value, "path": one(value["path"])}
+    if isinstance(value, list):
+        return [_resolve_sources(v, base) for v in value]
+    return value
 
 
 def _resolve(value: str, base: Path) -> str:

@@ -63,7 +63,14 @@ class Run:
         self.model, self.tokenizer, device, dtype = load_for_training(cfg, run_dir.models_cache)
         self.runtime = make_runtime(device, dtype)
         self.pad_id = self.tokenizer.pad_token_id
-        self.renderer = Renderer(self.tokenizer, cfg.data.max_length, cfg.data.system_prompt)
+        self.renderer = Renderer(self.tokenizer, cfg.data.max_length, cfg.data.system_prompt, cfg.data.train_on)
+        # every example rendered once before step 1: a template refusal or an example truncated to
+        # nothing is refused (file:line) or skipped and counted now, not at step 900
+        self.train_set, unrendered = self.renderer.check(self.train_set, cfg.data.on_error)
+        self.eval_set = self.renderer.check(self.eval_set, cfg.data.on_error)[0] if self.eval_set else self.eval_set
+        if unrendered:
+            print(f"warning: skipped {len(unrendered)} examples that cannot be rendered (first: {unrendered[0]})",
+                  file=sys.stderr)
         self.total_steps = total_steps(cfg, len(self.train_set))
         self.optimizer = make_optimizer(cfg.train, self.model, device)
         self.state = TrainState(total_steps=self.total_steps, base=base_identity(self.model, cfg.model))
@@ -244,7 +251,8 @@ class Run:
     def evaluate(self) -> dict:
         figures: dict = {}
         if self.eval_set:
-            micro = encode_batches(self.eval_set, self.renderer, self.cfg.train.batch_size, self.pad_id, self.runtime)
+            micro = encode_batches(self.eval_set, self.renderer, self.cfg.train.batch_size, self.pad_id, self.runtime,
+                                   self.cfg.data.packing, self.cfg.data.max_length)
             loss, _ = eval_loss(self.model, micro, self.runtime)
             figures.update(eval_loss=loss, eval_ppl=math.exp(min(loss, 50)))
             # generations: all of the split for a generation reward, else a few for the W&B samples table
@@ -302,7 +310,7 @@ def model_card(cfg, system_prompt: Optional[str], step: int) -> str:
     """The checkpoint's PEFT model card: what base, what data, and the learned system prompt."""
     from neurosym.prompts_history import learned_prompt_card
 
-    data = cfg.data.train if isinstance(cfg.data.train, str) else "several datasets"
+    data = Path(cfg.data.train).name if isinstance(cfg.data.train, str) else "several datasets"
     return (f"---\nbase_model: {cfg.model.name_or_path}\nlibrary_name: peft\ntags: [neurosym]\n---\n\n"
-            f"# {cfg.run.name}, step {step}\n\nAdapter trained by neurosym on `{Path(str(data)).name}` "
+            f"# {cfg.run.name}, step {step}\n\nAdapter trained by neurosym on `{data}` "
             f"(router `{cfg.router.kind}`).\n\n" + learned_prompt_card(system_prompt))

@@ -1,28 +1,28 @@
-"""Reading records in the formats users already have, with file:line for every bad one.
+"""Records in the formats users already have, turned into examples, with file:line for every bad one.
 
-Accepted record formats (``data.format``; ``auto`` detects per file from the first good record):
+Accepted record formats (``data.format``; ``auto`` detects each record's format):
 - ``prompt_response``: ``{"prompt": ..., "response": ..., "system"?: ...}``
-- ``alpaca``: ``{"instruction": ..., "input"?: ..., "output": ...}``
-- ``chat``: ``{"messages": [{"role": "system"|"user"|"assistant", "content": ...}, ...]}``; the loss is on
-  the final assistant message, earlier turns are context.
-Files: ``.jsonl``/``.json`` (one JSON object per line), ``.parquet``, or a folder written by
-``datasets.Dataset.save_to_disk``.
+- ``prompt_completion`` (TRL): ``{"prompt": str, "completion": str}`` or conversational
+  ``{"prompt": [messages], "completion": [messages]}``
+- ``alpaca``: ``{"instruction": ..., "input"?: ..., "output": ..., "system"?: ...}``
+- ``chat``: ``{"messages": [{"role": "system"|"user"|"assistant", "content": ...}, ...]}``
+- ``sharegpt``: ``{"conversations": [{"from": "system"|"human"|"gpt", "value": ...}, ...], "system"?: ...}``
+  (``user``/``assistant`` roles are accepted too)
+A conversation ends with an assistant turn (the response); earlier turns are context, trained or not
+according to ``data.train_on``. ``data.fields`` renames every key, message keys included.
+Where the rows come from (files, folders, hub ids, compression, encodings): :mod:`neurosym.data.readers`.
 """
 from __future__ import annotations
 
-from neurosym.errors import UserError
-
-import json
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
+
+from neurosym.data.errors import DataError
+from neurosym.data.readers import iter_rows, source_name
 
 log = logging.getLogger(__name__)
-
-
-class DataError(UserError, ValueError):
-    """A bad record or file; the message names the file and line."""
+__all__ = ["DataError", "Example", "LoadReport", "TrainSet", "check_text", "detect_format", "load_examples", "parse_record"]
 
 
 @dataclass(frozen=True)
@@ -66,17 +66,34 @@ class Example:
         return {"messages": msgs + [{"role": "assistant", "content": self.response}]}
 
 
-FORMATS = ("prompt_response", "alpaca", "chat")
+FORMATS = ("prompt_response", "prompt_completion", "alpaca", "chat", "sharegpt")
+_ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant",
+          "model": "assistant"}
 
 
 def detect_format(record: dict, fields) -> Optional[str]:
     if fields.messages in record:
         return "chat"
+    if fields.conversations in record:
+        return "sharegpt"
     if fields.instruction in record and fields.output in record:
         return "alpaca"
+    if fields.prompt in record and fields.completion in record:
+        return "prompt_completion"
     if fields.prompt in record and fields.response in record:
         return "prompt_response"
     return None
+
+
+def check_text(value: str, what: str) -> str:
+    """Strings a tokenizer cannot take (a lone surrogate from a ``\\ud800`` escape) are refused here,
+    at load time, instead of crashing the tokenizer mid-run."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise DataError(f"{what} holds a lone surrogate {value[exc.start]!r} at character {exc.start} "
+                        f"(an unpaired \\\\uD8xx escape): not text a tokenizer can encode") from None
+    return value
 
 
 def _text(record: dict, key: str, required: bool = True) -> Optional[str]:
@@ -87,7 +104,52 @@ def _text(record: dict, key: str, required: bool = True) -> Optional[str]:
     value = record[key]
     if not isinstance(value, str):
         raise DataError(f"field `{key}` must be a string, got {type(value).__name__}")
-    return value
+    return check_text(value, f"field `{key}`")
+
+
+def _messages(value, key: str, fields, sharegpt: bool) -> list[tuple[str, str]]:
+    """A list of messages as (role, content) pairs; either key convention (role/content or
+    from/value) is read unless ``data.fields.role``/``content`` name the keys."""
+    if not isinstance(value, list) or not value:
+        raise DataError(f"field `{key}` must be a non-empty list of messages")
+    role_keys = [fields.role] if fields.role else (["from", "role"] if sharegpt else ["role", "from"])
+    content_keys = [fields.content] if fields.content else (["value", "content"] if sharegpt else ["content", "value"])
+    pairs = []
+    for i, m in enumerate(value):
+        if not isinstance(m, dict):
+            raise DataError(f"`{key}` message {i} must be an object, got {type(m).__name__}")
+        rk = next((k for k in role_keys if k in m), None)
+        ck = next((k for k in content_keys if k in m), None)
+        if rk is None or ck is None:
+            raise DataError(f"`{key}` message {i} needs a role key ({'/'.join(role_keys)}) and a text key "
+                            f"({'/'.join(content_keys)}); has {sorted(m)}. Map yours with data.fields.role/content")
+        role = _ROLES.get(m[rk]) if isinstance(m[rk], str) else None
+        if role is None:
+            raise DataError(f"`{key}` message {i}: role {m[rk]!r} is not supported (system, user/human, "
+                            f"assistant/gpt); tool and function turns cannot be trained here")
+        if not isinstance(m[ck], str):
+            raise DataError(f"`{key}` message {i}: `{ck}` must be a string, got {type(m[ck]).__name__}")
+        if role == "system" and i != 0:
+            raise DataError(f"`{key}` message {i}: a system message is only allowed first")
+        pairs.append((role, check_text(m[ck], f"`{key}` message {i}")))
+    return pairs
+
+
+def _conversation(pairs: list, system: Optional[str]):
+    """Split a conversation into (system, context, response); the response is the last assistant turn."""
+    if pairs and pairs[0][0] == "system":
+        if system is not None:
+            raise DataError("a system message in the conversation and a separate system field: keep one")
+        system, pairs = pairs[0][1], pairs[1:]
+    if not pairs or pairs[-1][0] != "assistant":
+        raise DataError("a conversation must end with an assistant message (the trained response)")
+    context = pairs[:-1]
+    if not context or context[-1][0] != "user":
+        raise DataError("the assistant response must follow a user message")
+    for (a, _), (b, _) in zip(context, context[1:]):
+        if a == b:
+            raise DataError(f"two {a} messages in a row: turns must alternate user/assistant")
+    return system, context, pairs[-1][1]
 
 
 def parse_record(record, fmt: str, fields, source: str) -> Example:
@@ -97,12 +159,26 @@ def parse_record(record, fmt: str, fields, source: str) -> Example:
         fmt = detect_format(record, fields) or ""
         if not fmt:
             raise DataError(
-                f"cannot tell the format of this record (keys: {sorted(record)}); expected "
-                f"prompt/response, instruction/output (alpaca) or messages (chat). "
-                f"Set data.format and data.fields to map your field names.")
+                f"cannot tell the format of this record (keys: {sorted(record)}); expected prompt/response, "
+                f"prompt/completion (TRL), instruction/output (alpaca), messages (chat) or conversations "
+                f"(ShareGPT). Set data.format and data.fields to map your field names.")
     system = None
-    if fmt == "prompt_response":
-        prompt, response = _text(record, fields.prompt), _text(record, fields.response)
+    if fmt in ("prompt_response", "prompt_completion") and isinstance(record.get(fields.prompt), list):
+        if fmt == "prompt_response":
+            raise DataError(f"field `{fields.prompt}` is a list of messages: use format prompt_completion")
+        pairs = _messages(record[fields.prompt], fields.prompt, fields, sharegpt=False)
+        completion = record.get(fields.completion)
+        if isinstance(completion, str):
+            pairs.append(("assistant", check_text(completion, f"field `{fields.completion}`")))
+        else:
+            done = _messages(completion, fields.completion, fields, sharegpt=False)
+            if [r for r, _ in done] != ["assistant"]:
+                raise DataError(f"field `{fields.completion}` must be one assistant message")
+            pairs += done
+        system, messages, response = _conversation(pairs, None)
+    elif fmt in ("prompt_response", "prompt_completion"):
+        key = fields.response if fmt == "prompt_response" else fields.completion
+        prompt, response = _text(record, fields.prompt), _text(record, key)
         system = _text(record, fields.system, required=False)
         messages = [("user", prompt)]
     elif fmt == "alpaca":
@@ -111,24 +187,10 @@ def parse_record(record, fmt: str, fields, source: str) -> Example:
         prompt = instruction + (f"\n\n{extra}" if extra else "")
         system = _text(record, fields.system, required=False)
         messages = [("user", prompt)]
-    elif fmt == "chat":
-        msgs = record.get(fields.messages)
-        if not isinstance(msgs, list) or not msgs:
-            raise DataError(f"field `{fields.messages}` must be a non-empty list of {{role, content}}")
-        pairs = []
-        for i, m in enumerate(msgs):
-            if not isinstance(m, dict) or not isinstance(m.get("content"), str) or \
-                    m.get("role") not in ("system", "user", "assistant"):
-                raise DataError(f"message {i} must be {{\"role\": system|user|assistant, \"content\": str}}")
-            pairs.append((m["role"], m["content"]))
-        if pairs[-1][0] != "assistant":
-            raise DataError("a chat record must end with an assistant message (the trained response)")
-        response = pairs[-1][1]
-        messages = pairs[:-1]
-        if not messages or messages[-1][0] != "user":
-            raise DataError("the assistant response must follow a user message")
-        if messages[0][0] == "system":
-            system, messages = messages[0][1], messages[1:]
+    elif fmt in ("chat", "sharegpt"):
+        key = fields.messages if fmt == "chat" else fields.conversations
+        pairs = _messages(record.get(key), key, fields, sharegpt=fmt == "sharegpt")
+        system, messages, response = _conversation(pairs, _text(record, fields.system, required=False))
     else:  # pragma: no cover - guarded by the config schema
         raise DataError(f"unknown format {fmt!r}")
     if not response.strip():
@@ -136,32 +198,16 @@ def parse_record(record, fmt: str, fields, source: str) -> Example:
     if not messages[-1][1].strip():
         raise DataError("empty prompt")
     full = ((("system", system),) if system is not None else ()) + tuple(messages)
-    return Example(full, response, source)
+    return Example(full, response, source, {"format": fmt})
 
 
-def _iter_raw(path: Path) -> Iterator[tuple[str, object]]:
-    """(location, record-or-error) pairs; JSON errors are yielded as DataError, not raised."""
-    if path.is_dir():
-        import datasets
-        ds = datasets.load_from_disk(str(path))
-        if isinstance(ds, datasets.DatasetDict):
-            raise DataError(f"{path}: a DatasetDict; point data.train/eval at one split's folder")
-        for i, row in enumerate(ds):
-            yield f"{path}[{i}]", row
-    elif path.suffix == ".parquet":
-        import datasets
-        ds = datasets.Dataset.from_parquet(str(path))
-        for i, row in enumerate(ds):
-            yield f"{path}[{i}]", row
-    else:
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    yield f"{path}:{lineno}", json.loads(line)
-                except json.JSONDecodeError as exc:
-                    yield f"{path}:{lineno}", DataError(f"bad JSON: {exc.msg} (column {exc.colno})")
+class TrainSet(list):
+    """The examples of one split, concatenated over its sources; ``parts`` says which slice came from
+    which source and with which mixing weight (the batch source samples by these weights)."""
+
+    def __init__(self, examples=(), parts=()):
+        super().__init__(examples)
+        self.parts: list[tuple[int, int, float, str]] = list(parts)  # (start, stop, weight, name)
 
 
 @dataclass
@@ -171,34 +217,51 @@ class LoadReport:
     skipped: int = 0
     formats: dict = field(default_factory=dict)
     errors: list = field(default_factory=list)  # first few "file:line: reason" strings
+    sources: list = field(default_factory=list)  # per source: {path, loaded, skipped, weight}
 
 
-def load_examples(path: str | Path, data_cfg, on_error: Optional[str] = None) -> tuple[list[Example], LoadReport]:
-    """Parse every record of one file. ``on_error=raise`` stops at the first bad line with file:line."""
-    path = Path(path)
-    on_error = on_error or data_cfg.on_error
-    if not path.exists():
-        raise DataError(f"data file not found: {path}")
-    report = LoadReport(str(path))
-    examples = []
-    for loc, raw in _iter_raw(path):
+def _load_one(src, on_error: str, report: LoadReport) -> list[Example]:
+    examples, skipped = [], 0
+    for loc, raw in iter_rows(src):
+        if raw is None:  # blank line
+            continue
         try:
             if isinstance(raw, DataError):
                 raise raw
-            ex = parse_record(raw, data_cfg.format, data_cfg.fields, loc)
+            ex = parse_record(raw, src.format, src.fields, loc)
         except DataError as exc:
             msg = f"{loc}: {exc}"
             if on_error == "raise":
                 raise DataError(msg + "\n  (set data.on_error: skip to skip bad lines and count them)") from None
-            report.skipped += 1
+            skipped += 1
             if len(report.errors) < 20:
                 report.errors.append(msg)
             log.warning("skipping %s", msg)
             continue
-        fmt = "chat" if len([m for m in ex.messages if m[0] != "system"]) > 1 else "single-turn"
-        report.formats[fmt] = report.formats.get(fmt, 0) + 1
+        kind = ex.meta["format"]
+        report.formats[kind] = report.formats.get(kind, 0) + 1
         examples.append(ex)
-    report.loaded = len(examples)
+    report.skipped += skipped
+    report.sources.append({"path": source_name(src), "loaded": len(examples), "skipped": skipped, "weight": src.weight})
     if not examples:
-        raise DataError(f"{path}: no usable examples ({report.skipped} skipped)")
-    return examples, report
+        raise DataError(f"{source_name(src)}: no usable examples ({skipped} skipped)"
+                        + (f"; first: {report.errors[0]}" if report.errors else ""))
+    return examples
+
+
+def load_examples(spec, data_cfg, on_error: Optional[str] = None) -> tuple[TrainSet, LoadReport]:
+    """Parse every record of a split: a path, a ``DataSource`` or a list of them (``data.train``).
+
+    ``on_error=raise`` stops at the first bad record with file:line; ``skip`` skips and counts it.
+    `validate`, `preview`, `train` and `eval` all read through here, so they agree on what is usable.
+    """
+    on_error = on_error or data_cfg.on_error
+    sources = data_cfg.resolve(spec)
+    report = LoadReport(", ".join(source_name(s) for s in sources))
+    out = TrainSet()
+    for src in sources:
+        start = len(out)
+        out.extend(_load_one(src, on_error, report))
+        out.parts.append((start, len(out), src.weight, source_name(src)))
+    report.loaded = len(out)
+    return out, report

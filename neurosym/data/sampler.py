@@ -44,3 +44,51 @@ class EpochSampler:
                 f"now has {self.n} examples with seed {self.seed}: the training file or run.seed changed")
         self.epoch, self.position = state["epoch"], state["position"]
         self._perm = self._permutation(self.epoch)
+
+
+class MixtureSampler:
+    """Several datasets mixed by weight: each draw picks a source with probability weight/Σweights
+    (one seeded generator), then takes that source's next index from its own :class:`EpochSampler`
+    (seeded per source). Indices are global over the concatenated sources (``TrainSet.parts``).
+
+    The state is the generator's state plus every source's (epoch, position): a run resumed from it
+    continues with exactly the draws it would have made.
+    """
+
+    def __init__(self, parts: list[tuple], seed: int):
+        if not parts:
+            raise ValueError("cannot sample from an empty dataset")
+        self.seed = seed
+        self.starts = [int(p[0]) for p in parts]
+        self.sizes = [int(p[1]) - int(p[0]) for p in parts]
+        self.weights = [float(p[2]) for p in parts]
+        total = sum(self.weights)
+        self._p = np.array(self.weights) / total
+        self.subs = [EpochSampler(n, int(np.random.SeedSequence([seed, 0x4D4958, k]).generate_state(1)[0]))
+                     for k, n in enumerate(self.sizes)]
+        self.rng = np.random.default_rng([seed, 0x4D4958])
+        self.n = sum(self.sizes)
+
+    def take(self, k: int) -> list[int]:
+        picks = self.rng.choice(len(self.subs), size=k, p=self._p)
+        return [self.starts[s] + self.subs[s].take(1)[0] for s in picks.tolist()]
+
+    @property
+    def examples_seen(self) -> int:
+        return sum(s.examples_seen for s in self.subs)
+
+    def state_dict(self) -> dict:
+        return {"kind": "mixture", "sizes": self.sizes, "weights": self.weights, "seed": self.seed,
+                "rng": self.rng.bit_generator.state, "sources": [s.state_dict() for s in self.subs]}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("kind") != "mixture":
+            raise ValueError("the checkpoint sampled one dataset; data.train now mixes several")
+        if state["sizes"] != self.sizes or state["weights"] != self.weights or state["seed"] != self.seed:
+            raise ValueError(
+                f"checkpoint mixed sources of sizes {state['sizes']} with weights {state['weights']} and seed "
+                f"{state['seed']}; the data now has sizes {self.sizes}, weights {self.weights}, seed "
+                f"{self.seed}: a training source, its weight or run.seed changed")
+        self.rng.bit_generator.state = state["rng"]
+        for sub, s in zip(self.subs, state["sources"]):
+            sub.load_state_dict(s)

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from neurosym.data import collate
+from neurosym.data import make_micro_batches
+from neurosym.data.collate import example_losses as per_example_losses, forward_inputs
 from neurosym.data.render import IGNORE
 from neurosym.errors import TrainingDiverged
 from neurosym.updates.base import Outcome, Update
@@ -26,16 +27,17 @@ class LoraStepResult:
     example_losses: list   # mean token loss of each example (router batch statistics)
 
 
-def encode_batches(examples, renderer, batch_size: int, pad_id: int, runtime) -> list[dict]:
-    """Micro-batches of ``batch_size`` rendered examples, on the runtime's device."""
-    return [runtime.to_device(collate([renderer.encode(ex) for ex in examples[i:i + batch_size]], pad_id))
-            for i in range(0, len(examples), batch_size)]
+def encode_batches(examples, renderer, batch_size: int, pad_id: int, runtime, packing: bool = False,
+                   max_length: int | None = None) -> list[dict]:
+    """Micro-batches of ``batch_size`` rows of rendered examples (padded, or packed), on the device."""
+    encodings = [renderer.encode(ex) for ex in examples]
+    return [runtime.to_device(b) for b in make_micro_batches(encodings, batch_size, pad_id, packing, max_length)]
 
 
 def token_losses(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token cross-entropy of the response tokens, and the mask of which tokens count. Every
-    key of ``batch`` but the labels goes to the model (packed rows also carry ``position_ids``)."""
-    logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    """Per-token cross-entropy of the response tokens, and the mask of which tokens count (packed rows
+    pass position ids and no 2D mask: ``forward_inputs``)."""
+    logits = model(**forward_inputs(batch)).logits
     logits = logits[:, :-1].float()
     labels = batch["labels"][:, 1:]
     mask = labels != IGNORE
@@ -55,16 +57,15 @@ def lora_step(model, optimizer, micro_batches: list[dict], max_grad_norm, runtim
         runtime.backward(losses.sum() / total_targets)
         with torch.no_grad():
             loss_sum += float(losses.sum())
-            per_example = losses.sum(1) / mask.sum(1).clamp(min=1)
-            example_losses.extend(per_example.tolist())
+            example_losses.extend(per_example_losses(losses, mask, batch))
             tokens += int(batch["attention_mask"].sum())
     params = [p for p in model.parameters() if p.requires_grad]
     loss = runtime.mean(loss_sum / total_targets)
     if not math.isfinite(loss):
         optimizer.zero_grad(set_to_none=True)
-        return LoraStepResult(loss, float("nan"), tokens, example_losses)
+        return LoraStepResult(loss, float("nan"), tokens, [l for _, l in sorted(example_losses)])
     grad_norm = runtime.clip_and_step(optimizer, params, max_grad_norm)
-    return LoraStepResult(loss, grad_norm, tokens, example_losses)
+    return LoraStepResult(loss, grad_norm, tokens, [l for _, l in sorted(example_losses)])
 
 
 @torch.no_grad()
@@ -91,7 +92,9 @@ class LoraUpdate(Update):
 
     def apply(self, batch: list, decision, step: int) -> Outcome:
         run = self.run
-        micro = encode_batches(batch, run.renderer, run.cfg.train.batch_size, run.pad_id, run.runtime)
+        data = run.cfg.data
+        micro = encode_batches(batch, run.renderer, run.cfg.train.batch_size, run.pad_id, run.runtime, data.packing,
+                               data.max_length)
         res = lora_step(run.model, run.optimizer, micro, run.cfg.train.max_grad_norm, run.runtime)
         fp16_skip = run.runtime.scaler is not None  # inf grads are the GradScaler's business, not divergence
         if not math.isfinite(res.loss) or (not math.isfinite(res.grad_norm) and not fp16_skip):
