@@ -80,6 +80,8 @@ def cmd_resume(args) -> int:
 def _report(outcome) -> int:
     if outcome.interrupted:
         return EXIT_INTERRUPTED
+    if not outcome.main:  # several processes: the main one reports
+        return 0
     from neurosym.summary import summary_lines
     print("\n".join(summary_lines(outcome.run_dir, outcome.state, outcome.stop_reason)))
     return 0
