@@ -124,7 +124,8 @@ class QuietRecorder:
         log.debug("[process %d] %s", self.rank, text)
 
     def step(self, record: dict) -> None:
-        self._say(f"step {record['step']}: {record['route']} loss {record.get('loss')}")
+        self._say(f"step {record['step']}: route {record['route']} loss {record.get('loss')} "
+                  f"prompt v{record.get('prompt_version')}")
 
     def alert(self, step: int, text: str) -> None:
         self._say(f"step {step}: WARNING: {text}")

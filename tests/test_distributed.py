@@ -1,0 +1,194 @@
+"""Several processes (CPU, gloo, the tiny model) launched the way users launch them: the run under
+2 processes takes the same steps as 1 process on the same global batch; one process talks to the
+teacher and writes the outputs; a run killed under 2 processes resumes under 2 or under 1."""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from neurosym.checkpoint import complete_checkpoints, latest_checkpoint
+from neurosym.events import read_events
+from tests.support.hybrid import KEY_ENV, Teacher, hybrid_config
+from tests.support.jobs import write_config
+
+pytestmark = pytest.mark.slow
+
+# global batch 8 = micro-batches of 2 x 2 per process under 2 processes, x 4 under 1; no dropout
+# (LoRA dropout draws per-process random numbers, so only a dropout-free step is the same step)
+TRAIN = {"max_steps": 6, "batch_size": 2, "global_batch_size": 8, "eval_every": 0, "save_every": 2, "lr": 5e-3}
+LORA = {"dropout": 0.0}
+ATOL = 1e-5
+
+
+def _env(**extra):
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def _cli(*args, nproc=1) -> list:
+    base = [sys.executable, "-m", "neurosym"]
+    return base + list(args) + (["--nproc", str(nproc)] if nproc > 1 else [])
+
+
+def _run(*args, nproc=1, timeout=400, env=None):
+    proc = subprocess.run(_cli(*args, nproc=nproc), env=env or _env(), capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-5000:])
+    return proc
+
+
+def _adapter(run: Path) -> dict:
+    return load_file(str(latest_checkpoint(run) / "adapter_model.safetensors"))
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def _train_events(run: Path) -> list:
+    return [e for e in read_events(run / "events.jsonl") if e["kind"] == "train"]
+
+
+def _other_rank_steps(stderr: str) -> list:
+    """What process 1 logged of each step (neurosym -v): (step, route, prompt version)."""
+    return [(int(s), r, int(v)) for s, r, v in
+            re.findall(r"\[process 1\] step (\d+): route (\w+) loss \S+ prompt v(\d+)", stderr)]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_model_dir):
+    """One process, uninterrupted, on the same global batch."""
+    tmp = tmp_path_factory.mktemp("ref")
+    cfg = write_config(tmp, tiny_model_dir, name="ref", n_train=20, lora=LORA, train=TRAIN)
+    _run("train", str(cfg), "--quiet")
+    return tmp / "runs" / "ref"
+
+
+def test_two_processes_take_the_one_process_steps(tmp_path, tiny_model_dir, reference):
+    cfg = write_config(tmp_path, tiny_model_dir, name="ddp", n_train=20, lora=LORA, train=TRAIN)
+    proc = _run("-v", "train", str(cfg), "--quiet", nproc=2)
+    run = tmp_path / "runs" / "ddp"
+    diff = _max_diff(_adapter(run), _adapter(reference))
+    print(f"2 processes vs 1: max |adapter difference| = {diff:.3g}")
+    assert diff <= ATOL
+    # the monitors saw the all-reduced loss and the global gradient norm, and all the step's tokens
+    ours, ref = _train_events(run), _train_events(reference)
+    assert [e["step"] for e in ours] == list(range(1, 7))  # one set of events, each step once
+    for a, b in zip(ours, ref):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+        assert a["tokens"] == b["tokens"]
+    # one writer: checkpoints whole, no leftovers, one summary
+    assert [c.name for c in complete_checkpoints(run)] == ["step-2", "step-4", "step-6"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-2", "step-4", "step-6"]
+    assert proc.stdout.count("done: 6 steps") == 1, proc.stdout
+    assert "global batch 8 examples per step" in proc.stderr
+    # process 1 took the same route at every step (it logs its steps with -v)
+    assert _other_rank_steps(proc.stderr) == [(e["step"], e["route"], e["prompt_version"]) for e in ours]
+
+
+def _wait_for_step(events: Path, proc, step: int, timeout=300.0) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if events.exists():
+            done = [e["step"] for e in read_events(events) if e.get("kind") == "train"]
+            if done and done[-1] >= step:
+                return done[-1]
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        time.sleep(0.02)
+    raise AssertionError(f"step {step} never reached")
+
+
+def _kill_launcher_at(cfg, run: Path, step: int) -> None:
+    """SIGKILL of the launcher alone: its workers must die with it (and free the run directory)."""
+    proc = subprocess.Popen(_cli("train", str(cfg), "--quiet", nproc=2), env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _wait_for_step(run / "events.jsonl", proc, step)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 30  # the workers go with their parent (PR_SET_PDEATHSIG)
+        while time.monotonic() < deadline and _alive_in_group(proc.pid):
+            time.sleep(0.1)
+        assert not _alive_in_group(proc.pid), "workers outlived the killed launcher"
+    finally:
+        if _alive_in_group(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _alive_in_group(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+@pytest.mark.parametrize("resume_nproc", [2, 1])
+def test_killed_under_two_processes_resumes_under_two_or_one(tmp_path, tiny_model_dir, reference, resume_nproc):
+    cfg = write_config(tmp_path, tiny_model_dir, name="killed", n_train=20, lora=LORA, train=TRAIN)
+    run = tmp_path / "runs" / "killed"
+    _kill_launcher_at(cfg, run, 3)
+    assert latest_checkpoint(run) is not None and latest_checkpoint(run).name in {"step-2", "step-4"}
+    _run("resume", str(run), "--quiet", nproc=resume_nproc)
+    diff = _max_diff(_adapter(run), _adapter(reference))
+    print(f"killed under 2, resumed under {resume_nproc}: max |adapter difference| vs uninterrupted = {diff:.3g}")
+    assert diff <= ATOL
+    assert [e["step"] for e in _train_events(run)] == list(range(1, 7))
+    ref_losses = [e["loss"] for e in _train_events(reference)]
+    assert [e["loss"] for e in _train_events(run)] == pytest.approx(ref_losses, abs=1e-5)
+
+
+def test_one_process_run_resumes_under_two(tmp_path, tiny_model_dir, reference):
+    cfg = write_config(tmp_path, tiny_model_dir, name="grow", n_train=20, lora=LORA,
+                       train={**TRAIN, "max_steps": 3})
+    _run("train", str(cfg), "--quiet")
+    run = tmp_path / "runs" / "grow"
+    _run("resume", str(run), "--quiet", "--set", "train.max_steps=6", nproc=2)
+    assert _max_diff(_adapter(run), _adapter(reference)) <= ATOL
+
+
+@pytest.fixture
+def teacher(openai_server, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, openai_server.api_key)
+    openai_server.set_responder(Teacher())
+    return openai_server
+
+
+def test_hybrid_under_two_processes_calls_the_teacher_from_one(tmp_path, tiny_model_dir, teacher):
+    """A learned router (it measures gains with the probe), symbolic updates and the remake store:
+    the run under 2 processes asks the teacher exactly what the 1-process run asks, once."""
+    sections = dict(router={"kind": "reward_classifier", "warmup": 2}, lora=LORA,
+                    train={**TRAIN, "save_every": 3})
+    runs = {}
+    for nproc in (1, 2):
+        cfg = hybrid_config(tmp_path / f"p{nproc}", tiny_model_dir, teacher, name="hybrid", **sections)
+        teacher.reset()
+        teacher.set_responder(Teacher())
+        proc = _run("-v", "train", str(cfg), "--quiet", nproc=nproc, env=_env(**{KEY_ENV: teacher.api_key}))
+        runs[nproc] = (tmp_path / f"p{nproc}" / "runs" / "hybrid", len(teacher.chat_requests()), proc)
+    (one, calls1, _), (two, calls2, proc2) = runs[1], runs[2]
+    events1, events2 = _train_events(one), _train_events(two)
+    routes = [e["route"] for e in events2]
+    assert "symbolic" in routes and "lora" in routes, routes
+    assert calls2 == calls1 > 0  # one process asked; a second asking process would double the count
+    assert routes == [e["route"] for e in events1]
+    versions = [(e["version"], e["text"]) for e in read_events(two / "events.jsonl") if e["kind"] == "prompt"]
+    assert len(versions) > 1 and versions == [(e["version"], e["text"]) for e in read_events(one / "events.jsonl")
+                                              if e["kind"] == "prompt"]
+    # process 1 followed: the same route and prompt version at every step (-v logs them) ...
+    assert _other_rank_steps(proc2.stderr) == [(e["step"], e["route"], e["prompt_version"]) for e in events2]
+    # ... and trained its shard under the same prompt, on the same refined examples: same adapter
+    diff = _max_diff(_adapter(two), _adapter(one))
+    print(f"hybrid, 2 processes vs 1: teacher calls {calls2} vs {calls1}, max |adapter difference| {diff:.3g}")
+    assert diff <= ATOL
