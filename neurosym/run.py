@@ -61,7 +61,8 @@ class Run:
                   file=sys.stderr)
         self.routes = enabled_routes(cfg)
         for name in self.routes:
-            UPDATES[name].preflight(cfg)
+            if runtime is None or runtime.is_main or not UPDATES[name].main_only:  # the teacher: main process
+                UPDATES[name].preflight(cfg)
         self.reward = make_reward(cfg.reward)
         seed_everything(cfg.run.seed)
         self.model, self.tokenizer, device, dtype = load_for_training(cfg, run_dir.models_cache)
@@ -203,9 +204,11 @@ class Run:
 
     def _apply(self, name: str, batch, decision: Decision, step: int) -> Outcome:
         update = self.updates[name]
-        if UPDATES[name].main_only:  # done on the main process: its outcome, on every process
-            return self.runtime.from_main(lambda: update.apply(batch, decision, step), outcome_as_dict,
-                                          outcome_from_dict)
+        if UPDATES[name].main_only:  # done on the main process: its outcome and what it changed, on every process
+            outcome = self.runtime.from_main(lambda: update.apply(batch, decision, step), outcome_as_dict,
+                                             outcome_from_dict)
+            self.share_state()
+            return outcome
         return update.apply(batch, decision, step)
 
     def gain(self, batch, stats: BatchStats, outcome: Outcome) -> Optional[float]:

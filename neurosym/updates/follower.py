@@ -21,6 +21,8 @@ class RemoteUpdateError(RuntimeError):
 
 
 class Follower(Update):
+    budget_left = None  # the main process's router reads the teacher's budget
+
     def __init__(self, run, name: str):
         super().__init__(run)
         self.name = name
