@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -61,18 +62,18 @@ def _resume_keys(overrides) -> list[str]:
 # ---------------------------------------------------------------------------------------- verbs
 
 def _launch(args, verb: list) -> int | None:
-    """``--nproc N``: start the same job under torchrun (N processes on this machine), exactly as
-    ``torchrun --standalone --nproc_per_node N -m neurosym ...`` would. None: no launch needed."""
+    """``--nproc N``: become ``torchrun --standalone --nproc_per_node N -m neurosym ...`` (N processes
+    on this machine; never returns). None: no launch needed (one process, or already launched)."""
     from neurosym.runtime import launched
     if not args.nproc or args.nproc == 1 or launched():
         return None
-    import subprocess
     flags = (["-v"] if args.verbose else []) + verb + [x for kv in args.set for x in ("--set", kv)]
     flags += ["--quiet"] if args.quiet else []
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.nproc),
            "-m", "neurosym", *flags]
     print(f"launching {args.nproc} processes: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
-    return subprocess.call(cmd)
+    sys.stdout.flush()
+    os.execv(sys.executable, cmd)  # this process becomes the launcher: a signal to it reaches the job
 
 
 def _nproc(value: str) -> int:
