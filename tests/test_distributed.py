@@ -194,3 +194,29 @@ def test_hybrid_under_two_processes_calls_the_teacher_from_one(tmp_path, tiny_mo
     diff = _max_diff(_adapter(two), _adapter(one))
     print(f"hybrid, 2 processes vs 1: teacher calls {calls2} vs {calls1}, max |adapter difference| {diff:.3g}")
     assert diff <= ATOL
+
+
+def test_a_stuck_teacher_ends_the_run_with_a_message_and_the_checkpoint_resumes(tmp_path, tiny_model_dir, teacher):
+    """The main process hangs in a teacher call longer than run.collective_timeout_s: the process
+    waiting for it stops the run with a message (no endless hang); the last checkpoint resumes."""
+    script, calls = Teacher(), []
+
+    def responder(messages):
+        calls.append(1)
+        if len(calls) == 2:  # the first symbolic update's first call (the first is the preflight)
+            time.sleep(25)
+        return script(messages)
+
+    teacher.set_responder(responder)
+    cfg = hybrid_config(tmp_path, tiny_model_dir, teacher, name="stuck", lora=LORA, data={"eval": None},
+                        router={"kind": "alternate", "every": 3}, run={"collective_timeout_s": 8},
+                        teacher={"timeout_s": 60.0, "max_retries": 0}, train={**TRAIN, "save_every": 2})
+    proc = subprocess.run(_cli("train", str(cfg), "--quiet", nproc=2), env=_env(**{KEY_ENV: teacher.api_key}),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "run.collective_timeout_s=8 s" in proc.stderr and "neurosym resume" in proc.stderr, proc.stderr[-3000:]
+    run = tmp_path / "runs" / "stuck"
+    assert latest_checkpoint(run).name == "step-2"
+    teacher.set_responder(Teacher())
+    _run("resume", str(run), "--quiet", env=_env(**{KEY_ENV: teacher.api_key}))
+    assert [e["step"] for e in _train_events(run)] == list(range(1, 7))
