@@ -94,6 +94,11 @@ class Run:
         self.stop_reason: Optional[str] = None  # early stopping
         self.flat_gains_reported = False
 
+    def _say(self, *args, **kw) -> None:
+        """A message of the main process (several processes: one of each, not one per process)."""
+        if self.runtime.is_main:
+            print(*args, **kw)
+
     # ---- state ------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {**{name: getattr(self, name).state_dict() for name in self.SAVED},
@@ -116,7 +121,7 @@ class Run:
         """Continue from the newest intact checkpoint (or start afresh when there is none)."""
         loaded = newest_intact_checkpoint(self.dir.path, str(self.runtime.device))
         if loaded is None:
-            print(f"no usable checkpoint in {self.dir}; starting from step 0", file=sys.stderr)
+            self._say(f"no usable checkpoint in {self.dir}; starting from step 0", file=sys.stderr)
             return self.start_fresh()
         saved = loaded.state
         why = identity_mismatch(saved.base, self.state.base)
@@ -131,12 +136,12 @@ class Run:
                                  f"state.json says {saved.lr}")
         apply_checkpoint(loaded, self.model, self.optimizer)
         if saved.total_steps != self.total_steps:
-            print(f"note: the LR schedule was built for {saved.total_steps} steps and now spans {self.total_steps}; "
+            self._say(f"note: the LR schedule was built for {saved.total_steps} steps and now spans {self.total_steps}; "
                   f"lr at step {saved.step + 1} is {lr_at(self.cfg.train, saved.step + 1, self.total_steps):.3g}",
                   file=sys.stderr)
         self.state = TrainState(**{**vars(saved), "total_steps": self.total_steps, "base": self.state.base})
         self.load_state_dict(saved.components)
-        print(f"resumed from {loaded.path} (step {saved.step}/{self.total_steps})", file=sys.stderr)
+        self._say(f"resumed from {loaded.path} (step {saved.step}/{self.total_steps})", file=sys.stderr)
         return loaded.path
 
     def start_fresh(self) -> None:

@@ -19,8 +19,6 @@ from neurosym.events import read_events
 from tests.support.hybrid import KEY_ENV, Teacher, hybrid_config
 from tests.support.jobs import write_config
 
-pytestmark = pytest.mark.slow
-
 # global batch 8 = micro-batches of 2 x 2 per process under 2 processes, x 4 under 1; no dropout
 # (LoRA dropout draws per-process random numbers, so only a dropout-free step is the same step)
 TRAIN = {"max_steps": 6, "batch_size": 2, "global_batch_size": 8, "eval_every": 0, "save_every": 2, "lr": 5e-3}
@@ -76,6 +74,7 @@ def reference(tmp_path_factory, tiny_model_dir):
     return tmp / "runs" / "ref"
 
 
+@pytest.mark.slow
 def test_two_processes_take_the_one_process_steps(tmp_path, tiny_model_dir, reference):
     cfg = write_config(tmp_path, tiny_model_dir, name="ddp", n_train=20, lora=LORA, train=TRAIN)
     proc = _run("-v", "train", str(cfg), "--quiet", nproc=2)
@@ -136,6 +135,7 @@ def _alive_in_group(pgid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("resume_nproc", [2, 1])
 def test_killed_under_two_processes_resumes_under_two_or_one(tmp_path, tiny_model_dir, reference, resume_nproc):
     cfg = write_config(tmp_path, tiny_model_dir, name="killed", n_train=20, lora=LORA, train=TRAIN)
@@ -151,6 +151,7 @@ def test_killed_under_two_processes_resumes_under_two_or_one(tmp_path, tiny_mode
     assert [e["loss"] for e in _train_events(run)] == pytest.approx(ref_losses, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_one_process_run_resumes_under_two(tmp_path, tiny_model_dir, reference):
     cfg = write_config(tmp_path, tiny_model_dir, name="grow", n_train=20, lora=LORA,
                        train={**TRAIN, "max_steps": 3})
@@ -167,6 +168,7 @@ def teacher(openai_server, monkeypatch):
     return openai_server
 
 
+@pytest.mark.slow
 def test_hybrid_under_two_processes_calls_the_teacher_from_one(tmp_path, tiny_model_dir, teacher):
     """A learned router (it measures gains with the probe), symbolic updates and the remake store:
     the run under 2 processes asks the teacher exactly what the 1-process run asks, once."""
@@ -196,6 +198,7 @@ def test_hybrid_under_two_processes_calls_the_teacher_from_one(tmp_path, tiny_mo
     assert diff <= ATOL
 
 
+@pytest.mark.slow
 def test_a_stuck_teacher_ends_the_run_with_a_message_and_the_checkpoint_resumes(tmp_path, tiny_model_dir, teacher):
     """The main process hangs in a teacher call longer than run.collective_timeout_s: the process
     waiting for it stops the run with a message (no endless hang); the last checkpoint resumes."""
@@ -220,3 +223,42 @@ def test_a_stuck_teacher_ends_the_run_with_a_message_and_the_checkpoint_resumes(
     teacher.set_responder(Teacher())
     _run("resume", str(run), "--quiet", env=_env(**{KEY_ENV: teacher.api_key}))
     assert [e["step"] for e in _train_events(run)] == list(range(1, 7))
+
+
+# ---- fast: the pieces, without processes ---------------------------------------------------------
+
+def test_global_batch_size_fixes_the_step_whatever_the_number_of_processes(tmp_path, tiny_model_dir):
+    from neurosym.config import load_config
+    from neurosym.run import examples_per_step, total_steps
+
+    per_device = load_config(write_config(tmp_path, tiny_model_dir, name="a", n_train=20,
+                                          train={"max_steps": None, "epochs": 2, "batch_size": 2, "grad_accum": 2}))
+    assert [examples_per_step(per_device.train, w) for w in (1, 2, 4)] == [4, 8, 16]
+    assert [total_steps(per_device, 20, w) for w in (1, 2, 4)] == [10, 5, 3]
+    fixed = load_config(write_config(tmp_path, tiny_model_dir, name="b", n_train=20,
+                                     train={"max_steps": None, "epochs": 2, "batch_size": 2, "global_batch_size": 8}))
+    assert {examples_per_step(fixed.train, w) for w in (1, 2, 4)} == {8}
+    assert {total_steps(fixed, 20, w) for w in (1, 2, 4)} == {5}
+
+
+def test_a_main_process_outcome_crosses_as_json_with_its_failure():
+    from neurosym.teacher import TeacherError
+    from neurosym.updates import Outcome, outcome_as_dict, outcome_from_dict
+
+    out = Outcome("symbolic", cost_usd=0.25, error=TeacherError("HTTP 500"), record={"calls": 3, "rejected": {}})
+    back = outcome_from_dict(json.loads(json.dumps(outcome_as_dict(out))))
+    assert back.failed and back.error.type_name == "TeacherError" and str(back.error) == "HTTP 500"
+    assert (back.route, back.cost_usd, back.record, back.pending) == ("symbolic", 0.25, {"calls": 3, "rejected": {}},
+                                                                      False)
+    assert not outcome_from_dict(outcome_as_dict(Outcome("lora", loss=1.5, grad_norm=0.5, tokens=9))).failed
+
+
+def test_nproc_is_checked_and_one_process_needs_no_launcher(tmp_path, tiny_model_dir, capsys):
+    from neurosym.cli import main
+
+    cfg = write_config(tmp_path, tiny_model_dir, name="n", train={"max_steps": 1, "eval_every": 0})
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", str(cfg), "--nproc", "0"])
+    assert exit_.value.code == 2 and "--nproc must be at least 1" in capsys.readouterr().err
+    assert main(["train", str(cfg), "--nproc", "1", "--quiet"]) == 0  # trains in this process
+    assert "launching" not in capsys.readouterr().err
