@@ -59,7 +59,8 @@ def train(cfg: Config, resume: bool = False, quiet: Optional[bool] = None, chang
         interrupted, final = False, {}
         try:
             run.restore(changed_keys) if resume else run.start_fresh()
-            save_resolved(cfg, run_dir.config)              # only once the start or the resume is accepted
+            if run.runtime.is_main:
+                save_resolved(cfg, run_dir.config)          # only once the start or the resume is accepted
             run.open_recorder()
             if run.state.step >= run.total_steps:
                 run.recorder.message(f"run already finished at step {run.state.step}; nothing to do")
