@@ -262,3 +262,27 @@ def test_nproc_is_checked_and_one_process_needs_no_launcher(tmp_path, tiny_model
     assert exit_.value.code == 2 and "--nproc must be at least 1" in capsys.readouterr().err
     assert main(["train", str(cfg), "--nproc", "1", "--quiet"]) == 0  # trains in this process
     assert "launching" not in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ctrl_c_under_two_processes_saves_once_and_resumes(tmp_path, tiny_model_dir):
+    """Ctrl-C reaches the launcher and every process (one process group): they agree to stop after
+    the same step, the main process saves, and the resume finishes the uninterrupted run's steps."""
+    cfg = write_config(tmp_path, tiny_model_dir, name="ctrlc", n_train=20, lora=LORA,
+                       train={**TRAIN, "max_steps": 40, "save_every": 0})
+    run = tmp_path / "runs" / "ctrlc"
+    proc = subprocess.Popen(_cli("train", str(cfg), "--quiet", nproc=2), env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _wait_for_step(run / "events.jsonl", proc, 2)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    stopped = _train_events(run)[-1]["step"]
+    assert stopped < 40 and latest_checkpoint(run).name == f"step-{stopped}", err[-3000:]
+    assert err.count("checkpoint saved. Continue with") == 1, err[-3000:]
+    _run("resume", str(run), "--quiet", nproc=2)
+    assert [e["step"] for e in _train_events(run)] == list(range(1, 41))
+    assert latest_checkpoint(run).name == "step-40"
