@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -22,7 +23,7 @@ RESUME_CHANGEABLE = (
     "train.max_grad_norm", "train.eval_every", "train.save_every", "train.keep_last_n", "train.log_every",
     "train.early_stopping_patience", "train.early_stopping_metric", "train.early_stopping_min_delta",
     "tracking.", "teacher.", "symbolic.on_teacher_down", "symbolic.down_after_failures", "symbolic.down_for_steps",
-    "symbolic.max_inflight",
+    "symbolic.max_inflight", "run.collective_timeout_s",
 )
 
 
@@ -60,9 +61,34 @@ def _resume_keys(overrides) -> list[str]:
 
 # ---------------------------------------------------------------------------------------- verbs
 
+def _launch(args, verb: list) -> int | None:
+    """``--nproc N``: become ``torchrun --standalone --nproc_per_node N -m neurosym ...`` (N processes
+    on this machine; never returns). None: no launch needed (one process, or already launched)."""
+    from neurosym.runtime import launched
+    if not args.nproc or args.nproc == 1 or launched():
+        return None
+    flags = (["-v"] if args.verbose else []) + verb + [x for kv in args.set for x in ("--set", kv)]
+    flags += ["--quiet"] if args.quiet else []
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.nproc),
+           "-m", "neurosym", *flags]
+    print(f"launching {args.nproc} processes: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os.execv(sys.executable, cmd)  # this process becomes the launcher: a signal to it reaches the job
+
+
+def _nproc(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError("--nproc must be at least 1")
+    return n
+
+
 def cmd_train(args) -> int:
     from neurosym.train import train
     cfg = _load(args.config, args.set)
+    code = _launch(args, ["train", args.config] + (["--resume"] if args.resume else []))
+    if code is not None:
+        return code
     outcome = train(cfg, resume=args.resume, quiet=args.quiet, changed_keys=_resume_keys(args.set) if args.resume else ())
     return _report(outcome)
 
@@ -73,6 +99,9 @@ def cmd_resume(args) -> int:
     cfg = _run_config(args.run_dir, overrides=args.set)
     if not (Path(args.run_dir) / "events.jsonl").exists():
         raise UserError(f"{args.run_dir} holds no run yet (no events.jsonl); start it with neurosym train CONFIG")
+    code = _launch(args, ["resume", args.run_dir])
+    if code is not None:
+        return code
     outcome = train(cfg, resume=True, quiet=args.quiet, changed_keys=keys)
     return _report(outcome)
 
@@ -80,6 +109,8 @@ def cmd_resume(args) -> int:
 def _report(outcome) -> int:
     if outcome.interrupted:
         return EXIT_INTERRUPTED
+    if not outcome.main:  # several processes: the main one reports
+        return 0
     from neurosym.summary import summary_lines
     print("\n".join(summary_lines(outcome.run_dir, outcome.state, outcome.stop_reason)))
     return 0
@@ -169,12 +200,19 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key, e.g. --set train.lr=1e-4 (repeatable)")
 
+    def nproc(q):
+        q.add_argument("--nproc", type=_nproc, default=None, metavar="N",
+                       help="train data-parallel on N processes of this machine (one per GPU) through torchrun; "
+                            "for several nodes, start `accelerate launch -m neurosym ...` or `torchrun ... -m neurosym "
+                            "...` yourself")
+
     q = _parser(sub, "train", "Fine-tune from a YAML config.",
                 "neurosym train experiments/tiny.yaml --set run.name=try2 --set train.max_steps=40")
     q.add_argument("config")
     overrides(q)
     q.add_argument("--resume", action="store_true", help="continue the run from its newest complete checkpoint")
     q.add_argument("--quiet", action="store_true", default=None, help="no progress bar (default off a terminal)")
+    nproc(q)
     q.set_defaults(func=cmd_train)
 
     q = _parser(sub, "resume", "Continue an interrupted run from its newest complete checkpoint.",
@@ -182,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("run_dir")
     overrides(q)
     q.add_argument("--quiet", action="store_true", default=None)
+    nproc(q)
     q.set_defaults(func=cmd_resume)
 
     q = _parser(sub, "eval", "Loss and perplexity of a checkpoint on the eval split.",

@@ -33,6 +33,9 @@ class RunConfig(_Section):
     name: str = Field("run", description="Run name; the run directory is <output_dir>/<name>.")
     output_dir: str = Field("runs", description="Parent folder of run directories (relative to the cwd).")
     seed: int = Field(0, ge=0, le=2**32 - 1)
+    collective_timeout_s: int = Field(
+        1800, gt=0, description="Several processes: how long one waits for the others (a teacher call or an "
+                                "evaluation on the main process included) before the run ends with a message.")
 
     @field_validator("name")
     @classmethod
@@ -168,6 +171,11 @@ class DataConfig(_Section):
 class TrainConfig(_Section):
     batch_size: int = Field(4, gt=0)
     grad_accum: int = Field(1, gt=0)
+    global_batch_size: Optional[int] = Field(
+        None, gt=0, description="Examples per optimizer step over all processes. Unset: batch_size x grad_accum x "
+                                "the number of processes (batch_size is per device). Set it to keep the same step "
+                                "whatever the number of processes (resume on another number of GPUs); batch_size "
+                                "is then the micro-batch.")
     lr: float = Field(2e-4, gt=0, le=1.0)
     optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"] = Field(
         "adamw", description="The 8-bit and paged variants are bitsandbytes' (CUDA only).")

@@ -59,7 +59,8 @@ def load_base_model(model_cfg, cache_dir: Path, device: torch.device):
     kwargs = dict(trust_remote_code=model_cfg.trust_remote_code, revision=model_cfg.revision, dtype=dtype)
     if model_cfg.quantization == "4bit":
         kwargs["quantization_config"] = qlora_config(dtype)
-        kwargs["device_map"] = {"": device.index or 0}
+        # the process's own GPU (several processes: accelerate made it the current device of each)
+        kwargs["device_map"] = {"": device.index if device.index is not None else torch.cuda.current_device()}
     src = model_source(model_cfg, cache_dir)
     try:
         model = AutoModelForCausalLM.from_pretrained(src, **kwargs)

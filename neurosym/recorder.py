@@ -108,3 +108,45 @@ class Recorder:
         self.progress.close()
         self.events.close()
         return self.tracker.finish(exit_code=130 if interrupted else 0)
+
+
+class QuietRecorder:
+    """What a process other than the main one records: nothing (one set of outputs per run). Its
+    alerts and messages go to the debug log (``neurosym -v``), tagged with the process's rank."""
+
+    wandb_run_id = None
+    tracker = None
+
+    def __init__(self, rank: int):
+        self.rank = rank
+
+    def _say(self, text: str) -> None:
+        log.debug("[process %d] %s", self.rank, text)
+
+    def step(self, record: dict) -> None:
+        self._say(f"step {record['step']}: route {record['route']} loss {record.get('loss')} "
+                  f"prompt v{record.get('prompt_version')}")
+
+    def alert(self, step: int, text: str) -> None:
+        self._say(f"step {step}: WARNING: {text}")
+
+    def message(self, text: str) -> None:
+        self._say(text)
+
+    def landing(self, record: dict) -> None:
+        pass
+
+    def prompt(self, step: int, version: int, text) -> None:
+        pass
+
+    def eval(self, step: int, figures: dict, samples=None) -> None:
+        pass
+
+    def finish_tables(self, step: int, routed: bool, rewrites: list) -> None:
+        pass
+
+    def artifact(self, files: list, name: str, kind: str, metadata: dict) -> None:
+        pass
+
+    def close(self, interrupted: bool):
+        return None

@@ -17,37 +17,41 @@ from classifiers import BatchStats, Decision, make_router
 from monitors import MonitorSuite
 from neurosym.batches import BatchSource
 from neurosym.checkpoint import apply_checkpoint, latest_checkpoint, newest_intact_checkpoint, save_checkpoint
-from neurosym.data import Renderer, load_examples
+from neurosym.data import Example, Renderer, load_examples
 from neurosym.errors import ResumeMismatch
 from neurosym.gain import GainProbe
 from neurosym.generation import answer_examples
 from neurosym.model import base_identity, identity_mismatch, load_for_training
 from neurosym.optim import make_optimizer
 from neurosym.prompts import PromptHistory
-from neurosym.recorder import Recorder
+from neurosym.recorder import QuietRecorder, Recorder
 from neurosym.reward import make_reward
 from neurosym.rng import seed_everything
 from neurosym.runtime import make_runtime
 from neurosym.schedule import lr_at, set_lr
 from neurosym.state import TrainState
-from neurosym.updates import DEFAULT_ROUTE, UPDATES, Outcome, enabled_routes
+from neurosym.updates import DEFAULT_ROUTE, UPDATES, Follower, Outcome, enabled_routes, outcome_as_dict, outcome_from_dict
 from neurosym.updates.lora import encode_batches, eval_loss
 
 SAMPLES = 8  # sample generations logged to W&B at each evaluation
 SCHEDULE_KEYS = ("train.lr", "train.scheduler", "train.warmup", "train.warmup_ratio")
 
 
-def total_steps(cfg, n_train: int) -> int:
+def examples_per_step(train_cfg, world_size: int = 1) -> int:
+    """The global batch: ``train.global_batch_size``, else batch_size x grad_accum per process."""
+    return train_cfg.global_batch_size or train_cfg.batch_size * train_cfg.grad_accum * world_size
+
+
+def total_steps(cfg, n_train: int, world_size: int = 1) -> int:
     if cfg.train.max_steps:
         return cfg.train.max_steps
-    per_step = cfg.train.batch_size * cfg.train.grad_accum
-    return max(1, math.ceil(cfg.train.epochs * n_train / per_step))
+    return max(1, math.ceil(cfg.train.epochs * n_train / examples_per_step(cfg.train, world_size)))
 
 
 class Run:
     SAVED = ("prompts", "monitors", "router", "batches")  # + each kind of update, by its name
 
-    def __init__(self, cfg, run_dir, quiet: Optional[bool] = None):
+    def __init__(self, cfg, run_dir, quiet: Optional[bool] = None, runtime=None):
         # data and teacher first (cheap, fail fast), then the student model
         self.cfg, self.dir, self.quiet = cfg, run_dir, quiet
         self.train_set, report = load_examples(cfg.data.train, cfg.data)
@@ -57,11 +61,13 @@ class Run:
                   file=sys.stderr)
         self.routes = enabled_routes(cfg)
         for name in self.routes:
-            UPDATES[name].preflight(cfg)
+            if runtime is None or runtime.is_main or not UPDATES[name].main_only:  # the teacher: main process
+                UPDATES[name].preflight(cfg)
         self.reward = make_reward(cfg.reward)
         seed_everything(cfg.run.seed)
         self.model, self.tokenizer, device, dtype = load_for_training(cfg, run_dir.models_cache)
-        self.runtime = make_runtime(device, dtype)
+        self.runtime = runtime or make_runtime(device, dtype)  # several processes: made before the model loads
+        self.runtime.prepare(self.model)
         self.pad_id = self.tokenizer.pad_token_id
         self.renderer = Renderer(self.tokenizer, cfg.data.max_length, cfg.data.system_prompt, cfg.data.train_on)
         # every example rendered once before step 1: a template refusal or an example truncated to
@@ -71,24 +77,35 @@ class Run:
         if unrendered:
             print(f"warning: skipped {len(unrendered)} examples that cannot be rendered (first: {unrendered[0]})",
                   file=sys.stderr)
-        self.total_steps = total_steps(cfg, len(self.train_set))
+        self.per_step = examples_per_step(cfg.train, self.runtime.world_size)
+        self.total_steps = total_steps(cfg, len(self.train_set), self.runtime.world_size)
         self.optimizer = make_optimizer(cfg.train, self.model, device)
         self.state = TrainState(total_steps=self.total_steps, base=base_identity(self.model, cfg.model))
         self.prompts = PromptHistory(cfg.data.system_prompt)
         mix = cfg.remake.mix_ratio if len(self.routes) > 1 else 0.0
-        self.batches = BatchSource(self.train_set, cfg.run.seed, cfg.train.batch_size * cfg.train.grad_accum, mix)
+        self.batches = BatchSource(self.train_set, cfg.run.seed, self.per_step, mix)  # the global batch
         self.monitors = MonitorSuite(cfg.monitors)
         self.router = make_router(cfg.router, cfg.run.seed, self.routes)
         self.recorder = None  # opened once the start point is known (events are cut back to it)
-        self.updates = {name: UPDATES[name](self) for name in self.routes}
+        # updates that talk to the teacher or write files exist on the main process only; the others
+        # follow (their outcome, the prompt and the refined examples are broadcast: share_state)
+        self.updates = {name: UPDATES[name](self) if self.runtime.is_main or not UPDATES[name].main_only
+                        else Follower(self, name) for name in self.routes}
+        self._n_shared_refined = 0
         probe_set = (load_examples(cfg.reward.probe, cfg.data)[0] if cfg.reward.probe
                      else self.eval_set or self.train_set)[: cfg.reward.probe_size]
         self.probe = (GainProbe(probe_set, self.reward, self, cfg.symbolic.max_new_tokens,
-                                by_loss=cfg.reward.gain_from == "loss") if self.router.learns_from_gain else None)
+                                by_loss=cfg.reward.gain_from == "loss")
+                      if self.router.learns_from_gain and self.runtime.is_main else None)
         self.version = 0  # bumped whenever the weights or the prompt change (the probe's cache key)
         self.step_walls: collections.deque = collections.deque(maxlen=20)
         self.stop_reason: Optional[str] = None  # early stopping
         self.flat_gains_reported = False
+
+    def _say(self, *args, **kw) -> None:
+        """A message of the main process (several processes: one of each, not one per process)."""
+        if self.runtime.is_main:
+            print(*args, **kw)
 
     # ---- state ------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -103,13 +120,16 @@ class Run:
         for name, update in self.updates.items():  # before the batches: the remake store is cut back here
             update.load_state_dict(components[name])
         refined = [ex for u in self.updates.values() for ex in getattr(u, "refined_examples", list)()]
+        refined = self.runtime.from_main(lambda: refined, lambda exs: [ex.to_state() for ex in exs],
+                                         lambda states: [Example.from_state(e) for e in states])
         self.batches.load_state_dict(components["batches"], refined)
+        self._n_shared_refined = len(refined)
 
     def restore(self, changed_keys=()) -> Optional[Path]:
         """Continue from the newest intact checkpoint (or start afresh when there is none)."""
         loaded = newest_intact_checkpoint(self.dir.path, str(self.runtime.device))
         if loaded is None:
-            print(f"no usable checkpoint in {self.dir}; starting from step 0", file=sys.stderr)
+            self._say(f"no usable checkpoint in {self.dir}; starting from step 0", file=sys.stderr)
             return self.start_fresh()
         saved = loaded.state
         why = identity_mismatch(saved.base, self.state.base)
@@ -124,12 +144,12 @@ class Run:
                                  f"state.json says {saved.lr}")
         apply_checkpoint(loaded, self.model, self.optimizer)
         if saved.total_steps != self.total_steps:
-            print(f"note: the LR schedule was built for {saved.total_steps} steps and now spans {self.total_steps}; "
+            self._say(f"note: the LR schedule was built for {saved.total_steps} steps and now spans {self.total_steps}; "
                   f"lr at step {saved.step + 1} is {lr_at(self.cfg.train, saved.step + 1, self.total_steps):.3g}",
                   file=sys.stderr)
         self.state = TrainState(**{**vars(saved), "total_steps": self.total_steps, "base": self.state.base})
         self.load_state_dict(saved.components)
-        print(f"resumed from {loaded.path} (step {saved.step}/{self.total_steps})", file=sys.stderr)
+        self._say(f"resumed from {loaded.path} (step {saved.step}/{self.total_steps})", file=sys.stderr)
         return loaded.path
 
     def start_fresh(self) -> None:
@@ -137,9 +157,17 @@ class Run:
             update.load_state_dict(None)
 
     def open_recorder(self) -> None:
+        if not self.runtime.is_main:  # one set of outputs: the main process's
+            self.recorder = QuietRecorder(self.runtime.rank)
+            return
         self.recorder = Recorder(self.cfg, self.dir, self.routes, self.total_steps, self.state.step,
                                  keep_through=self.state.step if self.state.step else -1, quiet=self.quiet)
         self.state.wandb_run_id = self.recorder.wandb_run_id
+        if self.runtime.world_size > 1 or self.cfg.train.global_batch_size:
+            t = self.cfg.train
+            self.recorder.message(f"{self.runtime.describe()}; global batch {self.per_step} examples per step "
+                                  f"(about {self.per_step // self.runtime.world_size} per process, in micro-batches "
+                                  f"of {t.batch_size})")
         if self.state.step == 0:
             self.recorder.prompt(0, 0, self.prompts.current)
 
@@ -171,19 +199,30 @@ class Run:
     def decide(self, signals, stats: BatchStats, unavailable: dict, fallback: Optional[str]) -> Decision:
         if fallback is not None:  # a failed update's batch: the default route, not the router's call
             return Decision(DEFAULT_ROUTE, reason=f"fallback: {fallback[:200]}", router="fallback")
-        return self.router.decide(signals, stats, unavailable)
+        # one decision per step: the main process's router decides for every process
+        return self.runtime.from_main(lambda: self.router.decide(signals, stats, unavailable),
+                                      Decision.as_dict, Decision.from_dict)
 
     def apply(self, batch, decision: Decision, step: int) -> Outcome:
-        outcome = self.updates[decision.route].apply(batch, decision, step)
+        outcome = self._apply(decision.route, batch, decision, step)
         if outcome.failed and not outcome.pending:  # the same batch takes the default route now
             self.state.count("failed_by_route", outcome.route)
             failed = outcome
-            outcome = self.updates[DEFAULT_ROUTE].apply(batch, decision, step)
+            outcome = self._apply(DEFAULT_ROUTE, batch, decision, step)
             outcome.fallback_from = failed
         if not outcome.pending:
             self.version += 1
             self.state.count("ok_by_route", outcome.route)
         return outcome
+
+    def _apply(self, name: str, batch, decision: Decision, step: int) -> Outcome:
+        update = self.updates[name]
+        if UPDATES[name].main_only:  # done on the main process: its outcome and what it changed, on every process
+            outcome = self.runtime.from_main(lambda: update.apply(batch, decision, step), outcome_as_dict,
+                                             outcome_from_dict)
+            self.share_state()
+            return outcome
+        return update.apply(batch, decision, step)
 
     def gain(self, batch, stats: BatchStats, outcome: Outcome) -> Optional[float]:
         if self.probe is None or outcome.pending or stats.reward_before is None:
@@ -218,6 +257,33 @@ class Run:
                         if landing.decision is not None:
                             self.learn(landing.decision, out, record["gain"])
                 self.recorder.landing(record)
+        self.share_state()
+
+    def share_state(self) -> None:
+        """What main-only updates change, from the main process to the others, before the next batch
+        is drawn: the prompt versions, new refined examples, failed updates' batches."""
+        if self.runtime.world_size == 1:
+            return
+
+        def main_state():
+            new = self.batches.refined[self._n_shared_refined:]
+            return {"prompts": self.prompts.state_dict(), "refined": [ex.to_state() for ex in new],
+                    "fallbacks": self.batches.state_dict()["fallbacks"], "version": self.version}
+
+        shared = self.runtime.from_main(main_state)
+        if not self.runtime.is_main:
+            self.prompts.load_state_dict(shared["prompts"])
+            self.renderer.system_prompt = self.prompts.current
+            self.batches.add_refined([Example.from_state(e) for e in shared["refined"]])
+            self.batches.fallbacks = [([Example.from_state(e) for e in f["batch"]], f["why"])
+                                      for f in shared["fallbacks"]]
+            self.version = shared["version"]
+        self._n_shared_refined = len(self.batches.refined)
+
+    def should_stop(self, requested: bool) -> bool:
+        """A stop asked on any process (Ctrl-C, SIGTERM), or early stopping on the main one."""
+        self.stop_reason = self.runtime.from_main(lambda: self.stop_reason)  # no-op with one process
+        return self.runtime.any(requested) or bool(self.stop_reason)
 
     def record(self, step: int, batch, decision: Decision, signals, stats: BatchStats, outcome: Outcome,
                gain: Optional[float], t0: float) -> None:
@@ -250,7 +316,7 @@ class Run:
     # ---- evaluation and checkpoints -----------------------------------------------------------------
     def evaluate(self) -> dict:
         figures: dict = {}
-        if self.eval_set:
+        if self.eval_set and self.runtime.is_main:
             micro = encode_batches(self.eval_set, self.renderer, self.cfg.train.batch_size, self.pad_id, self.runtime,
                                    self.cfg.data.packing, self.cfg.data.max_length)
             loss, _ = eval_loss(self.model, micro, self.runtime)
@@ -292,7 +358,9 @@ class Run:
         if t.save_every and step % t.save_every == 0:
             self.save()
 
-    def save(self) -> Path:
+    def save(self) -> Optional[Path]:
+        if not self.runtime.is_main:  # the same weights and state on every process: one writer
+            return None
         self.state.components = self.state_dict()
         return save_checkpoint(self.dir.path, self.model, self.optimizer, self.state, self.cfg.train.keep_last_n,
                                model_card(self.cfg, self.prompts.current, self.state.step), self.prompts.current)
@@ -304,6 +372,7 @@ class Run:
     def close(self) -> None:
         for update in self.updates.values():
             update.close()
+        self.runtime.close()
 
 
 def model_card(cfg, system_prompt: Optional[str], step: int) -> str:

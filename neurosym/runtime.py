@@ -1,15 +1,18 @@
 """Where the numbers run: device, precision, backward, clipping, and the process group.
 
-``LocalRuntime`` is one process on one device. The multi-process runtime (accelerate: DDP/FSDP)
-implements the same methods, so the loop never knows how many processes there are: the main
-process alone talks to the teacher and writes files, decisions are ``broadcast`` from it, and
-figures the monitors see are ``mean``-reduced over processes.
+``LocalRuntime`` is one process on one device. The multi-process runtime
+(:class:`neurosym.distributed.AccelerateRuntime`, DDP through Hugging Face accelerate) implements
+the same methods, so the loop never knows how many processes there are: the main process alone
+talks to the teacher and writes files, decisions are ``broadcast`` from it (``from_main``), each
+process trains on its ``shard`` of the global batch, and the figures the monitors see are reduced
+over processes (``sum``/``mean``).
 """
 from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any
+import os
+from typing import Any, Callable
 
 import torch
 
@@ -35,7 +38,25 @@ class LocalRuntime:
     def to_device(self, batch: dict) -> dict:
         return {k: v.to(self.device) for k, v in batch.items()}
 
+    # ---- the model the gradient step runs through ---------------------------------------------------
+    def prepare(self, model) -> None:
+        """Called once the adapter is on the model (the multi-process runtime wraps it in DDP)."""
+
+    def train_model(self, model):
+        """The module a training forward goes through (DDP's wrapper when there is one)."""
+        return model
+
+    def accumulating(self, model, last: bool):
+        """Context of one micro-batch's backward: gradients are synchronised on the ``last`` only."""
+        return contextlib.nullcontext()
+
+    def shard(self, batch: list) -> list:
+        """This process's part of the global batch (contiguous, the global order kept)."""
+        return batch
+
     def backward(self, loss: torch.Tensor) -> None:
+        """``loss`` is this process's share of the global step loss (a sum over its tokens divided by
+        the step's global number of target tokens)."""
         (self.scaler.scale(loss) if self.scaler else loss).backward()
 
     def clip_and_step(self, optimizer, params: list, max_norm: float | None) -> float:
@@ -52,14 +73,54 @@ class LocalRuntime:
         optimizer.zero_grad(set_to_none=True)
         return norm
 
+    # ---- collectives (trivial with one process) -----------------------------------------------------
+    def sum(self, value: float) -> float:
+        return value
+
     def mean(self, value: float) -> float:
         return value
 
+    def any(self, flag: bool) -> bool:
+        return bool(flag)
+
     def broadcast(self, obj: Any) -> Any:
+        """The main process's ``obj`` (JSON-able) on every process."""
         return obj
+
+    def from_main(self, fn: Callable[[], Any], encode: Callable = None, decode: Callable = None) -> Any:
+        """``fn()`` run on the main process only; its result on every process: the main process keeps
+        its own object, the others get ``decode(encode(result))`` (``encode`` gives something JSON-able)."""
+        return fn()
 
     def barrier(self) -> None:
         pass
+
+    def exclusive(self, run_dir):
+        """The run directory's lock, held by the main process for the whole run."""
+        return run_dir
+
+    def describe(self) -> str:
+        return f"1 process on {self.device}"
+
+    def close(self) -> None:
+        pass
+
+
+def launched() -> bool:
+    """Started by torchrun / accelerate launch with more than one process."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    except ValueError:
+        return False
+
+
+def start_runtime(cfg):
+    """The runtime for this process: the multi-process one under a launcher, else ``None`` (the
+    run then makes a :class:`LocalRuntime` on the device its model was loaded on)."""
+    if not launched():
+        return None
+    from neurosym.distributed import AccelerateRuntime
+    return AccelerateRuntime(cfg)
 
 
 def make_runtime(device: torch.device, dtype: torch.dtype) -> LocalRuntime:

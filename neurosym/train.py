@@ -16,6 +16,7 @@ from neurosym.config import Config, save_resolved
 from neurosym.errors import RunDirError, TeacherDownStop
 from neurosym.run import Run
 from neurosym.rundir import RunDir
+from neurosym.runtime import start_runtime
 from neurosym.state import TrainState
 from neurosym.tracking import check_tracking
 
@@ -27,6 +28,7 @@ class Outcome:
     interrupted: bool
     final_eval: dict
     stop_reason: Optional[str] = None
+    main: bool = True  # the main process (the one that reports; several processes: the others stay quiet)
 
 
 def train_step(run: Run) -> None:
@@ -47,16 +49,18 @@ def train_step(run: Run) -> None:
 
 def train(cfg: Config, resume: bool = False, quiet: Optional[bool] = None, changed_keys=()) -> Outcome:
     run_dir = RunDir(cfg.run_dir)
-    with run_dir:                                           # one process per run directory
+    runtime = start_runtime(cfg)                            # several processes: the process group, first
+    with (runtime.exclusive(run_dir) if runtime else run_dir):  # one job per run directory
         if run_dir.has_run() and not resume:
             raise RunDirError(f"{run_dir} already holds a run. Continue it with `neurosym resume {run_dir}` "
                               f"(or --resume), or start a new one with --set run.name=<new name>.")
         check_tracking(cfg)                                 # before any model loads
-        run = Run(cfg, run_dir, quiet)
+        run = Run(cfg, run_dir, quiet, runtime)
         interrupted, final = False, {}
         try:
             run.restore(changed_keys) if resume else run.start_fresh()
-            save_resolved(cfg, run_dir.config)              # only once the start or the resume is accepted
+            if run.runtime.is_main:
+                save_resolved(cfg, run_dir.config)          # only once the start or the resume is accepted
             run.open_recorder()
             if run.state.step >= run.total_steps:
                 run.recorder.message(f"run already finished at step {run.state.step}; nothing to do")
@@ -64,10 +68,10 @@ def train(cfg: Config, resume: bool = False, quiet: Optional[bool] = None, chang
             if run.state.step == 0 and run.eval_set:
                 run.evaluate()                              # the "before" of the before -> after
             with StopFlag() as stop:
-                while run.state.step < run.total_steps and not stop.requested and not run.stop_reason:
+                while run.state.step < run.total_steps and not run.should_stop(stop.requested):
                     train_step(run)
                     run.after_step()                        # evaluate and save on their schedules
-            interrupted = stop.requested and run.state.step < run.total_steps
+            interrupted = run.runtime.any(stop.requested) and run.state.step < run.total_steps
             if not interrupted:
                 run.land(run.state.step, wait=True)         # let the last asynchronous updates land
             run.save()
@@ -82,14 +86,16 @@ def train(cfg: Config, resume: bool = False, quiet: Optional[bool] = None, chang
                 sync = run.recorder.close(interrupted)
                 if sync:
                     print(f"W&B run saved offline; upload it with: {sync}", file=sys.stderr)
-        if interrupted:
+        if interrupted and run.runtime.is_main:
             print(f"interrupted at step {run.state.step}; checkpoint saved. Continue with: neurosym resume {run_dir}",
                   file=sys.stderr)
-        return Outcome(run_dir.path, run.state, interrupted, final, run.stop_reason)
+        return Outcome(run_dir.path, run.state, interrupted, final, run.stop_reason, run.runtime.is_main)
 
 
 def finish(run: Run) -> dict:
-    """Final evaluation, summary tables, the adapter artifact."""
+    """Final evaluation, summary tables, the adapter artifact (the main process's business)."""
+    if not run.runtime.is_main:
+        return {}
     final = run.evaluate() if not (run.cfg.train.eval_every and run.state.step % run.cfg.train.eval_every == 0) \
         else last_eval(run)
     symbolic = run.updates.get("symbolic")

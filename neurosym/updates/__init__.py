@@ -6,6 +6,7 @@ line here; routers choose among the names of the kinds a job enables.
 from __future__ import annotations
 
 from neurosym.updates.base import Landing, Outcome, Update
+from neurosym.updates.follower import Follower, outcome_as_dict, outcome_from_dict
 from neurosym.updates.lora import LoraUpdate
 from neurosym.updates.symbolic import SymbolicUpdate
 
@@ -22,4 +23,4 @@ def enabled_routes(cfg) -> tuple[str, ...]:
 
 
 __all__ = ["UPDATES", "DEFAULT_ROUTE", "enabled_routes", "Update", "Outcome", "Landing", "LoraUpdate",
-           "SymbolicUpdate"]
+           "SymbolicUpdate", "Follower", "outcome_as_dict", "outcome_from_dict"]

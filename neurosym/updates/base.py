@@ -48,6 +48,7 @@ class Landing:
 
 class Update(ABC):
     name: ClassVar[str]
+    main_only: ClassVar[bool] = False  # runs on the main process only (several processes: the others follow)
 
     def __init__(self, run: "Run"):
         self.run = run

@@ -47,20 +47,24 @@ def token_losses(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def lora_step(model, optimizer, micro_batches: list[dict], max_grad_norm, runtime) -> LoraStepResult:
-    total_targets = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in micro_batches)
+    """``micro_batches`` are this process's shard of the step; the loss is normalised by the number of
+    target tokens of the whole step, over all processes, so N processes take the one-process step."""
+    total_targets = int(runtime.sum(sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in micro_batches)))
     if total_targets == 0:
         raise ValueError("a batch with no response tokens (all truncated away?): raise data.max_length")
     loss_sum, tokens, example_losses = 0.0, 0, []
-    for batch in micro_batches:
-        with runtime.autocast():
-            losses, mask = token_losses(model, batch)
-        runtime.backward(losses.sum() / total_targets)
+    for i, batch in enumerate(micro_batches):
+        with runtime.accumulating(model, last=i == len(micro_batches) - 1):  # DDP: one all-reduce per step
+            with runtime.autocast():
+                losses, mask = token_losses(model, batch)
+            runtime.backward(losses.sum() / total_targets)
         with torch.no_grad():
             loss_sum += float(losses.sum())
             example_losses.extend(per_example_losses(losses, mask, batch))
             tokens += int(batch["attention_mask"].sum())
     params = [p for p in model.parameters() if p.requires_grad]
-    loss = runtime.mean(loss_sum / total_targets)
+    loss = runtime.sum(loss_sum) / total_targets  # the step's loss over all processes
+    tokens = int(runtime.sum(tokens))
     if not math.isfinite(loss):
         optimizer.zero_grad(set_to_none=True)
         return LoraStepResult(loss, float("nan"), tokens, [l for _, l in sorted(example_losses)])
@@ -93,9 +97,10 @@ class LoraUpdate(Update):
     def apply(self, batch: list, decision, step: int) -> Outcome:
         run = self.run
         data = run.cfg.data
-        micro = encode_batches(batch, run.renderer, run.cfg.train.batch_size, run.pad_id, run.runtime, data.packing,
-                               data.max_length)
-        res = lora_step(run.model, run.optimizer, micro, run.cfg.train.max_grad_norm, run.runtime)
+        micro = encode_batches(run.runtime.shard(batch), run.renderer, run.cfg.train.batch_size, run.pad_id,
+                               run.runtime, data.packing, data.max_length)
+        res = lora_step(run.runtime.train_model(run.model), run.optimizer, micro, run.cfg.train.max_grad_norm,
+                        run.runtime)
         fp16_skip = run.runtime.scaler is not None  # inf grads are the GradScaler's business, not divergence
         if not math.isfinite(res.loss) or (not math.isfinite(res.grad_norm) and not fp16_skip):
             last = run.last_checkpoint_name()

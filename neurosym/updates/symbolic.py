@@ -51,6 +51,7 @@ class Landed:
 
 class SymbolicUpdate(Update):
     name = "symbolic"
+    main_only = True  # the teacher, its cache and the remake store: one process
 
     @classmethod
     def enabled(cls, cfg) -> bool:

@@ -1,0 +1,288 @@
+"""Several processes (CPU, gloo, the tiny model) launched the way users launch them: the run under
+2 processes takes the same steps as 1 process on the same global batch; one process talks to the
+teacher and writes the outputs; a run killed under 2 processes resumes under 2 or under 1."""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from neurosym.checkpoint import complete_checkpoints, latest_checkpoint
+from neurosym.events import read_events
+from tests.support.hybrid import KEY_ENV, Teacher, hybrid_config
+from tests.support.jobs import write_config
+
+# global batch 8 = micro-batches of 2 x 2 per process under 2 processes, x 4 under 1; no dropout
+# (LoRA dropout draws per-process random numbers, so only a dropout-free step is the same step)
+TRAIN = {"max_steps": 6, "batch_size": 2, "global_batch_size": 8, "eval_every": 0, "save_every": 2, "lr": 5e-3}
+LORA = {"dropout": 0.0}
+ATOL = 1e-5
+
+
+def _env(**extra):
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def _cli(*args, nproc=1) -> list:
+    base = [sys.executable, "-m", "neurosym"]
+    return base + list(args) + (["--nproc", str(nproc)] if nproc > 1 else [])
+
+
+def _run(*args, nproc=1, timeout=400, env=None):
+    proc = subprocess.run(_cli(*args, nproc=nproc), env=env or _env(), capture_output=True, text=True,
+                          timeout=timeout)
+    if proc.returncode != 0:
+        tail = [line for line in proc.stderr.splitlines() if "DEBUG" not in line]
+        raise AssertionError("\n".join(tail[-80:]))
+    return proc
+
+
+def _adapter(run: Path) -> dict:
+    return load_file(str(latest_checkpoint(run) / "adapter_model.safetensors"))
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def _train_events(run: Path) -> list:
+    return [e for e in read_events(run / "events.jsonl") if e["kind"] == "train"]
+
+
+def _other_rank_steps(stderr: str) -> list:
+    """What process 1 logged of each step (neurosym -v): (step, route, prompt version)."""
+    return [(int(s), r, int(v)) for s, r, v in
+            re.findall(r"\[process 1\] step (\d+): route (\w+) loss \S+ prompt v(\d+)", stderr)]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_model_dir):
+    """One process, uninterrupted, on the same global batch."""
+    tmp = tmp_path_factory.mktemp("ref")
+    cfg = write_config(tmp, tiny_model_dir, name="ref", n_train=20, lora=LORA, train=TRAIN)
+    _run("train", str(cfg), "--quiet")
+    return tmp / "runs" / "ref"
+
+
+@pytest.mark.slow
+def test_two_processes_take_the_one_process_steps(tmp_path, tiny_model_dir, reference):
+    cfg = write_config(tmp_path, tiny_model_dir, name="ddp", n_train=20, lora=LORA, train=TRAIN)
+    proc = _run("-v", "train", str(cfg), "--quiet", nproc=2)
+    run = tmp_path / "runs" / "ddp"
+    diff = _max_diff(_adapter(run), _adapter(reference))
+    print(f"2 processes vs 1: max |adapter difference| = {diff:.3g}")
+    assert diff <= ATOL
+    # the monitors saw the all-reduced loss and the global gradient norm, and all the step's tokens
+    ours, ref = _train_events(run), _train_events(reference)
+    assert [e["step"] for e in ours] == list(range(1, 7))  # one set of events, each step once
+    for a, b in zip(ours, ref):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+        assert a["tokens"] == b["tokens"]
+    # one writer: checkpoints whole, no leftovers, one summary
+    assert [c.name for c in complete_checkpoints(run)] == ["step-2", "step-4", "step-6"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-2", "step-4", "step-6"]
+    assert proc.stdout.count("done: 6 steps") == 1, proc.stdout
+    assert "global batch 8 examples per step" in proc.stderr
+    # process 1 took the same route at every step (it logs its steps with -v)
+    assert _other_rank_steps(proc.stderr) == [(e["step"], e["route"], e["prompt_version"]) for e in ours]
+
+
+def _wait_for_step(events: Path, proc, step: int, timeout=300.0) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if events.exists():
+            done = [e["step"] for e in read_events(events) if e.get("kind") == "train"]
+            if done and done[-1] >= step:
+                return done[-1]
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        time.sleep(0.02)
+    raise AssertionError(f"step {step} never reached")
+
+
+def _kill_launcher_at(cfg, run: Path, step: int) -> None:
+    """SIGKILL of the launcher alone: its workers must die with it (and free the run directory)."""
+    proc = subprocess.Popen(_cli("train", str(cfg), "--quiet", nproc=2), env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _wait_for_step(run / "events.jsonl", proc, step)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 30  # the workers go with their parent (PR_SET_PDEATHSIG)
+        while time.monotonic() < deadline and _alive_in_group(proc.pid):
+            time.sleep(0.1)
+        assert not _alive_in_group(proc.pid), "workers outlived the killed launcher"
+    finally:
+        if _alive_in_group(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _alive_in_group(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("resume_nproc", [2, 1])
+def test_killed_under_two_processes_resumes_under_two_or_one(tmp_path, tiny_model_dir, reference, resume_nproc):
+    cfg = write_config(tmp_path, tiny_model_dir, name="killed", n_train=20, lora=LORA, train=TRAIN)
+    run = tmp_path / "runs" / "killed"
+    _kill_launcher_at(cfg, run, 3)
+    assert latest_checkpoint(run) is not None and latest_checkpoint(run).name in {"step-2", "step-4"}
+    _run("resume", str(run), "--quiet", nproc=resume_nproc)
+    diff = _max_diff(_adapter(run), _adapter(reference))
+    print(f"killed under 2, resumed under {resume_nproc}: max |adapter difference| vs uninterrupted = {diff:.3g}")
+    assert diff <= ATOL
+    assert [e["step"] for e in _train_events(run)] == list(range(1, 7))
+    ref_losses = [e["loss"] for e in _train_events(reference)]
+    assert [e["loss"] for e in _train_events(run)] == pytest.approx(ref_losses, abs=1e-5)
+
+
+@pytest.mark.slow
+def test_one_process_run_resumes_under_two(tmp_path, tiny_model_dir, reference):
+    cfg = write_config(tmp_path, tiny_model_dir, name="grow", n_train=20, lora=LORA,
+                       train={**TRAIN, "max_steps": 3})
+    _run("train", str(cfg), "--quiet")
+    run = tmp_path / "runs" / "grow"
+    _run("resume", str(run), "--quiet", "--set", "train.max_steps=6", nproc=2)
+    assert _max_diff(_adapter(run), _adapter(reference)) <= ATOL
+
+
+@pytest.fixture
+def teacher(openai_server, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, openai_server.api_key)
+    openai_server.set_responder(Teacher())
+    return openai_server
+
+
+@pytest.mark.slow
+def test_hybrid_under_two_processes_calls_the_teacher_from_one(tmp_path, tiny_model_dir, teacher):
+    """A learned router (it measures gains with the probe), symbolic updates and the remake store:
+    the run under 2 processes asks the teacher exactly what the 1-process run asks, once."""
+    sections = dict(router={"kind": "reward_classifier", "warmup": 2}, lora=LORA,
+                    train={**TRAIN, "save_every": 3})
+    runs = {}
+    for nproc in (1, 2):
+        cfg = hybrid_config(tmp_path / f"p{nproc}", tiny_model_dir, teacher, name="hybrid", **sections)
+        teacher.reset()
+        teacher.set_responder(Teacher())
+        proc = _run("-v", "train", str(cfg), "--quiet", nproc=nproc, env=_env(**{KEY_ENV: teacher.api_key}))
+        runs[nproc] = (tmp_path / f"p{nproc}" / "runs" / "hybrid", len(teacher.chat_requests), proc)
+    (one, calls1, _), (two, calls2, proc2) = runs[1], runs[2]
+    events1, events2 = _train_events(one), _train_events(two)
+    routes = [e["route"] for e in events2]
+    assert "symbolic" in routes and "lora" in routes, routes
+    assert calls2 == calls1 > 0  # one process asked; a second asking process would double the count
+    assert routes == [e["route"] for e in events1]
+    versions = [(e["version"], e["text"]) for e in read_events(two / "events.jsonl") if e["kind"] == "prompt"]
+    assert len(versions) > 1 and versions == [(e["version"], e["text"]) for e in read_events(one / "events.jsonl")
+                                              if e["kind"] == "prompt"]
+    # process 1 followed: the same route and prompt version at every step (-v logs them) ...
+    assert _other_rank_steps(proc2.stderr) == [(e["step"], e["route"], e["prompt_version"]) for e in events2]
+    # ... and trained its shard under the same prompt, on the same refined examples: same adapter
+    diff = _max_diff(_adapter(two), _adapter(one))
+    print(f"hybrid, 2 processes vs 1: teacher calls {calls2} vs {calls1}, max |adapter difference| {diff:.3g}")
+    assert diff <= ATOL
+
+
+@pytest.mark.slow
+def test_a_stuck_teacher_ends_the_run_with_a_message_and_the_checkpoint_resumes(tmp_path, tiny_model_dir, teacher):
+    """The main process hangs in a teacher call longer than run.collective_timeout_s: the process
+    waiting for it stops the run with a message (no endless hang); the last checkpoint resumes."""
+    script, calls = Teacher(), []
+
+    def responder(messages):
+        calls.append(1)
+        if len(calls) == 2:  # the first symbolic update's first call (the first is the preflight)
+            time.sleep(25)
+        return script(messages)
+
+    teacher.set_responder(responder)
+    cfg = hybrid_config(tmp_path, tiny_model_dir, teacher, name="stuck", lora=LORA, data={"eval": None},
+                        router={"kind": "alternate", "every": 3}, run={"collective_timeout_s": 8},
+                        teacher={"timeout_s": 60.0, "max_retries": 0}, train={**TRAIN, "save_every": 2})
+    proc = subprocess.run(_cli("train", str(cfg), "--quiet", nproc=2), env=_env(**{KEY_ENV: teacher.api_key}),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "run.collective_timeout_s=8 s" in proc.stderr and "neurosym resume" in proc.stderr, proc.stderr[-3000:]
+    run = tmp_path / "runs" / "stuck"
+    assert latest_checkpoint(run).name == "step-2"
+    teacher.set_responder(Teacher())
+    _run("resume", str(run), "--quiet", env=_env(**{KEY_ENV: teacher.api_key}))
+    assert [e["step"] for e in _train_events(run)] == list(range(1, 7))
+
+
+# ---- fast: the pieces, without processes ---------------------------------------------------------
+
+def test_global_batch_size_fixes_the_step_whatever_the_number_of_processes(tmp_path, tiny_model_dir):
+    from neurosym.config import load_config
+    from neurosym.run import examples_per_step, total_steps
+
+    per_device = load_config(write_config(tmp_path, tiny_model_dir, name="a", n_train=20,
+                                          train={"max_steps": None, "epochs": 2, "batch_size": 2, "grad_accum": 2}))
+    assert [examples_per_step(per_device.train, w) for w in (1, 2, 4)] == [4, 8, 16]
+    assert [total_steps(per_device, 20, w) for w in (1, 2, 4)] == [10, 5, 3]
+    fixed = load_config(write_config(tmp_path, tiny_model_dir, name="b", n_train=20,
+                                     train={"max_steps": None, "epochs": 2, "batch_size": 2, "global_batch_size": 8}))
+    assert {examples_per_step(fixed.train, w) for w in (1, 2, 4)} == {8}
+    assert {total_steps(fixed, 20, w) for w in (1, 2, 4)} == {5}
+
+
+def test_a_main_process_outcome_crosses_as_json_with_its_failure():
+    from neurosym.teacher import TeacherError
+    from neurosym.updates import Outcome, outcome_as_dict, outcome_from_dict
+
+    out = Outcome("symbolic", cost_usd=0.25, error=TeacherError("HTTP 500"), record={"calls": 3, "rejected": {}})
+    back = outcome_from_dict(json.loads(json.dumps(outcome_as_dict(out))))
+    assert back.failed and back.error.type_name == "TeacherError" and str(back.error) == "HTTP 500"
+    assert (back.route, back.cost_usd, back.record, back.pending) == ("symbolic", 0.25, {"calls": 3, "rejected": {}},
+                                                                      False)
+    assert not outcome_from_dict(outcome_as_dict(Outcome("lora", loss=1.5, grad_norm=0.5, tokens=9))).failed
+
+
+def test_nproc_is_checked_and_one_process_needs_no_launcher(tmp_path, tiny_model_dir, capsys):
+    from neurosym.cli import main
+
+    cfg = write_config(tmp_path, tiny_model_dir, name="n", train={"max_steps": 1, "eval_every": 0})
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", str(cfg), "--nproc", "0"])
+    assert exit_.value.code == 2 and "--nproc must be at least 1" in capsys.readouterr().err
+    assert main(["train", str(cfg), "--nproc", "1", "--quiet"]) == 0  # trains in this process
+    assert "launching" not in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ctrl_c_under_two_processes_saves_once_and_resumes(tmp_path, tiny_model_dir):
+    """Ctrl-C reaches the launcher and every process (one process group): they agree to stop after
+    the same step, the main process saves, and the resume finishes the uninterrupted run's steps."""
+    cfg = write_config(tmp_path, tiny_model_dir, name="ctrlc", n_train=20, lora=LORA,
+                       train={**TRAIN, "max_steps": 40, "save_every": 0})
+    run = tmp_path / "runs" / "ctrlc"
+    proc = subprocess.Popen(_cli("train", str(cfg), "--quiet", nproc=2), env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _wait_for_step(run / "events.jsonl", proc, 2)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    stopped = _train_events(run)[-1]["step"]
+    assert stopped < 40 and latest_checkpoint(run).name == f"step-{stopped}", err[-3000:]
+    assert err.count("checkpoint saved. Continue with") == 1, err[-3000:]
+    _run("resume", str(run), "--quiet", nproc=2)
+    assert [e["step"] for e in _train_events(run)] == list(range(1, 41))
+    assert latest_checkpoint(run).name == "step-40"
