@@ -38,3 +38,11 @@ def _isolate_env(monkeypatch, tmp_path):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / ".wandb-config"))
     monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / ".wandb-cache"))
+
+
+@pytest.fixture
+def keyed(openai_server, monkeypatch):
+    """The scripted server with its key exported in $NEUROSYM_TEST_TEACHER_KEY (tests.support.hybrid.KEY_ENV)."""
+    from tests.support.hybrid import KEY_ENV
+    monkeypatch.setenv(KEY_ENV, openai_server.api_key)
+    return openai_server

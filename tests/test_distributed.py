@@ -11,13 +11,13 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from neurosym.checkpoint import complete_checkpoints, latest_checkpoint
 from neurosym.events import read_events
 from tests.support.hybrid import KEY_ENV, Teacher, hybrid_config
 from tests.support.jobs import write_config
+from tests.support.processes import wait_for_step
 
 # global batch 8 = micro-batches of 2 x 2 per process under 2 processes, x 4 under 1; no dropout
 # (LoRA dropout draws per-process random numbers, so only a dropout-free step is the same step)
@@ -98,24 +98,12 @@ def test_two_processes_take_the_one_process_steps(tmp_path, tiny_model_dir, refe
     assert _other_rank_steps(proc.stderr) == [(e["step"], e["route"], e["prompt_version"]) for e in ours]
 
 
-def _wait_for_step(events: Path, proc, step: int, timeout=300.0) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if events.exists():
-            done = [e["step"] for e in read_events(events) if e.get("kind") == "train"]
-            if done and done[-1] >= step:
-                return done[-1]
-        assert proc.poll() is None, proc.stderr.read()[-3000:]
-        time.sleep(0.02)
-    raise AssertionError(f"step {step} never reached")
-
-
 def _kill_launcher_at(cfg, run: Path, step: int) -> None:
     """SIGKILL of the launcher alone: its workers must die with it (and free the run directory)."""
     proc = subprocess.Popen(_cli("train", str(cfg), "--quiet", nproc=2), env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        _wait_for_step(run / "events.jsonl", proc, step)
+        wait_for_step(run / "events.jsonl", proc, step)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
         deadline = time.monotonic() + 30  # the workers go with their parent (PR_SET_PDEATHSIG)
@@ -274,7 +262,7 @@ def test_ctrl_c_under_two_processes_saves_once_and_resumes(tmp_path, tiny_model_
     proc = subprocess.Popen(_cli("train", str(cfg), "--quiet", nproc=2), env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        _wait_for_step(run / "events.jsonl", proc, 2)
+        wait_for_step(run / "events.jsonl", proc, 2)
         os.killpg(proc.pid, signal.SIGINT)
         _, err = proc.communicate(timeout=120)
     finally:

@@ -36,23 +36,11 @@ def _run(*args, timeout=180):
     return proc
 
 
-def _wait_for_step(events: Path, proc, step: int, timeout=120.0) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if events.exists():
-            done = [e["step"] for e in read_events(events) if e.get("kind") == "train"]
-            if done and done[-1] >= step:
-                return done[-1]
-        assert proc.poll() is None, proc.stderr.read()[-3000:]
-        time.sleep(0.01)
-    raise AssertionError(f"step {step} never reached")
-
-
 def _kill_at(cfg, run, step):
     proc = subprocess.Popen(_cli("train", str(cfg), "--quiet"), env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        at = _wait_for_step(run / "events.jsonl", proc, step)
+        at = wait_for_step(run / "events.jsonl", proc, step)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
@@ -105,7 +93,7 @@ def test_train_resume_flag_and_ctrl_c(tmp_path, tiny_model_dir, reference):
     proc = subprocess.Popen(_cli("train", str(cfg), "--quiet"), env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_for_step(run / "events.jsonl", proc, 4)
+        wait_for_step(run / "events.jsonl", proc, 4)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     finally:
@@ -123,6 +111,7 @@ def test_train_resume_flag_and_ctrl_c(tmp_path, tiny_model_dir, reference):
 # ---- with the router and the symbolic route on
 
 from tests.support.hybrid import KEY_ENV, Teacher, hybrid_config  # noqa: E402
+from tests.support.processes import wait_for_step
 
 ROUTED = {"max_steps": 10, "save_every": 2, "eval_every": 0, "batch_size": 4, "lr": 5e-3}
 

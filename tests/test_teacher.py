@@ -22,13 +22,6 @@ KEY_ENV = "NEUROSYM_TEST_TEACHER_KEY"
 FAST = dict(base_s=0.01, max_s=0.05)
 
 
-@pytest.fixture
-def keyed(openai_server, monkeypatch):
-    """The server with its key exported in $NEUROSYM_TEST_TEACHER_KEY."""
-    monkeypatch.setenv(KEY_ENV, openai_server.api_key)
-    return openai_server
-
-
 def tcfg(server, **kw) -> TeacherConfig:
     base = dict(model=server.model, base_url=server.base_url, api_key_env=KEY_ENV, timeout_s=5.0, max_retries=2)
     base.update(kw)

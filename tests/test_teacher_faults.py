@@ -18,12 +18,6 @@ KEY_ENV = "NEUROSYM_TEST_TEACHER_KEY"
 FAST = dict(base_s=0.01, max_s=0.05)
 
 
-@pytest.fixture
-def keyed(openai_server, monkeypatch):
-    monkeypatch.setenv(KEY_ENV, openai_server.api_key)
-    return openai_server
-
-
 def engine(server, run_dir, backoff=None, **kw):
     base = dict(model=server.model, base_url=server.base_url, api_key_env=KEY_ENV, timeout_s=5.0, max_retries=2,
                 price_per_1k_tokens={"input": 1.0, "output": 1.0})
