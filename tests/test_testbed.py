@@ -1,6 +1,7 @@
 """The routing testbed: the world and its splits, the pretrained student, the hybrid job, compare.py."""
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
