@@ -300,7 +300,7 @@ def main(argv=None) -> None:
     if args.quick:
         args.alphas, args.seeds, args.noise, args.steps, args.every, LORA_FACTOR = [0.5], [0], [0.0], 6, 2, 1
         args.arms = ["none", "hand_prompt", "lora", "prompt", "learned", "random"]
-    work = Path(args.work)
+    work = Path(args.work).resolve()
     if work.exists():
         shutil.rmtree(work / "settings", ignore_errors=True)
     results = []

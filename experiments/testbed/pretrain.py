@@ -26,7 +26,7 @@ import world as W  # noqa: E402
 
 SPEC = {"world_seed": 0, "seed": 0, "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 4,
         "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256,
-        "steps": 3000, "batch_size": 32, "lr": 3e-3, "warmup": 100}
+        "steps": 1200, "batch_size": 32, "lr": 3e-3, "warmup": 100}
 
 
 def build(spec: dict):
