@@ -49,7 +49,7 @@ class Tracker:
             name=cfg.run.name, id=run_id, resume="allow", mode=self.mode,
             dir=os.environ.get("WANDB_DIR") or str(self.run_dir), config=redact(cfg.to_dict()),
             # no 2-minute stall when the server cannot be reached; our console is ours (no stdout capture)
-            settings=wandb.Settings(init_timeout=30, console="off"),
+            settings=wandb.Settings(init_timeout=30, console="off", silent=True),
         )
         self.run.define_metric("*", step_metric="train/step")
 

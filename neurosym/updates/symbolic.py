@@ -59,9 +59,13 @@ class SymbolicUpdate(Update):
 
     @classmethod
     def preflight(cls, cfg) -> None:
+        """Before the model loads: an OpenAI-compatible teacher answers, a python teacher imports."""
         if cfg.teacher.provider == "openai":
             from neurosym.teacher import preflight
             preflight(cfg.teacher)
+        elif cfg.teacher.provider == "python":
+            from neurosym.teacher.python import load_callable
+            load_callable(cfg.teacher.callable)
 
     def __init__(self, run):
         super().__init__(run)
