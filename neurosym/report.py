@@ -115,6 +115,10 @@ def _gain_panel(ax, train: list[dict]) -> None:
         return
     xs_all = [x for xs, _ in points.values() for x in xs]
     ys_all = [y for _, ys in points.values() for y in ys]
+    if len(ys_all) > 1 and max(ys_all) - min(ys_all) < 1e-12:  # a flat signal: no fit to plot, say so
+        _note(ax, f"every realized gain was {ys_all[0]:.4g} ({len(ys_all)} updates):\nthe router had no signal "
+                  f"to learn from\n(check reward.kind and the probe set)", hide_x=True)
+        return
     for cat, (xs, ys) in points.items():
         label, colour, marker = ROUTES[cat]
         ax.scatter(xs, ys, s=30, color=colour, marker=marker, label=f"{label} ({len(xs)})", alpha=0.85,
@@ -175,6 +179,12 @@ def summarize(events: list[dict], versions: list[dict]) -> list[str]:
         lines.extend(f"    {v} x {k[:28]}" for k, v in rejected.most_common(4))
         if malformed:
             lines.append(f"  malformed    {malformed}")
+    unchanged = Counter(r for e in events if isinstance(e.get("symbolic"), dict)
+                        for r in [e["symbolic"].get("unchanged_reason")] if r)
+    if unchanged:
+        lines.append(f"  prompt kept  {sum(unchanged.values())}")
+        lines.extend(f"    {v} x {k[:28]}" for k, v in unchanged.most_common(4))
+    alerts = [e.get("text", "") for e in events if e.get("kind") == "alert"]
     changed = [v for v in versions if v["version"] > 0]
     lines.append(f"prompt         {len(changed)} rewrite{'s' if len(changed) != 1 else ''}"
                  + (f", v{changed[-1]['version']} at step {changed[-1]['step']}" if changed else ""))
@@ -185,6 +195,8 @@ def summarize(events: list[dict], versions: list[dict]) -> list[str]:
         lines.append(f"  best         {best[1]:.4f} at step {best[0]}")
     else:
         lines.append("eval loss      none recorded")
+    for text in alerts[:3]:  # teacher down, budget spent, a flat router signal
+        lines.append(f"warning        {text[:34]}")
     return lines
 
 

@@ -197,6 +197,22 @@ def test_report_gains_without_predictions_say_so(tmp_path):
     assert "1 gains measured,\nnone with a router prediction" in texts(axes["gain"])
 
 
+def test_report_says_a_flat_router_signal_why_prompts_stayed_and_alerts(tmp_path):
+    from neurosym.report import prompt_versions, run_events
+    run_dir, _ = make_run(tmp_path)
+    records = [{"kind": "train", "step": s, "route": "lora" if s % 2 else "symbolic", "loss": 1.0, "gain": 0.0,
+                "decision": {"route": "lora" if s % 2 else "symbolic", "predicted": {"lora": 0.1 * s, "symbolic": 0.0}},
+                **({} if s % 2 else {"symbolic": {"calls": 3, "unchanged_reason": "elided" if s == 2 else "identical"}})}
+               for s in range(1, 7)]
+    records.append({"kind": "alert", "step": 4, "text": "every gain the router learnt from was the same"})
+    write_events(run_dir, records)
+    axes = {ax.get_label(): ax for ax in draw_report(run_dir).axes}
+    assert any("every realized gain was 0" in t and "no signal" in t for t in texts(axes["gain"]))
+    lines = "\n".join(summarize(run_events(run_dir), prompt_versions(run_dir)))
+    assert "prompt kept  3" in lines and "2 x identical" in lines and "1 x elided" in lines
+    assert "warning        every gain the router learn" in lines
+
+
 def test_report_without_events_is_a_user_error(tmp_path, capsys):
     run_dir, _ = make_run(tmp_path)
     assert main(["report", str(run_dir)]) == 2

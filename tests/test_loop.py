@@ -214,3 +214,14 @@ def test_the_gain_can_be_measured_by_loss_and_on_a_schedule(tmp_path, tiny_model
     measured = [e["step"] for e in events if e["gain"] is not None]
     assert measured == [1, 3, 5]  # steps whose state.step before them is a multiple of 2
     assert all(e["batch"]["mean_loss"] is None for e in events if e["step"] not in measured)
+
+
+def test_gradient_checkpointing_takes_the_same_steps(tmp_path, tiny_model_dir):
+    runs = {}
+    for flag in (False, True):
+        cfg = load_config(write_config(tmp_path / str(flag), tiny_model_dir,
+                                       lora={"dropout": 0.0}, train={"max_steps": 3, "gradient_checkpointing": flag}))
+        out = train(cfg, quiet=True)
+        runs[flag] = [x for e in read_events(out.run_dir / "events.jsonl") if e["kind"] == "train"
+                      for x in (e["loss"], e["grad_norm"])]
+    assert runs[True] == pytest.approx(runs[False], rel=1e-5)
