@@ -7,8 +7,8 @@
    (``--base Qwen/...``) is used as it is.
 3. One adapter per target attribute value (positive, sports, today, home), each trained through the
    ordinary job path (``neurosym.train.train(cfg)``) on the rows with that value; plus the joint-training
-   baseline per N: one adapter on the union of the N datasets (written as one JSONL until the
-   several-datasets config lands).
+   baseline per N: one adapter on the N datasets together, from the config alone (``data.train`` lists
+   the N per-attribute files with equal mixing weights).
 4. Every composition method at N = 1 (positive), 2 (+ sports), 4 (+ today, home), unbaked and baked,
    sampled from a fixed prompt set with a fixed seed; each generation is classified.
 
@@ -108,9 +108,10 @@ def pretrain_tiny(preset: str, rows: list[dict], out: Path, steps: int, seed: in
 
 # ------------------------------------------------------------------------------ adapters
 
-def train_adapter(name: str, rows: list[dict], base: str, work: Path, steps: int, seed: int, lr: float,
+def train_adapter(name: str, parts: dict[str, list[dict]], base: str, work: Path, steps: int, seed: int, lr: float,
                   kind: str = "lora") -> Path:
-    """One adapter through the ordinary job path (config -> neurosym.train.train)."""
+    """One adapter through the ordinary job path (config -> neurosym.train.train), on one dataset per
+    entry of ``parts`` (several: a weighted mixture, equal weights, as a user would configure it)."""
     from neurosym.checkpoint import latest_checkpoint
     from neurosym.config import load_config
     from neurosym.train import train
@@ -118,12 +119,14 @@ def train_adapter(name: str, rows: list[dict], base: str, work: Path, steps: int
     run_dir = work / "runs" / name
     if latest_checkpoint(run_dir) is not None:
         return run_dir
-    data = write_jsonl(work / "data" / f"{name}.jsonl", rows)
+    files = {part: str(write_jsonl(work / "data" / f"{part}.jsonl", rows)) for part, rows in parts.items()}
+    data = (next(iter(files.values())) if len(files) == 1
+            else [{"path": path, "weight": 1.0} for path in files.values()])
     cfg = {"run": {"name": name, "output_dir": str(work / "runs"), "seed": seed},
            "model": {"name_or_path": base},
            "lora": ({"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"} if kind == "lora"
                     else {"method": "ia3"}),
-           "data": {"train": str(data), "max_length": 128},
+           "data": {"train": data, "max_length": 128},
            "train": {"batch_size": 16, "lr": lr, "max_steps": steps, "warmup": max(1, steps // 20),
                      "scheduler": "cosine", "eval_every": 0, "save_every": 0, "keep_last_n": 1},
            "tracking": {"mode": "disabled"}}
@@ -131,7 +134,8 @@ def train_adapter(name: str, rows: list[dict], base: str, work: Path, steps: int
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     out = train(load_config(path), quiet=True)
-    print(f"trained {name}: {len(rows)} rows, {steps} steps", flush=True)
+    print(f"trained {name}: {sum(map(len, parts.values()))} rows from {len(parts)} dataset(s), {steps} steps",
+          flush=True)
     return out.run_dir
 
 
@@ -259,15 +263,14 @@ def main(argv=None) -> int:
                              args.seed, device)) if tiny else args.base
     singles = {}
     for attr, value in TARGETS[:max(ns)]:
-        singles[value] = train_adapter(value, [r for r in train_rows if r[attr] == value], base, work,
+        singles[value] = train_adapter(value, {value: [r for r in train_rows if r[attr] == value]}, base, work,
                                        adapter_steps, args.seed, lr, args.kind)
     joints = {}
     for n in ns:
         if n == 1:
             continue
-        chosen = TARGETS[:n]
-        union = [r for r in train_rows if any(r[a] == v for a, v in chosen)]   # set union of the N datasets
-        joints[n] = train_adapter(f"joint{n}", union, base, work, adapter_steps, args.seed, lr, args.kind)
+        parts = {v: [r for r in train_rows if r[a] == v] for a, v in TARGETS[:n]}  # the N attribute datasets
+        joints[n] = train_adapter(f"joint{n}", parts, base, work, adapter_steps, args.seed, lr, args.kind)
 
     from neurosym.compose import compose, load
     from neurosym.compose.registry import METHODS
