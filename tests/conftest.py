@@ -6,6 +6,10 @@ from pathlib import Path
 
 import pytest
 
+# one torch thread per process: tiny models gain nothing from more, and on a 2-core CI machine the
+# default oversubscribes the cores (a 10-step run: 46 s instead of 5 s); subprocess tests inherit it
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ["HF_HUB_OFFLINE"] = "1"
