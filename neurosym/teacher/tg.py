@@ -31,25 +31,32 @@ _HANDLER_ATTR = "_neurosym_run_log"
 def load_textgrad() -> ModuleType:
     """Import and return the ``textgrad`` module without leaving ``./logs`` behind.
 
-    While the import runs, ``TEXTGRAD_LOG_DIR`` is set to a temporary folder (the previous
-    environment is restored right after, so ``os.environ`` is unchanged on return).
+    While the import runs, ``TEXTGRAD_LOG_DIR`` is set to a temporary folder and
+    ``LITELLM_LOCAL_MODEL_COST_MAP`` to ``True`` (each only if unset; the environment is restored right
+    after, so ``os.environ`` is unchanged on return).
     """
     with _lock:
         if "textgrad" in sys.modules:
             return sys.modules["textgrad"]
-        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # also set by neurosym/__init__
-        if "TEXTGRAD_LOG_DIR" in os.environ:  # the user chose where TextGrad logs: respect it
-            import textgrad
-            logging.getLogger("textgrad").propagate = False
-            return textgrad
-        tmp = tempfile.mkdtemp(prefix="neurosym-textgrad-")
-        os.environ["TEXTGRAD_LOG_DIR"] = tmp
+        # For the import only (os.environ is as it was on return): litellm, imported by textgrad, reads
+        # its bundled price map instead of fetching one from the network, and TextGrad writes its log
+        # file into a temporary folder instead of ./logs (unless the user chose TEXTGRAD_LOG_DIR).
+        scoped = {"LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+        tmp = None
+        if "TEXTGRAD_LOG_DIR" not in os.environ:
+            tmp = tempfile.mkdtemp(prefix="neurosym-textgrad-")
+            scoped["TEXTGRAD_LOG_DIR"] = tmp
+        saved = {k: os.environ.get(k) for k in scoped}
+        os.environ.update({k: v for k, v in scoped.items() if saved[k] is None})
         try:
             import textgrad
         finally:
-            os.environ.pop("TEXTGRAD_LOG_DIR", None)
-            _drop_file_handlers(logging.getLogger("textgrad"), under=Path(tmp))
-            shutil.rmtree(tmp, ignore_errors=True)
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+            if tmp is not None:
+                _drop_file_handlers(logging.getLogger("textgrad"), under=Path(tmp))
+                shutil.rmtree(tmp, ignore_errors=True)
         logging.getLogger("textgrad").propagate = False  # its INFO records belong in the run's teacher log
         return textgrad
 
