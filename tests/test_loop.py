@@ -225,3 +225,20 @@ def test_gradient_checkpointing_takes_the_same_steps(tmp_path, tiny_model_dir):
         runs[flag] = [x for e in read_events(out.run_dir / "events.jsonl") if e["kind"] == "train"
                       for x in (e["loss"], e["grad_norm"])]
     assert runs[True] == pytest.approx(runs[False], rel=1e-5)
+
+
+def test_auto_precision_is_bf16_else_fp16_with_a_grad_scaler_on_cuda(monkeypatch):
+    import torch
+
+    from neurosym.model import resolve_dtype
+    from neurosym.runtime import LocalRuntime
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_dtype("auto", cuda) is torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert resolve_dtype("auto", cuda) is torch.float16
+    assert resolve_dtype("auto", torch.device("cpu")) is torch.float32
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a CPU-only build warns that the scaler is disabled
+        assert LocalRuntime(cuda, torch.float16).scaler is not None      # fp16: loss scaling
+    assert LocalRuntime(cuda, torch.bfloat16).scaler is None             # bf16 needs none
