@@ -134,3 +134,15 @@ def test_teacher_down_for_good_is_loud_and_can_stop(policy):
     assert not out.stop and "budget spent" in budget.unavailable_reason(4)
     with pytest.raises(TypeError):
         budget.note(ValueError("a bug, not a teacher failure"), 5)
+
+
+def test_a_python_teacher_without_a_budget_is_free_and_quiet(caplog):
+    from neurosym.config import TeacherConfig
+    from neurosym.teacher.pricing import resolve_price
+    cfg = TeacherConfig(provider="python", callable="experiments.testbed.teacher:simulated", model="sim")
+    with caplog.at_level("WARNING"):
+        price = resolve_price(cfg)
+    assert (price.input, price.output, price.enforceable) == (0.0, 0.0, True) and not caplog.records
+    with caplog.at_level("WARNING"):  # with a budget, an unknown price is still said: it cannot bite
+        assert not resolve_price(cfg.model_copy(update={"budget_usd": 1.0})).enforceable
+    assert "cannot be enforced" in caplog.text

@@ -27,7 +27,7 @@ if str(ROOT) not in sys.path:
 from experiments.testbed import accuracy as A  # noqa: E402
 
 
-def run(kind: str, steps: int, out: Path) -> list[dict]:
+def run(kind: str, steps: int, out: Path, gain_from: str = "reward") -> list[dict]:
     from neurosym.config import load_config
     from neurosym.train import train
 
@@ -39,6 +39,9 @@ def run(kind: str, steps: int, out: Path) -> list[dict]:
     cfg["train"].update(max_steps=steps, save_every=0)
     cfg["tracking"] = {"mode": "disabled"}
     cfg["router"]["kind"] = kind
+    cfg["reward"]["gain_from"] = gain_from
+    kind = f"{kind}-{gain_from}"
+    cfg["run"]["name"] = kind
     path = out / f"{kind}.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     train(load_config(path), quiet=True)
@@ -75,11 +78,13 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         base = lora_step_times(run("always_lora", args.steps, Path(tmp)))
-        routed = lora_step_times(run("reward_classifier", args.steps, Path(tmp)))
-    b, r = statistics.median(base), statistics.median(routed)
+        routed = {g: lora_step_times(run("reward_classifier", args.steps, Path(tmp), g)) for g in ("reward", "loss")}
+    b = statistics.median(base)
     print(f"LoRA step, LoRA-only job:      {b * 1000:.1f} ms (median of {len(base)})")
-    print(f"LoRA step, learned router job: {r * 1000:.1f} ms (median of {len(routed)})")
-    print(f"router overhead ratio: {r / b:.2f}x (target <= 1.3x)")
+    for g, times in routed.items():
+        r = statistics.median(times)
+        print(f"LoRA step, learned router job, reward.gain_from={g}: {r * 1000:.1f} ms (median of {len(times)}); "
+              f"router overhead ratio {r / b:.2f}x (target <= 1.3x)")
     one, batched = generation_times()
     print(f"gain measurement generation (batch + probe, 16 examples): per-example {one * 1000:.0f} ms, "
           f"batched {batched * 1000:.0f} ms ({one / batched:.1f}x faster batched)")

@@ -32,7 +32,8 @@ class ResolvedPrice:
     def describe(self) -> str:
         if self.source == "unknown":
             return "price unknown (cost counted as $0)"
-        where = {"config": "teacher.price_per_1k_tokens", "local": "local model"}.get(
+        where = {"config": "teacher.price_per_1k_tokens", "local": "local model",
+                 "python callable": "python callable"}.get(
             self.source, "LiteLLM cost map: " + self.source.split(":", 1)[-1])
         return f"${self.input:g} in / ${self.output:g} out per 1k tokens ({where})"
 
@@ -72,12 +73,16 @@ def litellm_price(model: str) -> Optional[tuple[float, float, str]]:
 
 def resolve_price(cfg, *, warn: bool = True) -> ResolvedPrice:
     """The price for ``cfg`` (the ``teacher`` section): ``price_per_1k_tokens`` when set (an unset
-    half is 0), free for ``provider: local``, else LiteLLM's map, else 0 and not enforceable."""
+    half is 0), free for ``provider: local`` (and ``python`` without a budget), else LiteLLM's map, else 0
+    and not enforceable."""
     p = cfg.price_per_1k_tokens
     if p.input is not None or p.output is not None:
         return ResolvedPrice(float(p.input or 0.0), float(p.output or 0.0), "config", True)
     if cfg.provider == "local":
         return ResolvedPrice(0.0, 0.0, "local", True)
+    if cfg.provider == "python" and getattr(cfg, "budget_usd", None) is None:
+        # an in-process callable has no list price; with no budget to enforce there is nothing to warn about
+        return ResolvedPrice(0.0, 0.0, "python callable", True)
     found = litellm_price(cfg.model)
     if found is not None:
         return ResolvedPrice(found[0], found[1], f"litellm:{found[2]}", True)
