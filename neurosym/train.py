@@ -77,6 +77,8 @@ def train(cfg: Config, resume: bool = False, quiet: Optional[bool] = None, chang
             run.save()
             if not interrupted:
                 final = finish(run)
+            run.runtime.barrier()                           # every process leaves together: one that left early
+                                                            # tore the group down under the main one's final eval
         except TeacherDownStop:
             run.save()                                      # the user asked to stop: resumable as it is
             raise
