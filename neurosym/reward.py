@@ -6,15 +6,13 @@ caller through ``reward.from_loss(loss)``). Pure functions; no model, no I/O.
 """
 from __future__ import annotations
 
-import importlib
 import math
 import re
-import sys
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 from neurosym.config import ConfigError, RewardConfig
+from neurosym.imports import load_object
 
 # Integers (optionally with thousands separators), decimals, scientific notation; sign optional.
 # A sign counts only when it doesn't follow a word character ("3-4" ends with 4, not -4).
@@ -156,46 +154,9 @@ class NegLoss(Reward):
                         "call reward.from_loss(loss) (reward.needs_generation is False)")
 
 
-@contextmanager
-def _extra_sys_path(paths: Sequence[str | Path]) -> Iterator[None]:
-    added = [str(p) for p in paths if str(p) not in sys.path]
-    sys.path[:0] = added
-    try:
-        yield
-    finally:
-        for p in added:
-            if p in sys.path:
-                sys.path.remove(p)
-
-
 def load_function(spec: str, search_paths: Sequence[str | Path] = ()) -> Callable[[str, str], float]:
-    """Import ``"module:function"``; ``search_paths`` (and the cwd) are tried for the module.
-
-    Raises :class:`ConfigError` saying what failed and how to fix it.
-    """
-    if not isinstance(spec, str) or spec.count(":") != 1 or not all(spec.split(":")):
-        raise ConfigError(f"reward.function must be 'module:function' (got {spec!r})")
-    module_name, attr = spec.split(":")
-    paths = [*search_paths, Path.cwd()]
-    try:
-        with _extra_sys_path(paths):
-            module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        where = ", ".join(str(p) for p in paths)
-        raise ConfigError(f"reward.function {spec!r}: cannot import module {module_name!r} ({exc}). "
-                          f"Put {module_name.replace('.', '/')}.py on PYTHONPATH or in one of: {where}") from None
-    except Exception as exc:  # the module itself failed while importing
-        raise ConfigError(f"reward.function {spec!r}: importing {module_name!r} failed: "
-                          f"{type(exc).__name__}: {exc}") from exc
-    fn = module
-    for part in attr.split("."):
-        fn = getattr(fn, part, None)
-        if fn is None:
-            raise ConfigError(f"reward.function {spec!r}: module {module_name!r} "
-                              f"({getattr(module, '__file__', '?')}) has no attribute {attr!r}")
-    if not callable(fn):
-        raise ConfigError(f"reward.function {spec!r}: {attr!r} is not callable")
-    return fn  # type: ignore[return-value]
+    """Import ``reward.function`` (``"module:function"``); :class:`ConfigError` says what failed."""
+    return load_object(spec, "reward.function", ConfigError, search_paths)
 
 
 def make_reward(cfg: RewardConfig, search_paths: Sequence[str | Path] = ()) -> Reward:

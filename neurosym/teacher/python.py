@@ -16,54 +16,22 @@ a :class:`~neurosym.teacher.errors.TeacherError` it raises passes through unchan
 """
 from __future__ import annotations
 
-import importlib
 import inspect
-import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from neurosym.config import TeacherConfig
+
+from neurosym.imports import load_object
 
 from .base import CachedTeacher, Completion
 from .errors import TeacherConfigError, TeacherError, TeacherUnavailable
 
 
 def load_callable(spec: Optional[str], search_paths: tuple = ()) -> Callable[..., Any]:
-    """Import ``"module:function"`` (``function`` may be dotted: ``module:Class.method``).
-
-    ``search_paths`` and the current directory are tried for the module (without leaving them on
-    ``sys.path``). Raises :class:`TeacherConfigError` saying what failed and how to fix it.
-    """
-    if not isinstance(spec, str) or spec.count(":") != 1 or not all(spec.split(":")):
-        raise TeacherConfigError(
-            f"teacher.callable must be 'module:function' for teacher.provider: python (got {spec!r}), "
-            "e.g. teacher.callable: experiments.testbed.teacher:simulated")
-    module_name, attr = spec.split(":")
-    paths = [str(p) for p in (*search_paths, Path.cwd())]
-    added = [p for p in paths if p not in sys.path]
-    sys.path[:0] = added
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        raise TeacherConfigError(
-            f"teacher.callable {spec!r}: cannot import module {module_name!r} ({exc}); put it on PYTHONPATH "
-            f"or run from the folder that holds {module_name.replace('.', '/')}.py") from None
-    except Exception as exc:
-        raise TeacherConfigError(f"teacher.callable {spec!r}: importing {module_name!r} failed: "
-                                 f"{type(exc).__name__}: {exc}") from exc
-    finally:
-        for p in added:
-            if p in sys.path:
-                sys.path.remove(p)
-    fn: Any = module
-    for part in attr.split("."):
-        fn = getattr(fn, part, None)
-        if fn is None:
-            raise TeacherConfigError(f"teacher.callable {spec!r}: module {module_name!r} "
-                                     f"({getattr(module, '__file__', '?')}) has no attribute {attr!r}")
-    if not callable(fn):
-        raise TeacherConfigError(f"teacher.callable {spec!r}: {attr!r} is not callable")
-    return fn
+    """Import ``teacher.callable`` (``"module:function"``); :class:`TeacherConfigError` says what failed."""
+    return load_object(spec, "teacher.callable", TeacherConfigError, search_paths,
+                       " for teacher.provider: python, e.g. teacher.callable: experiments.testbed.teacher:simulated")
 
 
 def _estimate_tokens(text: str) -> int:
