@@ -1,7 +1,7 @@
 """Routers that decide, batch by batch, between a LoRA step and a symbolic update."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 from classifiers.base import BATCH_FEATURE_NAMES, ROUTES, BatchStats, Decision, Route, Router
 from classifiers.baselines import Alternate, AlwaysLora, AlwaysSymbolic, PlateauRouter, RandomRouter
@@ -19,9 +19,19 @@ ROUTERS: dict[str, Callable[[RouterConfig, int, tuple], Router]] = {
 }
 
 
-def make_router(cfg: RouterConfig, seed: int, routes: tuple = ROUTES) -> Router:
+def make_router(cfg: RouterConfig, seed: int, routes: tuple = ROUTES,
+                function: Optional[Callable[[RouterConfig, int, tuple], Router]] = None) -> Router:
     """The router named by ``cfg.kind``, seeded with ``seed``, choosing among ``routes`` (the first is
-    the default route)."""
+    the default route). ``kind: function`` builds it with ``function``, the factory the caller imported
+    from ``cfg.function`` (a router of the user's own, same signature as the registry's factories)."""
+    if cfg.kind == "function":
+        if function is None:
+            raise ValueError(f"router.kind: function needs its factory imported from {cfg.function!r}")
+        router = function(cfg, seed, tuple(routes))
+        if not isinstance(router, Router):
+            raise TypeError(f"router.function {cfg.function!r} returned {type(router).__name__}, not a "
+                            f"classifiers.Router (subclass it and implement _choose)")
+        return router
     try:
         factory = ROUTERS[cfg.kind]
     except KeyError:

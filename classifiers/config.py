@@ -2,14 +2,18 @@
 ``neurosym.config`` so that this package never imports the orchestrator."""
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from typing import Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class RouterConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     kind: str = Field("always_lora", description="A name from classifiers.ROUTERS: always_lora, always_symbolic, "
-                                                 "alternate, plateau, random, reward_classifier.")
+                                                 "alternate, plateau, random, reward_classifier; or function.")
+    function: Optional[str] = Field(None, description="kind=function: 'module:factory', a factory "
+                                                      "(router_cfg, seed, routes) -> Router of your own.")
     every: int = Field(4, gt=0, description="alternate: a symbolic update every N batches.")
     epsilon: float = Field(0.2, ge=0, le=1, description="Initial exploration rate.")
     epsilon_decay: float = Field(0.98, gt=0, le=1)
@@ -23,6 +27,14 @@ class RouterConfig(BaseModel):
     @classmethod
     def _registered(cls, v: str) -> str:
         from classifiers import ROUTERS  # the registry (imported here: it imports this module)
-        if v not in ROUTERS:
-            raise ValueError(f"unknown router kind {v!r}; choose one of {', '.join(ROUTERS)}")
+        if v not in ROUTERS and v != "function":
+            raise ValueError(f"unknown router kind {v!r}; choose one of {', '.join(ROUTERS)}, or function "
+                             f"(with router.function: 'module:factory')")
         return v
+
+    @model_validator(mode="after")
+    def _function_named(self):
+        if (self.kind == "function") != bool(self.function):
+            raise ValueError("router.kind: function goes with router.function: 'module:factory' (a factory "
+                             "(router_cfg, seed, routes) -> Router), and router.function with kind: function only")
+        return self

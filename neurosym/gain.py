@@ -31,12 +31,17 @@ class GainProbe:
         self._cache: tuple = (None, 0.0)  # (model version, summed probe reward)
 
     def measure(self, batch: list[Example], version: int, with_losses: bool = False) -> Measurement:
-        losses = self._losses(batch) if (with_losses or not self.generate) else None
-        batch_sum = sum(self._rewards(batch)) if self.generate else -sum(losses)
-        if self._cache[0] != version:
-            probe_sum = sum(self._rewards(self.probe)) if self.generate else -sum(self._losses(self.probe))
-            self._cache = (version, probe_sum)
-        return Measurement((batch_sum + self._cache[1]) / (len(batch) + len(self.probe)), losses)
+        cached = self._cache[0] == version
+        examples = list(batch) + ([] if cached else list(self.probe))  # one batched pass for both
+        if self.generate:
+            scores = self._rewards(examples)
+            losses = self._losses(batch) if with_losses else None
+        else:
+            losses = self._losses(examples)
+            scores, losses = [-x for x in losses], losses[:len(batch)]
+        if not cached:
+            self._cache = (version, sum(scores[len(batch):]))
+        return Measurement((sum(scores[:len(batch)]) + self._cache[1]) / (len(batch) + len(self.probe)), losses)
 
     def _rewards(self, examples) -> list[float]:
         run = self.run
@@ -48,7 +53,7 @@ class GainProbe:
         run, out = self.run, []
         if not examples:
             return out
-        bs = run.cfg.train.batch_size
+        bs = run.cfg.train.batch_size * 4  # no gradient: a wider batch than training's fits
         with measuring(run.model):
             for i in range(0, len(examples), bs):
                 b = run.runtime.to_device(collate([run.renderer.encode(ex) for ex in examples[i:i + bs]], run.pad_id))

@@ -17,9 +17,11 @@ from classifiers import BatchStats, Decision, make_router
 from monitors import MonitorSuite
 from neurosym.batches import BatchSource
 from neurosym.checkpoint import apply_checkpoint, latest_checkpoint, newest_intact_checkpoint, save_checkpoint
+from neurosym.config import ConfigError
 from neurosym.data import Example, Renderer, load_examples
 from neurosym.errors import ResumeMismatch
 from neurosym.gain import GainProbe
+from neurosym.imports import load_object
 from neurosym.generation import answer_examples
 from neurosym.model import base_identity, identity_mismatch, load_for_training
 from neurosym.optim import make_optimizer
@@ -60,6 +62,9 @@ class Run:
             print(f"warning: skipped {report.skipped} bad lines in {report.path} (first: {report.errors[0]})",
                   file=sys.stderr)
         self.routes = enabled_routes(cfg)
+        router_factory = (load_object(cfg.router.function, "router.function", ConfigError,
+                                      example=" (a factory (router_cfg, seed, routes) -> classifiers.Router)")
+                          if cfg.router.kind == "function" else None)
         for name in self.routes:
             if runtime is None or runtime.is_main or not UPDATES[name].main_only:  # the teacher: main process
                 UPDATES[name].preflight(cfg)
@@ -85,7 +90,7 @@ class Run:
         mix = cfg.remake.mix_ratio if len(self.routes) > 1 else 0.0
         self.batches = BatchSource(self.train_set, cfg.run.seed, self.per_step, mix)  # the global batch
         self.monitors = MonitorSuite(cfg.monitors)
-        self.router = make_router(cfg.router, cfg.run.seed, self.routes)
+        self.router = make_router(cfg.router, cfg.run.seed, self.routes, router_factory)
         self.recorder = None  # opened once the start point is known (events are cut back to it)
         # updates that talk to the teacher or write files exist on the main process only; the others
         # follow (their outcome, the prompt and the refined examples are broadcast: share_state)

@@ -6,7 +6,7 @@ training: the upper bound for format errors), ``lora`` (always_lora), ``prompt``
 ``alternate``, ``plateau``, ``learned`` (reward_classifier), ``random`` (a random router given exactly the
 learned router's number of symbolic updates, hence of LoRA steps, over the same steps: the control
 that tells routing from merely having both tools), ``oracle`` (reads the hidden error type: an upper
-bound only; ``oracle.py``; run through a temporary registry entry until the loop has a router hook).
+bound only; ``oracle.py``, plugged in through ``router.kind: function``).
 
 Cost = LoRA steps + c * teacher calls + probe evaluations (one probe evaluation = one gain
 measurement, the routed batch plus the probe set, generated greedily), for c in {1, 10, 100}.
@@ -47,7 +47,7 @@ COSTS = (1, 10, 100)
 ROUTERS = {"lora": {"kind": "always_lora"}, "prompt": {"kind": "always_symbolic"},
            "alternate": {"kind": "alternate", "every": 4}, "plateau": {"kind": "plateau"},
            "learned": {"kind": "reward_classifier"}, "random": {"kind": "random"},
-           "oracle": {"kind": "random"}}  # see run_arm
+           "oracle": {"kind": "function", "function": "experiments.testbed.oracle:make_oracle"}}
 ARMS = ("none", "hand_prompt", "lora", "prompt", "alternate", "plateau", "learned", "random", "oracle")
 
 
@@ -90,22 +90,7 @@ def run_arm(data, arm, seed, noise, steps, every, out, p_random=0.5) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{arm}.yaml"
     path.write_text(yaml.safe_dump(job_config(data, arm, seed, noise, steps, every, out, p_random), sort_keys=False))
-    if arm != "oracle":
-        train(load_config(path), quiet=True)
-        return out / arm
-    # The oracle needs a router the config cannot name yet (no router hook in the loop): its config says
-    # router.kind: random and, for this run only, the registry's "random" entry builds the oracle.
-    import classifiers
-    from experiments.testbed import oracle
-
-    oracle.TRAIN = Path(data["train"])
-    saved = classifiers.ROUTERS["random"]
-    classifiers.ROUTERS["random"] = oracle.make_oracle
-    try:
-        train(load_config(path), quiet=True)
-    finally:
-        classifiers.ROUTERS["random"] = saved
-        oracle.TRAIN = None
+    train(load_config(path), quiet=True)
     return out / arm
 
 
