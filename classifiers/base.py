@@ -109,6 +109,11 @@ class Router(ABC):
         self.n_decisions = 0
 
     @property
+    def needs_gain(self) -> bool:
+        """The next decision must be learnt from, whatever the measuring schedule (e.g. a warm-up)."""
+        return False
+
+    @property
     def default_route(self) -> Route:
         return self.routes[0]
 

@@ -103,6 +103,11 @@ class RewardRouter(Router):
         return self.cost_mean.get("symbolic", 0.0)
 
     @property
+    def needs_gain(self) -> bool:
+        """During warm-up, and until every route has been learnt from once."""
+        return self.n_model_decisions < self.cfg.warmup or any(n == 0 for n in self.n_learned.values())
+
+    @property
     def flat_gains(self) -> bool:
         """True when every gain learnt during warm-up was the same (no signal to learn from)."""
         return len(self.gains) >= max(self.cfg.warmup, 2) and max(self.gains) - min(self.gains) < 1e-12

@@ -288,7 +288,8 @@ class RewardConfig(_Section):
         "reward", description="How a learning router's gain is measured: the reward itself (generation rewards "
                               "answer batch + probe before and after), or the loss of the reference answers "
                               "(one forward pass; a cheaper proxy of the same direction).")
-    gain_every: int = Field(1, gt=0, description="Measure the gain (and let the router learn) every N steps.")
+    gain_every: int = Field(1, gt=0, description="Measure the gain (and let the router learn) every N steps, and on "
+                                                 "every step while the router warms up or has a route it never learnt from.")
 
     @model_validator(mode="after")
     def _needs(self):

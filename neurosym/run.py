@@ -195,7 +195,8 @@ class Run:
     def batch_stats(self, batch) -> BatchStats:
         """What a learning router sees of the batch: per-example losses and the reward before."""
         prompts = tuple(ex.prompt for ex in batch)
-        if self.probe is None or (self.state.step % self.cfg.reward.gain_every):  # measured every N steps
+        scheduled = self.state.step % self.cfg.reward.gain_every == 0  # every N steps, and whenever the router needs it
+        if self.probe is None or not (scheduled or self.router.needs_gain):
             return BatchStats(prompts=prompts)
         m = self.probe.measure(batch, self.version, with_losses=True)
         return BatchStats(mean_loss=sum(m.batch_losses) / len(m.batch_losses), max_loss=max(m.batch_losses),

@@ -212,7 +212,10 @@ def test_the_gain_can_be_measured_by_loss_and_on_a_schedule(tmp_path, tiny_model
     out = train(cfg, quiet=True)
     events = [e for e in read_events(out.run_dir / "events.jsonl") if e["kind"] == "train"]
     measured = [e["step"] for e in events if e["gain"] is not None]
-    assert measured == [1, 3, 5]  # steps whose state.step before them is a multiple of 2
+    # the router's two warm-up decisions (one per route) are always learnt from; then steps whose
+    # state.step before them is a multiple of 2
+    assert measured == [1, 2, 3, 5]
+    assert {e["route"] for e in events if e["step"] in (1, 2)} == {"lora", "echo"}
     assert all(e["batch"]["mean_loss"] is None for e in events if e["step"] not in measured)
 
 

@@ -1,11 +1,13 @@
 """Cost of the learned router itself on the testbed: a LoRA step under the learned router (which measures
-the gain with a generation-based reward before and after every update) against a LoRA step of a
-LoRA-only job, same config, same steps, measured side by side in one run.
+the gain of an update before and after it: by generation and the reward, or by the reference answers'
+loss, every step or every N steps) against a LoRA step of a LoRA-only job, same config, same steps,
+measured side by side in one run. Means, not medians: a gain measured every N steps is paid on one
+step in N, and the mean is what the run pays.
 
 Also times, on the same batch + probe, the loop's per-example greedy generation against batched greedy
 generation (left padding, KV cache: ``accuracy.answers``), the proposed cheaper measurement.
 
-    python experiments/testbed/bench_router_cost.py --steps 20
+    python experiments/testbed/bench_router_cost.py --steps 40 --every 4
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ if str(ROOT) not in sys.path:
 from experiments.testbed import accuracy as A  # noqa: E402
 
 
-def run(kind: str, steps: int, out: Path, gain_from: str = "reward") -> list[dict]:
+def run(kind: str, steps: int, out: Path, gain_from: str = "reward", gain_every: int = 1) -> list[dict]:
     from neurosym.config import load_config
     from neurosym.train import train
 
@@ -39,8 +41,8 @@ def run(kind: str, steps: int, out: Path, gain_from: str = "reward") -> list[dic
     cfg["train"].update(max_steps=steps, save_every=0)
     cfg["tracking"] = {"mode": "disabled"}
     cfg["router"]["kind"] = kind
-    cfg["reward"]["gain_from"] = gain_from
-    kind = f"{kind}-{gain_from}"
+    cfg["reward"].update(gain_from=gain_from, gain_every=gain_every)
+    kind = f"{kind}-{gain_from}-{gain_every}"
     cfg["run"]["name"] = kind
     path = out / f"{kind}.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -74,17 +76,19 @@ def generation_times(n_rounds: int = 3) -> tuple[float, float]:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--every", type=int, default=4, help="the gain_every setting measured beside every step")
     args = ap.parse_args(argv)
+    settings = [("reward", 1), ("loss", 1), ("reward", args.every), ("loss", args.every)]
     with tempfile.TemporaryDirectory() as tmp:
         base = lora_step_times(run("always_lora", args.steps, Path(tmp)))
-        routed = {g: lora_step_times(run("reward_classifier", args.steps, Path(tmp), g)) for g in ("reward", "loss")}
-    b = statistics.median(base)
-    print(f"LoRA step, LoRA-only job:      {b * 1000:.1f} ms (median of {len(base)})")
-    for g, times in routed.items():
-        r = statistics.median(times)
-        print(f"LoRA step, learned router job, reward.gain_from={g}: {r * 1000:.1f} ms (median of {len(times)}); "
-              f"router overhead ratio {r / b:.2f}x (target <= 1.3x)")
+        routed = {s: lora_step_times(run("reward_classifier", args.steps, Path(tmp), *s)) for s in settings}
+    b = statistics.fmean(base)
+    print(f"LoRA step, LoRA-only job: {b * 1000:.1f} ms (mean of {len(base)})")
+    for (gain_from, every), times in routed.items():
+        r = statistics.fmean(times)
+        print(f"LoRA step, learned router, gain_from={gain_from:<6} gain_every={every}: {r * 1000:7.1f} ms "
+              f"(mean of {len(times)}); overhead ratio {r / b:.2f}x (target <= 1.3x)")
     one, batched = generation_times()
     print(f"gain measurement generation (batch + probe, 16 examples): per-example {one * 1000:.0f} ms, "
           f"batched {batched * 1000:.0f} ms ({one / batched:.1f}x faster batched)")

@@ -8,8 +8,8 @@ learned router's number of symbolic updates, hence of LoRA steps, over the same 
 that tells routing from merely having both tools), ``oracle`` (reads the hidden error type: an upper
 bound only; ``oracle.py``, plugged in through ``router.kind: function``).
 
-Cost = LoRA steps + c * teacher calls + probe evaluations (one probe evaluation = one gain
-measurement, the routed batch plus the probe set, generated greedily), for c in {1, 10, 100}.
+Cost = LoRA steps + c * teacher calls + probe evaluations (a step whose gain is measured costs two: the
+routed batch plus the probe set before and after the update), for c in {1, 10, 100}.
 Matching: every arm saves a checkpoint every ``--every`` steps; for each c the budget is the learned
 arm's total cost, and each arm is scored at its last checkpoint whose cumulative cost is within that
 budget (an arm that never reaches it is scored at its end, under budget, and marked ``<``).
@@ -104,8 +104,8 @@ def ledger(run_dir: Path) -> list[dict]:
         lora += r["route"] == "lora"
         sym += r["route"] == "symbolic"
         calls += (r.get("symbolic") or {}).get("calls", 0)
-        if "decision" in r and r["decision"].get("router") == "reward_classifier":
-            probes += 1 + ("gain" in r) + (r["route"] == "symbolic" and "gain" in r)
+        if (r.get("batch") or {}).get("reward_before") is not None:  # a measured step: before and after
+            probes += 2
         wall += r["wall_s"]
         rows.append({"step": r["step"], "lora_steps": lora, "symbolic": sym, "teacher_calls": calls,
                      "probe_evals": probes, "wall_s": wall})
