@@ -217,7 +217,7 @@ class Run:
             outcome = self._apply(DEFAULT_ROUTE, batch, decision, step)
             outcome.fallback_from = failed
         if not outcome.pending:
-            self.version += 1
+            self.version += outcome.changed
             self.state.count("ok_by_route", outcome.route)
         return outcome
 
@@ -231,7 +231,11 @@ class Run:
         return update.apply(batch, decision, step)
 
     def gain(self, batch, stats: BatchStats, outcome: Outcome) -> Optional[float]:
-        if self.probe is None or outcome.pending or stats.reward_before is None:
+        if self.probe is None or outcome.pending or outcome.failed:
+            return None
+        if not outcome.changed:  # nothing the student answers with changed: 0, whatever the schedule
+            return 0.0
+        if stats.reward_before is None:  # not a measured step
             return None
         return self.probe.measure(batch, self.version).reward - stats.reward_before
 
@@ -256,10 +260,12 @@ class Run:
                     self.batches.push_fallback(landing.batch, f"{type(out.error).__name__}: {out.error}")
                 else:
                     self.state.count("ok_by_route", name)
-                    before = self.probe.measure(landing.batch, self.version).reward if self.probe else None
-                    self.version += 1
-                    if before is not None:
-                        record["gain"] = self.probe.measure(landing.batch, self.version).reward - before
+                    before = (self.probe.measure(landing.batch, self.version).reward
+                              if self.probe and out.changed else None)
+                    self.version += out.changed
+                    if self.probe and (before is not None or not out.changed):
+                        record["gain"] = (self.probe.measure(landing.batch, self.version).reward - before
+                                          if out.changed else 0.0)
                         if landing.decision is not None:
                             self.learn(landing.decision, out, record["gain"])
                 self.recorder.landing(record)

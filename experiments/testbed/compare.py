@@ -148,14 +148,22 @@ def audit(run_dir: Path, splits: dict[str, list[dict]], sent: list) -> list[str]
 
 
 # ---- one setting (alpha, seed, noise): every arm ----------------------------------------------------
-def setting(alpha: float, seed: int, noise: float, steps: int, every: int, work: Path, arms) -> dict:
+TEACHER_FREE = ("none", "hand_prompt", "lora")  # arms the teacher's noise cannot change
+
+
+def setting(alpha: float, seed: int, noise: float, steps: int, every: int, work: Path, arms,
+            shared: dict | None = None) -> dict:
+    """Every arm on one (alpha, seed, noise). ``shared``: results of the teacher-free arms of the same
+    (alpha, seed) at another noise level, reused as they are (the same runs would give the same numbers)."""
+    shared = shared if shared is not None else {}
     work.mkdir(parents=True, exist_ok=True)
     data = W.write_task(work / "data", alpha, seed=seed)
     splits = {k: A.read_rows(p) for k, p in data.items()}
     result = {"alpha": alpha, "seed": seed, "noise": noise, "arms": {}, "leaks": []}
     base, tok = A.load_base(MODEL)
+    result["arms"].update({arm: r for arm, r in shared.items() if arm in arms})
     for arm in ("none", "hand_prompt"):
-        if arm in arms:
+        if arm in arms and arm not in result["arms"]:
             prompt = W.BASE_PROMPT if arm == "none" else W.hand_prompt()
             t0 = time.perf_counter()
             result["arms"][arm] = {"ledger": [{"step": 0, "lora_steps": 0, "symbolic": 0, "teacher_calls": 0,
@@ -165,7 +173,8 @@ def setting(alpha: float, seed: int, noise: float, steps: int, every: int, work:
                                                       base, tok, splits["retention"], W.BASE_PROMPT)),
                                                   "prompt": prompt}},
                                    "eval_s": time.perf_counter() - t0}
-    order = [a for a in ("learned", "lora", "prompt", "alternate", "plateau", "random", "oracle") if a in arms]
+    order = [a for a in ("learned", "lora", "prompt", "alternate", "plateau", "random", "oracle")
+             if a in arms and a not in result["arms"]]
     for arm in order:
         p = 0.5
         if arm == "random":
@@ -178,7 +187,16 @@ def setting(alpha: float, seed: int, noise: float, steps: int, every: int, work:
         result["leaks"] += audit(run_dir, splits, list(T.SENT))
         result["arms"][arm] = {"ledger": ledger(run_dir), "scores": score_checkpoints(run_dir, splits)}
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # scored; keep events, config, store
+    shared.update({arm: result["arms"][arm] for arm in TEACHER_FREE if arm in result["arms"]})
     return result
+
+
+def read_setting(line: str) -> dict:
+    """A setting's result read back from settings.jsonl (JSON made the checkpoint steps strings)."""
+    r = json.loads(line)
+    for arm in r["arms"].values():
+        arm["scores"] = {int(k): v for k, v in arm["scores"].items()}
+    return r
 
 
 def at_budget(arm: dict, budget: float, c: float) -> tuple[dict, dict, bool]:
@@ -278,6 +296,8 @@ def main(argv=None) -> None:
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     ap.add_argument("--work", default="runs/compare", help="working folder (runs, data, results.json)")
     ap.add_argument("--model", default="testbed://student", help="the student (default: the pretrained testbed student)")
+    ap.add_argument("--table-from", metavar="SETTINGS_JSONL",
+                    help="print the table from a settings.jsonl written by an earlier (maybe partial) run")
     ap.add_argument("--lora-factor", type=int, default=3,
                     help="the LoRA-only arm runs this many times --steps (it needs more steps to spend the budget)")
     args = ap.parse_args(argv)
@@ -285,16 +305,24 @@ def main(argv=None) -> None:
     if args.quick:
         args.alphas, args.seeds, args.noise, args.steps, args.every, LORA_FACTOR = [0.5], [0], [0.0], 6, 2, 1
         args.arms = ["none", "hand_prompt", "lora", "prompt", "learned", "random"]
+    if args.table_from:
+        results = [read_setting(line) for line in Path(args.table_from).read_text().splitlines() if line.strip()]
+        print(table(results, args.arms)[0])
+        return
     work = Path(args.work).resolve()
     if work.exists():
         shutil.rmtree(work / "settings", ignore_errors=True)
+        (work / "settings.jsonl").unlink(missing_ok=True)
     results = []
     t0 = time.perf_counter()
     for alpha in args.alphas:
-        for noise in args.noise:
-            for seed in args.seeds:
+        for seed in args.seeds:
+            shared: dict = {}  # the teacher-free arms run once per (alpha, seed)
+            for noise in args.noise:
                 where = work / "settings" / f"a{alpha}-n{noise}-s{seed}"
-                results.append(setting(alpha, seed, noise, args.steps, args.every, where, args.arms))
+                results.append(setting(alpha, seed, noise, args.steps, args.every, where, args.arms, shared))
+                with (work / "settings.jsonl").open("a") as f:  # a long comparison keeps what it finished
+                    f.write(json.dumps(results[-1]) + "\n")
                 print(f"done alpha={alpha} noise={noise} seed={seed} ({time.perf_counter() - t0:.0f}s)",
                       file=sys.stderr, flush=True)
     text, flat = table(results, args.arms)

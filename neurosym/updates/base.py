@@ -27,6 +27,7 @@ class Outcome:
     error: Optional[BaseException] = None  # the update failed (the batch then takes the default route)
     record: dict = field(default_factory=dict)
     fallback_from: Optional["Outcome"] = None  # the failed update whose batch this outcome trained on
+    changed: bool = True                  # False: neither the weights nor the prompt changed (its gain is 0)
 
     @property
     def failed(self) -> bool:

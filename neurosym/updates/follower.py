@@ -39,11 +39,11 @@ class Follower(Update):
 
 def outcome_as_dict(out: Outcome) -> dict:
     return {"route": out.route, "loss": out.loss, "grad_norm": out.grad_norm, "tokens": out.tokens,
-            "cost_usd": out.cost_usd, "pending": out.pending, "record": out.record,
+            "cost_usd": out.cost_usd, "pending": out.pending, "record": out.record, "changed": out.changed,
             "error": None if out.error is None else [type(out.error).__name__, str(out.error)]}
 
 
 def outcome_from_dict(d: dict) -> Outcome:
     error = RemoteUpdateError(*d["error"]) if d["error"] else None
     return Outcome(d["route"], loss=d["loss"], grad_norm=d["grad_norm"], tokens=d["tokens"], cost_usd=d["cost_usd"],
-                   pending=d["pending"], error=error, record=d["record"])
+                   pending=d["pending"], error=error, record=d["record"], changed=d["changed"])

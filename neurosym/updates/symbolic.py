@@ -162,6 +162,7 @@ class SymbolicUpdate(Update):
             run.recorder.prompt(step, version, run.prompts.current)
         else:  # why the prompt stayed (malformed, elided, too_long, answer_leak, identical)
             record["unchanged_reason"] = result.unchanged_reason or "identical"
+            outcome.changed = False  # the student answers as before: the gain is 0, known without measuring
         rows = self.store.add(result.rewrites, step=step, prompt_version=run.prompts.version,
                               teacher_model=run.cfg.teacher.model) if result.rewrites else []
         run.batches.add_refined(rows)
