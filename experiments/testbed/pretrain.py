@@ -26,7 +26,7 @@ import world as W  # noqa: E402
 
 SPEC = {"world_seed": 0, "seed": 0, "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 4,
         "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256,
-        "steps": 1200, "batch_size": 32, "lr": 3e-3, "warmup": 100}
+        "steps": 3000, "batch_size": 32, "lr": 3e-3, "warmup": 100}
 
 
 def build(spec: dict):
@@ -103,8 +103,7 @@ def probes(world, seed: int = 1) -> dict[str, list[dict]]:
         e, a, ops = rng.choice(world.known), rng.choice(W.ATTRIBUTES), rng.choice(sets[1:])
         fmt.append({"system": W.system_prompt(ops), "prompt": rng.choice(W.QUESTIONS[a]).format(n=e.name),
                     "response": W.apply_ops(e.value(a), a, ops)})
-    for e in rng.sample(world.known, 100):
-        a = rng.choice(W.ATTRIBUTES)
+    for e, a in [(e, a) for e in world.known for a in W.ATTRIBUTES]:  # every known fact once
         plain.append({"system": W.BASE_PROMPT, "prompt": rng.choice(W.QUESTIONS[a]).format(n=e.name),
                       "response": e.value(a)})
     target = [{"system": W.hand_prompt(), "prompt": r["prompt"], "response": W.apply_ops(r["response"], "", W.TARGET_OPS)}
@@ -122,7 +121,7 @@ def weights_hash(model) -> str:
     return h.hexdigest()
 
 
-def train(spec: dict, steps: int | None = None, log_every: int = 100, quiet: bool = False):
+def train(spec: dict, steps: int | None = None, log_every: int = 100, quiet: bool = False, eval_every: int = 0):
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     world = W.make_world(spec["world_seed"])
@@ -152,6 +151,10 @@ def train(spec: dict, steps: int | None = None, log_every: int = 100, quiet: boo
         opt.step()
         if not quiet and (step + 1) % log_every == 0:
             print(f"step {step + 1}/{steps} loss {loss.item():.4f} {time.perf_counter() - t0:.0f}s", flush=True)
+        if eval_every and (step + 1) % eval_every == 0:  # greedy generation: no RNG drawn, weights unchanged
+            sets = probes(world)
+            print(json.dumps({"step": step + 1, **{k: round(accuracy(model, tok, sets[k]), 3)
+                                                   for k in ("known_plain", "format_ops")}}), flush=True)
     return model, tok, world
 
 
@@ -159,6 +162,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "student"))
     ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--eval-every", type=int, default=0, help="print probe accuracies every N steps")
     ap.add_argument("--check", action="store_true", help="train 30 steps twice and compare weight hashes")
     args = ap.parse_args(argv)
     if args.check:
@@ -167,7 +171,7 @@ def main(argv=None) -> None:
         sys.exit(0 if hashes[0] == hashes[1] else 1)
     spec = dict(SPEC, steps=args.steps or SPEC["steps"])
     t0 = time.perf_counter()
-    model, tok, world = train(spec)
+    model, tok, world = train(spec, eval_every=args.eval_every)
     minutes = (time.perf_counter() - t0) / 60
     acc = {name: round(accuracy(model, tok, rows), 3) for name, rows in probes(world).items()}
     print(json.dumps(acc))

@@ -102,7 +102,7 @@ def _name(rng: random.Random) -> str:
                    for i in range(syllables)).capitalize()
 
 
-def make_world(seed: int = 0, n_known: int = 160, n_new: int = 48) -> World:
+def make_world(seed: int = 0, n_known: int = 48, n_new: int = 32) -> World:
     rng = random.Random(seed)
     names: list[str] = []
     seen = set()
@@ -157,7 +157,7 @@ def pretraining_corpus(world: World, seed: int = 0, n_format: int = 12000, n_con
     return rows
 
 
-def task_facts(world: World, alpha: float, n_facts: int = 48, seed: int = 0) -> list[tuple[Entity, str, str]]:
+def task_facts(world: World, alpha: float, n_facts: int = 32, seed: int = 0) -> list[tuple[Entity, str, str]]:
     """The deployment task's facts: (entity, attribute, kind) with ``round(alpha * n_facts)`` knowledge
     facts (numbers of new entities) and the rest format facts (cities/colours of known entities)."""
     rng = random.Random(seed * 31 + 17)
@@ -172,7 +172,7 @@ def task_facts(world: World, alpha: float, n_facts: int = 48, seed: int = 0) -> 
     return facts
 
 
-def task_splits(world: World, alpha: float, n_facts: int = 48, seed: int = 0) -> dict[str, list[dict]]:
+def task_splits(world: World, alpha: float, n_facts: int = 32, seed: int = 0) -> dict[str, list[dict]]:
     """train/eval/test rows (same facts, different phrasings), a probe set (train-distribution rows the
     router measures gains on) and a retention set (known entities' numbers, plain format).
 
