@@ -2,7 +2,8 @@
 from the decoder's first token, the answer is ended, and a row without a trigger is exactly the LM's.
 
 The models are tiny, random and built here (nothing downloaded), over the character-level tokenizer of
-``neurosym.tiny`` and a byte-level BPE with multi-digit tokens. A processor makes the LM love digits
+``neurosym.tiny``, a byte-level BPE with multi-digit tokens and a SentencePiece-like one (``▁17``, whose
+first decoder token writes no space). A processor makes the LM love digits
 (+50 on every token that starts with one): the worst decoder for a gate, the one that extends answers.
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ from transformers import (BartConfig, BartForConditionalGeneration, LogitsProces
 
 from neurosym.conn import ConnGate
 from neurosym.tiny import build_tokenizer
-from tests.test_conn_gate_text import byte_level_bpe
+from tests.test_conn_gate_text import byte_level_bpe, sentencepiece_like
 
 
 def t5(tok):
@@ -36,7 +37,7 @@ def char_level():
 
 
 MODELS = {"t5": t5, "bart": bart}
-TOKENIZERS = {"char": char_level, "bpe": byte_level_bpe}
+TOKENIZERS = {"char": char_level, "bpe": byte_level_bpe, "sentencepiece": sentencepiece_like}
 
 
 @pytest.fixture(scope="module", params=[(m, t) for m in MODELS for t in TOKENIZERS], ids=lambda p: "-".join(p))
