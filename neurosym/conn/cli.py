@@ -122,7 +122,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     if problem:
         return _usage(problem)
     names = args.ops or list(OPS)
-    from neurosym.conn.precision import DTYPES, verify
+    from neurosym.conn.precision import DTYPES, SCALED_MARGIN, compile_for, verify
 
     header = f"{'op':<9} {'max len':>7} {'layers':>6} {'attn':>4} {'mlp':>4} {'width':>6} {'mlp hidden':>10} " \
              f"{'heads':>5} {'params':>8}"
@@ -141,9 +141,12 @@ def cmd_info(args: argparse.Namespace) -> int:
           "(d_model); mlp hidden: widest MLP layer")
     if args.no_precision:
         return 0
+    scaled = {d: f"{d}x{m:g}" for d, m in SCALED_MARGIN.items()}
     print("\nprecision: margin (how far every MLP unit stays outside its clamp band; 1.0 by construction in "
-          "fp32) and longest exact operand length, measured on sampled inputs")
-    print(f"{'op':<9} " + " ".join(f"{'margin ' + d:>11} {'exact ' + d:>10}" for d in DTYPES))
+          "fp32) and longest exact operand length, measured on sampled inputs; "
+          + ", ".join(f"{label}: compiled with margins scaled x{SCALED_MARGIN[d]:g} for {d} "
+                      f"(neurosym.conn.precision.compile_for)" for d, label in scaled.items()))
+    print(f"{'op':<9} " + " ".join(f"{'margin ' + d:>11} {'exact ' + d:>10}" for d in [*DTYPES, *scaled.values()]))
     for op in ops:
         cells, reasons = [], []
         for d in DTYPES:
@@ -151,6 +154,11 @@ def cmd_info(args: argparse.Namespace) -> int:
             cells.append(f"{e.margin:>11.4g} {e.longest:>10}")
             if e.reason:
                 reasons.append(f"{d}: {e.reason}")
+        for d, label in scaled.items():
+            _, e = compile_for(op.name, d, op.max_len)
+            cells.append(f"{e.margin:>11.4g} {e.longest:>10}")
+            if e.reason:
+                reasons.append(f"{label}: {e.reason}")
         print(f"{op.name:<9} " + " ".join(cells) + (f"   ({'; '.join(reasons)})" if reasons else ""))
     return 0
 
