@@ -137,6 +137,8 @@ class ConnGate(LogitsProcessor):
     ``gate.betas`` holds, for every step, the per-row β (1 = the network chose the token);
     ``gate.events`` records every expression answered or left to the LM, with the reason.
     ``on_unsupported="raise"`` raises ``ConnInputError`` instead of leaving a too-long operand to the LM.
+    With an encoder-decoder model, call ``gate.set_encoder_input(enc["input_ids"], enc["attention_mask"])``
+    before each ``generate`` (see the module docstring).
     """
 
     def __init__(self, tokenizer, ops: Iterable[str] | None = None, triggers: dict[str, str] | None = None,
