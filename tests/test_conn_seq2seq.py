@@ -128,7 +128,8 @@ def test_the_decoders_own_expression_decides_alone():
 
 def test_set_encoder_input_checks_the_batch():
     tok = char_level()
-    gate = ConnGate(tok).set_encoder_input(tok(["1+1=", "2+2=", "3+3="], return_tensors="pt", padding=True)["input_ids"])
+    enc = tok(["1+1=", "2+2=", "3+3="], return_tensors="pt", padding=True)
+    gate = ConnGate(tok).set_encoder_input(enc["input_ids"], enc["attention_mask"])
     with pytest.raises(ValueError, match="not a multiple of the 3 encoder rows"):
         gate(torch.full((2, 1), tok.pad_token_id), torch.zeros(2, len(tok)))
     with pytest.raises(ValueError, match=r"\[batch, length\]"):
