@@ -220,7 +220,7 @@ def _encoder_decoder_config(name_or_path: str):
         from transformers import AutoConfig
 
         config = AutoConfig.from_pretrained(name_or_path)
-    except (OSError, ValueError):
+    except (OSError, ValueError, KeyError):
         return None  # not a plain model: the common loader says what it is or why it does not load
     return config if getattr(config, "is_encoder_decoder", False) else None
 
