@@ -125,3 +125,23 @@ def test_selector_or_and_not():
             assert got == evaluate(out, s)[out], (out.label, s)
     s = list("abca")
     assert evaluate(programs[0], s)[programs[0]] == [3, 3, 3, 3]  # same token or next to me (me included)
+
+
+def test_conn_vs_tracr_script_prints_our_side_and_how_to_get_tracrs(capsys, monkeypatch):
+    """experiments/conn_vs_tracr.py without Tracr: says how to install it, and our rows are all right."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "conn_vs_tracr.py"
+    spec = importlib.util.spec_from_file_location("conn_vs_tracr", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    monkeypatch.setitem(sys.modules, "tracr", None)  # import tracr fails, as where it is not installed
+    assert script.main(["--max-len", "4", "--programs", "length", "pair_balance", "detect_pattern", "sort_freq",
+                        "nary_sequencemap", "--per-length", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "Tracr is not installed" in out and "--tracr-python" in out
+    rows = [line.split() for line in out.splitlines() if line.split()[:2][1:] == ["4"]]
+    assert [r[0] for r in rows] == ["length", "pair_balance", "detect_pattern", "sort_freq", "nary_sequencemap"]
+    assert all(r[-1] == "8/8" for r in rows), rows

@@ -10,7 +10,8 @@ from neurosym.conn import ConnInputError
 from neurosym.conn.cli import register
 from neurosym.conn.compiler import compile_program
 from neurosym.conn.ops import OPS, ConnOp
-from neurosym.conn.precision import verify
+from neurosym.conn.precision import compile_for, verify
+from neurosym.conn.program import ProgramError
 
 
 def fresh(name: str, max_len: int) -> ConnOp:
@@ -57,3 +58,39 @@ def test_conn_info_prints_margins_and_exact_lengths(capsys):
     assert row[1:3] == ["1", "128"]          # fp32: margin 1, exact up to 128
     assert float(row[3]) > 0 and 0 < int(row[4]) < 128  # bf16: exact up to a shorter length
     assert int(row[6]) == 0 and "overflow" in lines[header + 1]  # fp16: nothing
+    assert "bf16x8" in lines[header] and int(row[8]) == 128 > int(row[4])  # scaled margins: exact at every length
+
+
+def test_scaled_margins_compute_the_same_function():
+    """margin=8 changes how far units sit from their band, never what the network computes (float32)."""
+    import itertools
+
+    from neurosym.conn import library as lib
+
+    programs = [lib.make_sort_freq(tuple("abc"), 5), lib.make_shuffle_dyck2(tuple("(){}"), 5),
+                lib.make_pair_balance(tuple("()a"), 5), lib.make_detect_pattern(tuple("abc"), 5, "ab")]
+    for out in programs:
+        plain, scaled = compile_program(out), compile_program(out, margin=8.0)
+        strings = [list(s) for n in range(1, 6) for s in itertools.product(plain.vocab, repeat=n)]
+        if out.kind == "numerical":  # pair_balance: a linear map, whose units the margin leaves alone
+            got, want = torch.tensor(sum(scaled(strings), [])), torch.tensor(sum(plain(strings), []))
+            assert torch.allclose(got, want, atol=1e-6)
+        else:
+            assert scaled(strings) == plain(strings), out.label
+    for name, operands in [("add", ("98765", "4321")), ("subtract", ("123", "4567")), ("reverse", ("abc123",))]:
+        op = ConnOp(OPS[name], 16, compile_program(OPS[name].build(16), margin=8.0))
+        assert op(*operands) == fresh(name, 16)(*operands)
+    with pytest.raises(ProgramError, match="margin must be at least 1"):
+        compile_program(programs[0], margin=0.5)
+
+
+def test_compile_for_bf16_runs_longer_inputs_exactly_and_refuses_beyond():
+    plain = fresh("reverse", 128)
+    e_plain = verify(plain, "bf16")
+    op, e = compile_for("reverse", "bf16", 128)
+    assert op.program.model.unembed.weight.dtype == torch.bfloat16 and op.program.margin == 8.0
+    assert e.longest > e_plain.longest  # 88 against 72 here
+    text = ("0123456789abcdefghijklmnopqrstuvwxyz" * 3)[:e.longest]
+    assert op(text) == text[::-1]  # in bfloat16, longer than the plain network may run
+    with pytest.raises(ConnInputError, match=f"exact only up to {e.longest} tokens"):
+        op(text + "ab")

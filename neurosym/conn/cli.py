@@ -55,6 +55,9 @@ expression must be one the networks compute: 3 * 4 + 2 =, dates, scores and phon
 the model. When the text reaches a trigger the compiled networks write the answer (beta = 1) and the
 number is ended (no digit may extend it); then the model continues (beta = 0). Prints the generated
 continuation; what the networks computed, or why they stayed silent, is listed on stderr.
+
+An encoder-decoder model (T5, BART: config.is_encoder_decoder) is loaded with AutoModelForSeq2SeqLM; the
+prompt is its encoder input, and a trigger at the prompt's end is answered from the decoder's first token.
 """
 
 
@@ -119,7 +122,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     if problem:
         return _usage(problem)
     names = args.ops or list(OPS)
-    from neurosym.conn.precision import DTYPES, verify
+    from neurosym.conn.precision import DTYPES, SCALED_MARGIN, compile_for, verify
 
     header = f"{'op':<9} {'max len':>7} {'layers':>6} {'attn':>4} {'mlp':>4} {'width':>6} {'mlp hidden':>10} " \
              f"{'heads':>5} {'params':>8}"
@@ -138,9 +141,12 @@ def cmd_info(args: argparse.Namespace) -> int:
           "(d_model); mlp hidden: widest MLP layer")
     if args.no_precision:
         return 0
+    scaled = {d: f"{d}x{m:g}" for d, m in SCALED_MARGIN.items()}
     print("\nprecision: margin (how far every MLP unit stays outside its clamp band; 1.0 by construction in "
-          "fp32) and longest exact operand length, measured on sampled inputs")
-    print(f"{'op':<9} " + " ".join(f"{'margin ' + d:>11} {'exact ' + d:>10}" for d in DTYPES))
+          "fp32) and longest exact operand length, measured on sampled inputs; "
+          + ", ".join(f"{label}: compiled with margins scaled x{SCALED_MARGIN[d]:g} for {d} "
+                      f"(neurosym.conn.precision.compile_for)" for d, label in scaled.items()))
+    print(f"{'op':<9} " + " ".join(f"{'margin ' + d:>11} {'exact ' + d:>10}" for d in [*DTYPES, *scaled.values()]))
     for op in ops:
         cells, reasons = [], []
         for d in DTYPES:
@@ -148,6 +154,11 @@ def cmd_info(args: argparse.Namespace) -> int:
             cells.append(f"{e.margin:>11.4g} {e.longest:>10}")
             if e.reason:
                 reasons.append(f"{d}: {e.reason}")
+        for d, label in scaled.items():
+            _, e = compile_for(op.name, d, op.max_len)
+            cells.append(f"{e.margin:>11.4g} {e.longest:>10}")
+            if e.reason:
+                reasons.append(f"{label}: {e.reason}")
         print(f"{op.name:<9} " + " ".join(cells) + (f"   ({'; '.join(reasons)})" if reasons else ""))
     return 0
 
@@ -184,13 +195,34 @@ def load_model(name_or_path: str, adapter: str | None = None, device: str = "cpu
     (``neurosym compose``); ``adapter`` puts one more PEFT adapter on top."""
     from neurosym.compose import load
 
-    model, tokenizer = load(name_or_path, device=device)
+    seq2seq = _encoder_decoder_config(name_or_path)
+    if seq2seq is not None:
+        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        model = AutoModelForSeq2SeqLM.from_pretrained(name_or_path).to(device)
+    else:
+        model, tokenizer = load(name_or_path, device=device)
     if adapter:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, adapter).to(device)
     model.eval()
     return model, tokenizer
+
+
+def _encoder_decoder_config(name_or_path: str):
+    """The config of an encoder-decoder model (T5, BART: loaded with ``AutoModelForSeq2SeqLM``), or None for
+    everything the common loader takes (decoder-only models, runs, adapters, compositions, tiny://)."""
+    if name_or_path.startswith("tiny://") or Path(name_or_path).is_file():
+        return None
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(name_or_path)
+    except (OSError, ValueError, KeyError):
+        return None  # not a plain model: the common loader says what it is or why it does not load
+    return config if getattr(config, "is_encoder_decoder", False) else None
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -232,6 +264,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         processors.append(gate)
     inputs = tokenizer(args.prompt, return_tensors="pt").to(args.device)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
+    if gate is not None and encoder_decoder:  # the prompt is the encoder's: a trigger at its end is answered
+        gate.set_encoder_input(inputs["input_ids"], inputs.get("attention_mask"))
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False,
                              logits_processor=processors, pad_token_id=pad)
@@ -243,7 +278,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 print(f"[conn] {event.operands[0]} -> {event.answer} ({'; '.join(event.calls)})", file=sys.stderr)
             else:
                 print(f"[conn] {event.op}({', '.join(event.operands)}) -> {event.answer}", file=sys.stderr)
-    print(tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+    written = out[0] if encoder_decoder else out[0, inputs["input_ids"].shape[1]:]  # a decoder's output is all new
+    print(tokenizer.decode(written, skip_special_tokens=True))
     return 0
 
 
@@ -286,7 +322,8 @@ def register(subparsers) -> None:
 
     gen = subparsers.add_parser(
         "generate", help="generate text with the compiled networks gated in",
-        description="Greedy generation from a causal LM, with the CoNN gate forcing exact answers at triggers.",
+        description="Greedy generation from a causal or encoder-decoder LM, with the CoNN gate forcing exact "
+                    "answers at triggers.",
         epilog=GENERATE_EPILOG, formatter_class=RAW)
     gen.add_argument("model", help="local model directory, hub id, or tiny://llama")
     gen.add_argument("--prompt", required=True, help="the text to continue")

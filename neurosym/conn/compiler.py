@@ -245,8 +245,13 @@ def _attention(sops: list[SOp], layout: Layout, scale: float) -> Attention:
     return Attention(heads, write)
 
 
-def _mlp(maps: list[Map], layout: Layout) -> MLP:
-    units = [u for s in maps for u in _map_units(s, layout)]
+def _mlp(maps: list[Map], layout: Layout, margin: float = 1.0) -> MLP:
+    """One MLP layer for ``maps``. ``margin`` multiplies the pre-activation of every clamped unit (on at
+    ``+2 * margin``, off at ``-2 * margin`` or below; the clamp band stays [0, 1]), so a rounding error
+    up to ``2 * margin - 1`` cannot flip a unit. A linear map's units use the band's inside and stay as
+    they are."""
+    units = [(pre if isinstance(s, LinearMap) else {d: margin * c for d, c in pre.items()}, out)
+             for s in maps for pre, out in _map_units(s, layout)]
     read, write = _support([pre for pre, _ in units]), _support([out for _, out in units])
     mlp = MLP(read, len(units), write)
     mlp.fc_in.weight.copy_(_rows([pre for pre, _ in units], read))
@@ -272,6 +277,7 @@ class CompiledProgram:
     # otherwise dominates (10x slower on a busy 2-core machine). None: leave torch's setting alone.
     cpu_threads: int | None = 1
     causal: bool = False  # compiled as a decoder (see compile_program)
+    margin: float = 1.0  # MLP pre-activation scale (see compile_program)
     # Exact by construction in float32 (and float64). Other precisions only up to what
     # ``precision.verify`` measured: operand length per "bf16"/"fp16" (for display), and the longest token
     # sequence per torch dtype (what ``logits`` checks before running a cast network).
@@ -373,13 +379,19 @@ class CompiledProgram:
 
 
 @torch.no_grad()
-def compile_program(output: SOp, scale: float = 1000.0, causal: bool = False) -> CompiledProgram:
+def compile_program(output: SOp, scale: float = 1000.0, causal: bool = False, margin: float = 1.0) -> CompiledProgram:
     """Compile ``output`` (and everything it depends on) into a transformer with analytic weights.
 
     A categorical output is read as one-hot classes; a numerical one as the number in its dimension.
     ``causal=True`` compiles a decoder: every attention head sees only the positions at or before its
-    query (the program then means what ``evaluate(..., causal=True)`` says).
+    query (the program then means what ``evaluate(..., causal=True)`` says). ``margin`` > 1 scales every
+    clamped MLP unit's pre-activation (on at ``2 * margin``, off at ``-2 * margin``): the same function,
+    exact in float32 either way, but a unit then tolerates a rounding error of up to ``2 * margin - 1``
+    instead of 1, which keeps a network cast to bfloat16 exact at longer inputs (``precision.compile_for``).
+    The weights grow by the same factor, so float16 overflows sooner: use it for bfloat16 only.
     """
+    if not margin >= 1.0:
+        raise ProgramError(f"margin must be at least 1 (1 is the float32 construction), got {margin}")
     nodes = graph(output)
     tokens = [s for s in nodes if isinstance(s, Tokens)]
     if len(tokens) != 1:
@@ -405,7 +417,7 @@ def compile_program(output: SOp, scale: float = 1000.0, causal: bool = False) ->
             layers.append(_attention(by_slot[slot], layout, scale))
             kinds.append("attention")
         else:
-            layers.append(_mlp(by_slot[slot], layout))  # type: ignore[arg-type]
+            layers.append(_mlp(by_slot[slot], layout, margin))  # type: ignore[arg-type]
             kinds.append("mlp")
 
     vocab = tokens[0].values
@@ -428,4 +440,4 @@ def compile_program(output: SOp, scale: float = 1000.0, causal: bool = False) ->
     out_block = layout[output]
     forms = [{out_block.start: 1.0}] if numerical else [out_block.indicator(v) for v in classes]
     model.unembed.weight.copy_(_rows(forms, list(range(d_model))))
-    return CompiledProgram(model.eval(), vocab, classes, max_len, layout, tuple(kinds), causal=causal)
+    return CompiledProgram(model.eval(), vocab, classes, max_len, layout, tuple(kinds), causal=causal, margin=margin)

@@ -29,8 +29,14 @@ middle would be a wrong number, which is what the gate exists to prevent. Penalt
 length) change scores, not which token is forced, so on a forced step they have no effect. The gate
 only ever adds ``-inf``: warpers and sampling after it keep exactly one candidate on a forced row.
 
-Not covered: an encoder-decoder model whose trigger is only in the encoder input (the gate reads the
-decoder's tokens); pass the expression in the decoder prompt.
+Encoder-decoder models (T5, BART). ``generate`` shows a logits processor only the decoder's tokens, so a
+trigger at the end of the encoder input (``Q: 12+5=``, the decoder starting empty) would go unseen. Give
+the gate the encoder input with ``gate.set_encoder_input(input_ids, attention_mask)`` before
+``generate``: while the decoder has written no ``=`` of its own, each row's text is the encoder input's
+trailing text followed by what the decoder has written, so the answer is forced from the decoder's
+first token and then ended like any other. Once the decoder writes an ``=``, its own text decides
+alone (an expression never straddles the two). Rows expanded by ``num_beams`` or
+``num_return_sequences`` map back to their encoder row.
 """
 from __future__ import annotations
 
@@ -131,6 +137,8 @@ class ConnGate(LogitsProcessor):
     ``gate.betas`` holds, for every step, the per-row β (1 = the network chose the token);
     ``gate.events`` records every expression answered or left to the LM, with the reason.
     ``on_unsupported="raise"`` raises ``ConnInputError`` instead of leaving a too-long operand to the LM.
+    With an encoder-decoder model, call ``gate.set_encoder_input(enc["input_ids"], enc["attention_mask"])``
+    before each ``generate`` (see the module docstring).
     """
 
     def __init__(self, tokenizer, ops: Iterable[str] | None = None, triggers: dict[str, str] | None = None,
@@ -167,6 +175,21 @@ class ConnGate(LogitsProcessor):
         self.events: list[GateEvent] = []
         self.betas: list[torch.Tensor] = []
         self._answers: dict[tuple, tuple[str | None, str]] = {}
+        self._encoder_texts: list[str] | None = None
+
+    def set_encoder_input(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None = None):
+        """The encoder input of an encoder-decoder ``generate`` (what was passed as ``input_ids``), so a
+        trigger at its end is answered by the decoder; ``None`` forgets it (a decoder-only model again).
+        Padding (``attention_mask`` 0) and special tokens are dropped. Returns the gate."""
+        if input_ids is None:
+            self._encoder_texts = None
+            return self
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
+        ids = input_ids.cpu()
+        mask = attention_mask.cpu().bool() if attention_mask is not None else torch.ones_like(ids, dtype=torch.bool)
+        self._encoder_texts = [self._decode(row[keep].tolist()) for row, keep in zip(ids, mask)]
+        return self
 
     # -- the vocabulary, read once ---------------------------------------------------------------
     def _token_texts(self, tokenizer) -> dict[int, str]:
@@ -292,16 +315,45 @@ class ConnGate(LogitsProcessor):
         d = self.decide(text, True, row)
         return d.rest if d is not None and d.kind == "force" else None
 
-    def _read(self, ids: torch.Tensor, row: int) -> tuple[Decision | None, list[int], str]:
-        """Decide on the last ``window`` tokens of ``ids`` (a 1-D tensor), doubling while that is too few."""
+    def _read(self, ids: torch.Tensor, row: int, rows: int = 1) -> tuple[Decision | None, list[int], str]:
+        """Decide on the last ``window`` tokens of ``ids`` (a 1-D tensor), doubling while that is too few.
+        Returns the decision and the decoded tokens (the decoder's own, for ``_force`` to check against)."""
+        prefix = self._encoder_text(row, rows)
         size = self.window
         while True:
             tail = ids[-size:].tolist()
             text = self._decode(tail)
+            complete = size >= len(ids)
             try:
-                return self.decide(text, size >= len(ids), row), tail, text
+                if prefix is not None and complete and "=" not in text:
+                    return self._decide_after(prefix, text, row), tail, text
+                return self.decide(text, complete, row), tail, text
             except NeedMoreText:
                 size *= 2
+
+    def _encoder_text(self, row: int, rows: int) -> str | None:
+        """The encoder input of decoder row ``row`` of ``rows`` (beams and returned sequences are expanded
+        row by row: ``rows`` is a multiple of the encoder batch)."""
+        if self._encoder_texts is None:
+            return None
+        n = len(self._encoder_texts)
+        if rows % n:
+            raise ValueError(f"the decoder has {rows} rows, which is not a multiple of the {n} encoder rows given "
+                             "to set_encoder_input; give the gate the encoder input of this generate call")
+        return self._encoder_texts[row // (rows // n)]
+
+    def _decide_after(self, prefix: str, text: str, row: int) -> Decision | None:
+        """Decide on the encoder input's trailing text followed by the decoder's text (which has no ``=``)."""
+        chars = 4 * self.window
+        while True:
+            try:
+                d = self.decide(prefix[-chars:] + text, chars >= len(prefix), row)
+                break
+            except NeedMoreText:
+                chars *= 2
+        if d is not None and d.kind == "force" and not text and d.rest.startswith(" "):
+            d = Decision("force", d.rest[1:], d.answer)  # the decoder's first token: no space to write before it
+        return d
 
     def _force(self, tail: list[int], text: str, d: Decision, scores: torch.Tensor, row: int) -> int | None:
         """The token that writes the longest next piece of ``d.rest`` and that earlier processors allow."""
@@ -330,7 +382,7 @@ class ConnGate(LogitsProcessor):
         out = scores
         rows = input_ids.cpu()
         for row in range(rows.shape[0]):
-            d, tail, text = self._read(rows[row], row)
+            d, tail, text = self._read(rows[row], row, rows.shape[0])
             if d is None:
                 continue
             if out is scores:
@@ -364,6 +416,6 @@ class StopWhenAnswered(StoppingCriteria):
         rows = input_ids.cpu()
         for row in range(rows.shape[0]):
             if self.gate.betas[-1][row]:  # the gate wrote the last token; is anything left to write?
-                d, _, _ = self.gate._read(rows[row], row)
+                d, _, _ = self.gate._read(rows[row], row, rows.shape[0])
                 done[row] = d is None or d.kind != "force"
         return done

@@ -166,14 +166,16 @@ class ConnOp:
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled(name: str, max_len: int) -> CompiledProgram:
-    return compile_program(OPS[name].build(max_len))
+def _compiled(name: str, max_len: int, margin: float = 1.0) -> CompiledProgram:
+    return compile_program(OPS[name].build(max_len), margin=margin)
 
 
-def get_op(name: str, max_len: int | None = None) -> ConnOp:
+def get_op(name: str, max_len: int | None = None, margin: float = 1.0) -> ConnOp:
     """The compiled operation ``name`` (one of ``OPS``) for operands up to ``max_len`` (default per op).
 
-    Compiled networks are cached per (name, max_len); compiling takes well under a second.
+    Compiled networks are cached per (name, max_len, margin); compiling takes well under a second.
+    ``margin`` > 1 compiles the MLPs with scaled margins (see ``compile_program``; for bfloat16 use
+    ``precision.compile_for``, which also verifies and casts a copy of its own).
     """
     if name not in OPS:
         raise ConnInputError(f"unknown operation {name!r}; choose one of {', '.join(OPS)}")
@@ -185,4 +187,4 @@ def get_op(name: str, max_len: int | None = None) -> ConnOp:
         raise ConnInputError(f"max_len {max_len} is above the limit of {MAX_COMPILE_LEN}: compiling grows with the "
                              f"square of the length (minutes and gigabytes at 2,000); for longer inputs split them "
                              f"and compose calls")
-    return ConnOp(spec, max_len, _compiled(name, max_len))
+    return ConnOp(spec, max_len, _compiled(name, max_len, float(margin)))

@@ -16,6 +16,14 @@ measurement on samples, not a proof; float32 is exact by construction (see ``com
 
 ``CompiledProgram.logits`` refuses (``ConnInputError``) to run a network cast to a precision that was
 not verified, or an input longer than the verified length in that precision, saying why.
+
+Scaled margins (``compile_for(name, "bf16")``). A unit's rounding error in bfloat16 grows with the
+length (the steps' slopes do), and a unit flips once that error passes its distance to the band, 1.
+Compiling with ``margin=M`` puts the units at ``+-2M`` around the same band [0, 1], so they tolerate
+an error of ``2M - 1``: the error itself scales with the weights, so the gain is bounded (the
+tolerated error, relative to the unit's scale, goes from 1/2 to nearly 1), and it saturates by M = 8.
+``conn info`` prints the bf16 lengths both ways. Float16 does not gain (its limit is overflow, which
+larger weights reach sooner), so ``compile_for`` scales margins for bf16 only.
 """
 from __future__ import annotations
 
@@ -29,6 +37,7 @@ import torch.nn.functional as F
 from neurosym.conn.model import MLP, CompiledTransformer
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+SCALED_MARGIN = {"bf16": 8.0}  # the margin compile_for uses per precision (1: the float32 construction)
 
 
 @dataclass(frozen=True)
@@ -97,3 +106,21 @@ def verify(op, dtype: str, samples: int = 8, seed: int = 0) -> Exactness:
     program.exact_lengths[dtype] = longest
     program.exact_tokens[DTYPES[dtype]] = tokens if longest else 0
     return Exactness(dtype, longest, max(margin, -1.0) if margin != float("inf") else 1.0, reason)
+
+
+def compile_for(name: str, dtype: str, max_len: int | None = None, margin: float | None = None):
+    """A fresh network for op ``name`` compiled for ``dtype`` (scaled margins for bf16, see the module
+    docstring), verified in ``dtype`` and cast to it: ``(op, exactness)``. The op then runs in ``dtype``
+    up to ``exactness.longest`` operand characters and refuses longer inputs with the reason."""
+    from neurosym.conn.compiler import compile_program
+    from neurosym.conn.ops import ConnOp, get_op
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    spec = get_op(name, max_len).spec  # validates the name and the length
+    max_len = spec.default_max_len if max_len is None else max_len
+    margin = SCALED_MARGIN.get(dtype, 1.0) if margin is None else margin
+    op = ConnOp(spec, max_len, compile_program(spec.build(max_len), margin=margin))
+    exactness = verify(op, dtype)
+    op.program.model.to(DTYPES[dtype])
+    return op, exactness
