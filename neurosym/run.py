@@ -210,12 +210,14 @@ class Run:
                                       Decision.as_dict, Decision.from_dict)
 
     def apply(self, batch, decision: Decision, step: int) -> Outcome:
+        t0 = time.perf_counter()
         outcome = self._apply(decision.route, batch, decision, step)
         if outcome.failed and not outcome.pending:  # the same batch takes the default route now
             self.state.count("failed_by_route", outcome.route)
             failed = outcome
             outcome = self._apply(DEFAULT_ROUTE, batch, decision, step)
             outcome.fallback_from = failed
+        outcome.update_s = time.perf_counter() - t0
         if not outcome.pending:
             self.version += outcome.changed
             self.state.count("ok_by_route", outcome.route)
@@ -308,6 +310,7 @@ class Run:
         self.monitors.observe(step, outcome.loss, outcome.grad_norm, outcome.route)
         record = {"kind": "train", "step": step, "route": outcome.route, "loss": outcome.loss,
                   "grad_norm": outcome.grad_norm, "lr": self.state.lr, "tokens": outcome.tokens, "wall_s": wall,
+                  "update_s": outcome.update_s,
                   "tokens_per_s": outcome.tokens / wall if wall else 0.0, "time": time.time(),
                   "prompt_version": self.prompts.version, "gain": gain,
                   "refined_in_batch": sum(ex.source.startswith("remake:") for ex in batch),

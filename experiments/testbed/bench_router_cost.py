@@ -4,10 +4,16 @@ loss, every step or every N steps) against a LoRA step of a LoRA-only job, same 
 measured side by side in one run. Means, not medians: a gain measured every N steps is paid on one
 step in N, and the mean is what the run pays.
 
+A LoRA step's own cost depends on the prompt it trains under, and the routed job's prompt grows
+(`Answer.` becomes `Answer. Use upper case. Use underscores for spaces.`: 2x the tokens with this
+character tokenizer), so raw step times compare unequal steps. The ratio reported is therefore per
+step: (step wall time / the update's own time) in the routed job over the same in the LoRA-only job,
+i.e. what the router adds around a LoRA step, relative to what the loop adds in a LoRA-only job.
+
 Also times, on the same batch + probe, the loop's per-example greedy generation against batched greedy
 generation (left padding, KV cache: ``accuracy.answers``), the proposed cheaper measurement.
 
-    python experiments/testbed/bench_router_cost.py --steps 40 --every 4
+    python experiments/testbed/bench_router_cost.py --steps 40 --every 6
 """
 from __future__ import annotations
 
@@ -50,8 +56,10 @@ def run(kind: str, steps: int, out: Path, gain_from: str = "reward", gain_every:
     return [json.loads(l) for l in (out / kind / "events.jsonl").read_text().splitlines()]
 
 
-def lora_step_times(events: list[dict]) -> list[float]:
-    return [e["wall_s"] for e in events if e.get("kind") == "train" and e["route"] == "lora"]
+def lora_step_times(events: list[dict]) -> tuple[list[float], list[float]]:
+    """(wall time of each LoRA step, the LoRA update's own time in it)."""
+    steps = [e for e in events if e.get("kind") == "train" and e["route"] == "lora"]
+    return [e["wall_s"] for e in steps], [e["update_s"] for e in steps]
 
 
 def generation_times(n_rounds: int = 3) -> tuple[float, float]:
@@ -77,18 +85,22 @@ def generation_times(n_rounds: int = 3) -> tuple[float, float]:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=40)
-    ap.add_argument("--every", type=int, default=4, help="the gain_every setting measured beside every step")
+    ap.add_argument("--every", type=int, default=6, help="the gain_every setting measured beside every step "
+                                                         "(hybrid.yaml's)")
     args = ap.parse_args(argv)
     settings = [("reward", 1), ("loss", 1), ("reward", args.every), ("loss", args.every)]
     with tempfile.TemporaryDirectory() as tmp:
         base = lora_step_times(run("always_lora", args.steps, Path(tmp)))
         routed = {s: lora_step_times(run("reward_classifier", args.steps, Path(tmp), *s)) for s in settings}
-    b = statistics.fmean(base)
-    print(f"LoRA step, LoRA-only job: {b * 1000:.1f} ms (mean of {len(base)})")
-    for (gain_from, every), times in routed.items():
-        r = statistics.fmean(times)
-        print(f"LoRA step, learned router, gain_from={gain_from:<6} gain_every={every}: {r * 1000:7.1f} ms "
-              f"(mean of {len(times)}); overhead ratio {r / b:.2f}x (target <= 1.3x)")
+    walls, updates = base
+    b = statistics.fmean(walls) / statistics.fmean(updates)
+    print(f"LoRA-only job: LoRA step {statistics.fmean(walls) * 1000:.1f} ms, of which the update "
+          f"{statistics.fmean(updates) * 1000:.1f} ms (step/update {b:.2f}; mean of {len(walls)})")
+    for (gain_from, every), (walls, updates) in routed.items():
+        r = statistics.fmean(walls) / statistics.fmean(updates)
+        print(f"learned router, gain_from={gain_from:<6} gain_every={every}: LoRA step {statistics.fmean(walls) * 1000:6.1f} ms, "
+              f"update {statistics.fmean(updates) * 1000:5.1f} ms (step/update {r:.2f}; mean of {len(walls)}); "
+              f"router overhead {r / b:.2f}x (target <= 1.3x)")
     one, batched = generation_times()
     print(f"gain measurement generation (batch + probe, 16 examples): per-example {one * 1000:.0f} ms, "
           f"batched {batched * 1000:.0f} ms ({one / batched:.1f}x faster batched)")

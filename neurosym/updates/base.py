@@ -28,6 +28,7 @@ class Outcome:
     record: dict = field(default_factory=dict)
     fallback_from: Optional["Outcome"] = None  # the failed update whose batch this outcome trained on
     changed: bool = True                  # False: neither the weights nor the prompt changed (its gain is 0)
+    update_s: float = 0.0                 # wall time of the update itself (the rest of a step is the loop's)
 
     @property
     def failed(self) -> bool:
