@@ -315,8 +315,8 @@ def main(argv=None) -> None:
         (work / "settings.jsonl").unlink(missing_ok=True)
     results = []
     t0 = time.perf_counter()
-    for alpha in args.alphas:
-        for seed in args.seeds:
+    for seed in args.seeds:  # seed-major: a comparison cut short still has every alpha for its first seeds
+        for alpha in args.alphas:
             shared: dict = {}  # the teacher-free arms run once per (alpha, seed)
             for noise in args.noise:
                 where = work / "settings" / f"a{alpha}-n{noise}-s{seed}"
