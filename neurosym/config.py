@@ -265,6 +265,10 @@ class SymbolicConfig(_Section):
     rewrite_examples: bool = True
     max_rewrites_per_batch: int = Field(4, ge=0)
     max_new_tokens: int = Field(32, gt=0, description="Student generation length during symbolic updates.")
+    validate_prompt: bool = Field(
+        False, description="Keep a new system prompt only if the student's reward (reward.kind) on the batch + "
+        "the probe set (reward.probe) is no worse under it (on a tie, the reference answers' loss decides); "
+        "otherwise the old prompt stays and the event says why. A wrong edit by the teacher then costs its calls, not the run.")
     on_teacher_down: Literal["continue", "stop"] = Field(
         "continue", description="A teacher that refuses us for good mid-run (401/403/404): continue LoRA-only "
         "(said loudly) or stop the run.")

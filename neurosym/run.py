@@ -99,9 +99,16 @@ class Run:
         self._n_shared_refined = 0
         probe_set = (load_examples(cfg.reward.probe, cfg.data)[0] if cfg.reward.probe
                      else self.eval_set or self.train_set)[: cfg.reward.probe_size]
+        # the probe measures the router's gains (main process); the validator, with symbolic.validate_prompt,
+        # a new system prompt, by the reward itself (a rare measurement, so the faithful one)
+        main = self.runtime.is_main
+        self.measures_gain = self.router.learns_from_gain and main
         self.probe = (GainProbe(probe_set, self.reward, self, cfg.symbolic.max_new_tokens,
-                                by_loss=cfg.reward.gain_from == "loss")
-                      if self.router.learns_from_gain and self.runtime.is_main else None)
+                                by_loss=cfg.reward.gain_from == "loss") if self.measures_gain else None)
+        self.validates_prompt = cfg.symbolic.validate_prompt and "symbolic" in self.routes and main
+        self.validators = ((GainProbe(probe_set, self.reward, self, cfg.symbolic.max_new_tokens),
+                            GainProbe(probe_set, self.reward, self, cfg.symbolic.max_new_tokens, by_loss=True))
+                           if self.validates_prompt else ())
         self.version = 0  # bumped whenever the weights or the prompt change (the probe's cache key)
         self.step_walls: collections.deque = collections.deque(maxlen=20)
         self.stop_reason: Optional[str] = None  # early stopping
@@ -196,7 +203,7 @@ class Run:
         """What a learning router sees of the batch: per-example losses and the reward before."""
         prompts = tuple(ex.prompt for ex in batch)
         scheduled = self.state.step % self.cfg.reward.gain_every == 0  # every N steps, and whenever the router needs it
-        if self.probe is None or not (scheduled or self.router.needs_gain):
+        if not self.measures_gain or not (scheduled or self.router.needs_gain):
             return BatchStats(prompts=prompts)
         m = self.probe.measure(batch, self.version, with_losses=True)
         return BatchStats(mean_loss=sum(m.batch_losses) / len(m.batch_losses), max_loss=max(m.batch_losses),
@@ -233,13 +240,29 @@ class Run:
         return update.apply(batch, decision, step)
 
     def gain(self, batch, stats: BatchStats, outcome: Outcome) -> Optional[float]:
-        if self.probe is None or outcome.pending or outcome.failed:
+        if not self.measures_gain or outcome.pending or outcome.failed:
             return None
         if not outcome.changed:  # nothing the student answers with changed: 0, whatever the schedule
             return 0.0
         if stats.reward_before is None:  # not a measured step
             return None
         return self.probe.measure(batch, self.version).reward - stats.reward_before
+
+    def try_prompt(self, batch, text: str) -> tuple[bool, list, list]:
+        """(keep, before, after): whether the student does no worse on ``batch`` + the probe set with
+        ``text`` as the system prompt than with the current one (symbolic.validate_prompt): by the reward,
+        and on a tie (e.g. exact match at 0 both ways) by the reference answers' loss."""
+        before, after, current = [], [], self.renderer.system_prompt
+        for validator in self.validators:
+            before.append(validator.measure(batch, self.version).reward)
+            self.renderer.system_prompt = text
+            try:
+                after.append(validator.measure(batch, ("candidate", self.version, text)).reward)
+            finally:
+                self.renderer.system_prompt = current
+            if after[-1] != before[-1]:
+                break
+        return after >= before, before, after
 
     def learn(self, decision: Decision, outcome: Outcome, gain: Optional[float]) -> None:
         """The router learns what the update it chose bought (not a fallback's, not another route's)."""
@@ -263,9 +286,9 @@ class Run:
                 else:
                     self.state.count("ok_by_route", name)
                     before = (self.probe.measure(landing.batch, self.version).reward
-                              if self.probe and out.changed else None)
+                              if self.measures_gain and out.changed else None)
                     self.version += out.changed
-                    if self.probe and (before is not None or not out.changed):
+                    if self.measures_gain and (before is not None or not out.changed):
                         record["gain"] = (self.probe.measure(landing.batch, self.version).reward - before
                                           if out.changed else 0.0)
                         if landing.decision is not None:

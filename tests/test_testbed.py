@@ -162,3 +162,35 @@ def test_compare_quick_holds_its_invariants(tmp_path, capsys):
     assert {"none", "hand_prompt", "lora", "prompt", "learned", "random"} <= arms
     learned = [r for r in rows if r["arm"] == "learned"]
     assert all(r["cost"] == r["budget"] for r in learned) and {r["c"] for r in learned} == {1, 10, 100}
+
+
+@pytest.mark.slow
+def test_a_prompt_that_makes_the_student_worse_is_not_kept(tmp_path):
+    """symbolic.validate_prompt: a teacher that always diagnoses wrongly (noise 1.0) proposes prompts
+    with instructions the task does not want; validated, none is kept; unvalidated, they are."""
+    import yaml
+
+    from neurosym.config import load_config
+    from neurosym.train import train
+
+    runs = {}
+    for validate in (True, False):
+        cfg = yaml.safe_load((ROOT / "experiments" / "testbed" / "hybrid.yaml").read_text())
+        cfg["run"].update(output_dir=str(tmp_path / "runs"), name=f"validate-{validate}")
+        for key in ("train", "eval"):
+            cfg["data"][key] = str(ROOT / "experiments" / "testbed" / cfg["data"][key])
+        cfg["reward"]["probe"] = str(ROOT / "experiments" / "testbed" / cfg["reward"]["probe"])
+        cfg["train"].update(max_steps=3, save_every=0)
+        cfg["tracking"] = {"mode": "disabled"}
+        cfg["router"] = {"kind": "always_symbolic"}
+        cfg["teacher"]["model"] = "simulated?noise=1.0&seed=0"
+        cfg["symbolic"]["validate_prompt"] = validate
+        path = tmp_path / f"validate-{validate}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        out = train(load_config(path), quiet=True)
+        runs[validate] = [json.loads(l) for l in (out.run_dir / "events.jsonl").read_text().splitlines()]
+    checked = [e["symbolic"]["validation"] for e in runs[True] if e.get("kind") == "train"]
+    assert checked and all(not v["kept"] and v["after"] < v["before"] for v in checked)  # [reward, -loss]
+    assert [e["text"] for e in runs[True] if e.get("kind") == "prompt"] == ["Answer."]
+    assert all("worse on batch + probe" in e["symbolic"]["unchanged_reason"] for e in runs[True] if e.get("kind") == "train")
+    assert len([e for e in runs[False] if e.get("kind") == "prompt"]) > 1  # the same teacher, unchecked

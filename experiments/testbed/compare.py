@@ -291,6 +291,8 @@ def main(argv=None) -> None:
     ap.add_argument("--alphas", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.3])
+    ap.add_argument("--noisy-alphas", type=float, nargs="+", default=None,
+                    help="run the noise levels above 0 at these alphas only (default: every alpha)")
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--every", type=int, default=5)
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
@@ -319,6 +321,8 @@ def main(argv=None) -> None:
         for alpha in args.alphas:
             shared: dict = {}  # the teacher-free arms run once per (alpha, seed)
             for noise in args.noise:
+                if noise and args.noisy_alphas is not None and alpha not in args.noisy_alphas:
+                    continue
                 where = work / "settings" / f"a{alpha}-n{noise}-s{seed}"
                 results.append(setting(alpha, seed, noise, args.steps, args.every, where, args.arms, shared))
                 with (work / "settings.jsonl").open("a") as f:  # a long comparison keeps what it finished

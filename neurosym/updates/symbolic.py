@@ -156,12 +156,19 @@ class SymbolicUpdate(Update):
             return outcome
         result, run = landed.result, self.run
         record.update(accepted=len(result.rewrites), rejected=dict(result.rejected), malformed=result.malformed)
-        version = run.prompts.propose(result.new_system_prompt, step) if result.new_system_prompt else None
+        proposed, worse = result.new_system_prompt, None
+        if proposed and proposed != run.prompts.current and run.validates_prompt:
+            keep, before, after = run.try_prompt(landed.job.batch, proposed)
+            record["validation"] = {"before": before, "after": after, "kept": keep}
+            if not keep:
+                figures = " / ".join(f"{b:.4g} -> {a:.4g}" for b, a in zip(before, after))
+                proposed, worse = None, f"worse on batch + probe (reward / -loss: {figures}): kept the old prompt"
+        version = run.prompts.propose(proposed, step) if proposed else None
         if version is not None:
             run.renderer.system_prompt = run.prompts.current
             run.recorder.prompt(step, version, run.prompts.current)
         else:  # why the prompt stayed (malformed, elided, too_long, answer_leak, identical)
-            record["unchanged_reason"] = result.unchanged_reason or "identical"
+            record["unchanged_reason"] = worse or result.unchanged_reason or "identical"
             outcome.changed = False  # the student answers as before: the gain is 0, known without measuring
         rows = self.store.add(result.rewrites, step=step, prompt_version=run.prompts.version,
                               teacher_model=run.cfg.teacher.model) if result.rewrites else []
