@@ -253,24 +253,47 @@ def test_nproc_is_checked_and_one_process_needs_no_launcher(tmp_path, tiny_model
 
 
 @pytest.mark.slow
-def test_ctrl_c_under_two_processes_saves_once_and_resumes(tmp_path, tiny_model_dir):
-    """Ctrl-C reaches the launcher and every process (one process group): they agree to stop after
-    the same step, the main process saves, and the resume finishes the uninterrupted run's steps."""
-    cfg = write_config(tmp_path, tiny_model_dir, name="ctrlc", n_train=20, lora=LORA,
-                       train={**TRAIN, "max_steps": 40, "save_every": 0})
-    run = tmp_path / "runs" / "ctrlc"
+@pytest.mark.parametrize("stop, resume_nproc", [("ctrl-c", 2), ("sigterm", 1)])
+def test_stopped_under_two_processes_saves_once_exits_130_and_resumes(tmp_path, tiny_model_dir, stop, resume_nproc):
+    """Ctrl-C reaches the launcher and every process (one process group); SIGTERM (a scheduler, `kill`)
+    reaches the launcher alone. Either way the processes agree to stop after the same step, the main
+    one saves, the launcher exits 130 as one process does (torchrun alone says 1), and the
+    resume finishes the uninterrupted run's steps."""
+    steps = 24
+    cfg = write_config(tmp_path, tiny_model_dir, name="stop", n_train=20, lora=LORA,
+                       train={**TRAIN, "max_steps": steps, "save_every": 0})
+    run = tmp_path / "runs" / "stop"
     proc = subprocess.Popen(_cli("train", str(cfg), "--quiet", nproc=2), env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         wait_for_step(run / "events.jsonl", proc, 2)
-        os.killpg(proc.pid, signal.SIGINT)
+        if stop == "ctrl-c":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            os.kill(proc.pid, signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     stopped = _train_events(run)[-1]["step"]
-    assert stopped < 40 and latest_checkpoint(run).name == f"step-{stopped}", err[-3000:]
+    assert proc.returncode == 130, err[-3000:]
+    assert stopped < steps and latest_checkpoint(run).name == f"step-{stopped}", err[-3000:]
     assert err.count("checkpoint saved. Continue with") == 1, err[-3000:]
-    _run("resume", str(run), "--quiet", nproc=2)
-    assert [e["step"] for e in _train_events(run)] == list(range(1, 41))
-    assert latest_checkpoint(run).name == "step-40"
+    assert "Traceback" not in err, err[-3000:]
+    _run("resume", str(run), "--quiet", nproc=resume_nproc)
+    assert [e["step"] for e in _train_events(run)] == list(range(1, steps + 1))
+    assert latest_checkpoint(run).name == f"step-{steps}"
+
+
+@pytest.mark.slow
+def test_a_user_error_under_two_processes_exits_2_with_its_message(tmp_path, tiny_model_dir):
+    """Bad input that only the processes meet (the launcher checked the config, not every data line):
+    exit status 2 and the message, as one process gives, not torchrun's 1 and its failure report."""
+    cfg = write_config(tmp_path, tiny_model_dir, name="bad", n_train=20, lora=LORA, train=TRAIN)
+    data = tmp_path / "data" / "train.jsonl"
+    data.write_text(data.read_text() + "{not json\n")
+    proc = subprocess.run(_cli("train", str(cfg), "--quiet", nproc=2), env=_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert f"error: {data}:21: bad JSON" in proc.stderr and "data.on_error: skip" in proc.stderr
+    assert "Traceback" not in proc.stderr and "ChildFailedError" not in proc.stderr, proc.stderr[-3000:]
