@@ -297,3 +297,30 @@ def test_a_user_error_under_two_processes_exits_2_with_its_message(tmp_path, tin
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert f"error: {data}:21: bad JSON" in proc.stderr and "data.on_error: skip" in proc.stderr
     assert "Traceback" not in proc.stderr and "ChildFailedError" not in proc.stderr, proc.stderr[-3000:]
+
+
+def test_fsdp_and_deepspeed_are_refused_with_what_to_do_instead():
+    from neurosym.distributed import _sharding_refused
+
+    assert _sharding_refused("MULTI_GPU", {}) is None and _sharding_refused("MULTI_CPU", {}) is None
+    # accelerate on CPU runs an FSDP config as DDP: its launcher's environment still says FSDP
+    fsdp = _sharding_refused("MULTI_CPU", {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"})
+    assert fsdp == _sharding_refused("FSDP", {"FSDP_VERSION": "2"})
+    assert "FSDP (fsdp_version 2)" in fsdp and "main process alone" in fsdp and "--nproc N" in fsdp
+    deepspeed = _sharding_refused("DEEPSPEED", {})
+    assert "DeepSpeed" in deepspeed and "untested" in deepspeed and "--nproc N" in deepspeed
+
+
+@pytest.mark.slow
+def test_an_accelerate_fsdp_config_is_refused_before_anything_is_written(tmp_path, tiny_model_dir):
+    """The user's own `accelerate config` for FSDP2, launched the way its docs say: a message, no run."""
+    config = tmp_path / "accelerate-fsdp.yaml"
+    config.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: FSDP\nfsdp_config:\n  fsdp_version: 2\n  fsdp_state_dict_type: FULL_STATE_DICT\n"
+                      "num_machines: 1\nnum_processes: 2\nmachine_rank: 0\nmixed_precision: 'no'\nuse_cpu: true\n")
+    cfg = write_config(tmp_path, tiny_model_dir, name="fsdp", n_train=20, lora=LORA, train=TRAIN)
+    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
+                           "-m", "neurosym", "train", str(cfg), "--quiet"], env=_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode != 0  # accelerate's launcher reports any failure as 1
+    assert "error: your accelerate config asks for FSDP (fsdp_version 2)" in proc.stderr, proc.stderr[-3000:]
+    assert not (tmp_path / "runs" / "fsdp").exists()
