@@ -187,6 +187,45 @@ def test_hybrid_under_two_processes_calls_the_teacher_from_one(tmp_path, tiny_mo
 
 
 @pytest.mark.slow
+def test_async_symbolic_updates_under_two_processes_take_the_one_process_run(tmp_path, tiny_model_dir, teacher):
+    """symbolic.async: the main process's worker pool talks to the teacher while every process keeps
+    stepping, and a landed update reaches the other process at the step it lands. With
+    land_after_steps the landing steps do not depend on timing, so 2 processes take the 1-process
+    run: the same routes, prompt versions at the same steps, the same teacher calls, the same adapter."""
+    sections = dict(router={"kind": "alternate", "every": 3}, lora=LORA, data={"eval": None},
+                    symbolic={"async": True, "max_inflight": 2, "land_after_steps": 2},
+                    train={**TRAIN, "max_steps": 8, "save_every": 4})
+    runs = {}
+    for nproc in (1, 2):
+        cfg = hybrid_config(tmp_path / f"p{nproc}", tiny_model_dir, teacher, name="async", **sections)
+        teacher.reset()
+        teacher.set_responder(Teacher())
+        proc = _run("-v", "train", str(cfg), "--quiet", nproc=nproc, env=_env(**{KEY_ENV: teacher.api_key}))
+        run = tmp_path / f"p{nproc}" / "runs" / "async"
+        events = read_events(run / "events.jsonl")
+        runs[nproc] = dict(run=run, train=[e for e in events if e["kind"] == "train"], proc=proc,
+                           landed=[e for e in events if e["kind"] == "symbolic"],
+                           prompts=[(e["step"], e["version"], e["text"]) for e in events if e["kind"] == "prompt"],
+                           requests=len(teacher.chat_requests))
+    one, two = runs[1], runs[2]
+    steps = lambda r: [(e["step"], e["route"], e["prompt_version"]) for e in r["train"]]  # noqa: E731
+    assert [route for _, route, _ in steps(two)] == ["lora", "lora", "symbolic"] * 2 + ["lora"] * 2
+    assert steps(two) == steps(one)
+    # each update landed two steps after it was submitted, and the first one changed the prompt mid-run
+    assert [(e["step"], e["symbolic"]["submitted_step"]) for e in two["landed"]] == [(5, 3), (8, 6)]
+    assert len(two["prompts"]) > 1 and two["prompts"] == one["prompts"]
+    assert max(v for _, _, v in steps(two)) >= 1
+    # process 1 had every landed prompt version at the step the main process had it
+    assert _other_rank_steps(two["proc"].stderr) == steps(two)
+    # one process asked: the 1-process run's requests, all accounted for by the landings (+ preflight)
+    assert two["requests"] == one["requests"] > sum(e["symbolic"]["calls"] for e in two["landed"]) > 0
+    diff = _max_diff(_adapter(two["run"]), _adapter(one["run"]))
+    print(f"async hybrid, 2 processes vs 1: teacher requests {two['requests']} vs {one['requests']}, "
+          f"max |adapter difference| {diff:.3g}")
+    assert diff <= ATOL
+
+
+@pytest.mark.slow
 def test_a_stuck_teacher_ends_the_run_with_a_message_and_the_checkpoint_resumes(tmp_path, tiny_model_dir, teacher):
     """The main process hangs in a teacher call longer than run.collective_timeout_s: the process
     waiting for it stops the run with a message (no endless hang); the last checkpoint resumes."""
