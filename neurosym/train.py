@@ -67,7 +67,7 @@ def train(cfg: Config, resume: bool = False, quiet: Optional[bool] = None, chang
                 return Outcome(run_dir.path, run.state, False, {}, "finished")
             if run.state.step == 0 and run.eval_set:
                 run.evaluate()                              # the "before" of the before -> after
-            with StopFlag() as stop:
+            with StopFlag(launched=run.runtime.world_size > 1, speaks=run.runtime.is_main) as stop:
                 while run.state.step < run.total_steps and not run.should_stop(stop.requested):
                     train_step(run)
                     run.after_step()                        # evaluate and save on their schedules
@@ -119,11 +119,17 @@ def last_eval(run: Run) -> dict:
 
 class StopFlag:
     """SIGINT/SIGTERM ask the loop to stop at the next step boundary (after a checkpoint);
-    a second Ctrl-C stops at once."""
+    a second Ctrl-C stops at once.
 
-    def __init__(self):
+    Under a launcher (torchrun, accelerate launch) a Ctrl-C reaches this process twice: from the
+    terminal, and passed on by the launcher a few milliseconds later. That second SIGINT is no
+    second Ctrl-C, so here it changes nothing; a real second Ctrl-C makes the launcher stop waiting
+    and exit, and this process dies with it (PR_SET_PDEATHSIG, neurosym.distributed)."""
+
+    def __init__(self, launched: bool = False, speaks: bool = True):
         self.requested = False
         self._old = {}
+        self._launched, self._speaks = launched, speaks  # speaks: the process that tells the user
 
     def __enter__(self):
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -131,11 +137,14 @@ class StopFlag:
         return self
 
     def _handle(self, signum, frame):
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+        if self.requested:
+            if signum == signal.SIGINT and not self._launched:
+                raise KeyboardInterrupt
+            return
         self.requested = True
-        print("\nstopping after this step; saving a checkpoint (Ctrl-C again to abort now)",
-              file=sys.stderr, flush=True)
+        if self._speaks:  # one message for the job
+            print("\nstopping after this step; saving a checkpoint (Ctrl-C again to abort now)",
+                  file=sys.stderr, flush=True)
 
     def __exit__(self, *exc):
         for sig, old in self._old.items():

@@ -365,3 +365,21 @@ def test_an_accelerate_fsdp_config_is_refused_before_anything_is_written(tmp_pat
     assert proc.returncode != 0  # accelerate's launcher reports any failure as 1
     assert "error: your accelerate config asks for FSDP (fsdp_version 2)" in proc.stderr, proc.stderr[-3000:]
     assert not (tmp_path / "runs" / "fsdp").exists()
+
+
+def test_the_launchers_copy_of_a_ctrl_c_is_not_a_second_one(capsys):
+    """Under a launcher a Ctrl-C arrives twice (terminal, then torchrun): still a stop after the step,
+    not an abort without a checkpoint. Alone, a second Ctrl-C aborts at once."""
+    from neurosym.train import StopFlag
+
+    with StopFlag(launched=True, speaks=False) as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert stop.requested and "stopping after this step" not in capsys.readouterr().err
+    with pytest.raises(KeyboardInterrupt):
+        with StopFlag() as stop:
+            os.kill(os.getpid(), signal.SIGINT)
+            assert stop.requested
+            os.kill(os.getpid(), signal.SIGINT)
+    assert capsys.readouterr().err.count("stopping after this step") == 1
