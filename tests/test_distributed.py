@@ -356,7 +356,8 @@ def test_fsdp_and_deepspeed_are_refused_with_what_to_do_instead():
 def test_an_accelerate_fsdp_config_is_refused_before_anything_is_written(tmp_path, tiny_model_dir):
     """The user's own `accelerate config` for FSDP2, launched the way its docs say: a message, no run."""
     config = tmp_path / "accelerate-fsdp.yaml"
-    config.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: FSDP\nfsdp_config:\n  fsdp_version: 2\n  fsdp_state_dict_type: FULL_STATE_DICT\n"
+    config.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: FSDP\n"
+                      "fsdp_config:\n  fsdp_version: 2\n  fsdp_state_dict_type: FULL_STATE_DICT\n"
                       "num_machines: 1\nnum_processes: 2\nmachine_rank: 0\nmixed_precision: 'no'\nuse_cpu: true\n")
     cfg = write_config(tmp_path, tiny_model_dir, name="fsdp", n_train=20, lora=LORA, train=TRAIN)
     proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
