@@ -16,6 +16,7 @@ and save. A second Ctrl-C still aborts at once.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import sys
 import tempfile
@@ -29,11 +30,13 @@ _SIGNALS_TO_HANDLE = "SIGTERM,SIGHUP,SIGQUIT"
 def exec_launcher(nproc: int, flags: list) -> None:
     """Become the launcher of ``nproc`` processes on this machine, each running ``neurosym FLAGS``
     (never returns)."""
-    exit_dir = tempfile.mkdtemp(prefix="neurosym-launch-")
+    # a name nobody can guess, created by the main process alone (O_EXCL): nothing to clean up
+    # when the launcher is killed, since its processes die with it before they could write it
+    exit_file = Path(tempfile.gettempdir()) / f"neurosym-exit-{secrets.token_hex(16)}"
     args = ["--standalone", "--nproc_per_node", str(nproc), "-m", "neurosym", *flags]
     print(f"launching {nproc} processes: torchrun {' '.join(args)}", file=sys.stderr, flush=True)
     sys.stdout.flush()
-    env = {**os.environ, EXIT_FILE_ENV: str(Path(exit_dir) / "exit-code")}
+    env = {**os.environ, EXIT_FILE_ENV: str(exit_file)}
     os.execve(sys.executable, [sys.executable, "-m", "neurosym.launch",
                                "--signals-to-handle", _SIGNALS_TO_HANDLE, *args], env)
 
@@ -44,9 +47,11 @@ def record_exit(code) -> None:
     if not path or os.environ.get("RANK") != "0":
         return
     try:
-        Path(path).write_text(str(code if isinstance(code, int) else 1))
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError:  # the launcher falls back on torchrun's view of the failure
-        pass
+        return
+    with os.fdopen(fd, "w") as f:
+        f.write(str(code if isinstance(code, int) else 1))
 
 
 def _status(exitcode: int) -> int:
@@ -55,8 +60,7 @@ def _status(exitcode: int) -> int:
 
 
 def _read_and_remove(exit_file: Path | None) -> int | None:
-    """The main process's exit code (None if it left none: it crashed or was killed); the file and
-    the directory exec_launcher made for it are removed."""
+    """The main process's exit code (None if it left none: it crashed or was killed); the file goes."""
     if exit_file is None:
         return None
     try:
@@ -65,10 +69,6 @@ def _read_and_remove(exit_file: Path | None) -> int | None:
         return None
     finally:
         exit_file.unlink(missing_ok=True)
-        try:
-            exit_file.parent.rmdir()
-        except OSError:
-            pass
 
 
 def main(argv: list) -> int:

@@ -373,10 +373,15 @@ def test_the_launchers_copy_of_a_ctrl_c_is_not_a_second_one(capsys):
     not an abort without a checkpoint. Alone, a second Ctrl-C aborts at once."""
     from neurosym.train import StopFlag
 
-    with StopFlag(launched=True, speaks=False) as stop:
-        os.kill(os.getpid(), signal.SIGINT)
-        os.kill(os.getpid(), signal.SIGINT)
-        os.kill(os.getpid(), signal.SIGTERM)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with StopFlag(launched=True, speaks=False) as stop:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)  # after the loop, while the process closes: still nothing
+    finally:
+        for sig, handler in handlers.items():  # (a launched process keeps them until it exits)
+            signal.signal(sig, handler)
     assert stop.requested and "stopping after this step" not in capsys.readouterr().err
     with pytest.raises(KeyboardInterrupt):
         with StopFlag() as stop:
