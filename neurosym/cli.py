@@ -62,18 +62,15 @@ def _resume_keys(overrides) -> list[str]:
 # ---------------------------------------------------------------------------------------- verbs
 
 def _launch(args, verb: list) -> int | None:
-    """``--nproc N``: become ``torchrun --standalone --nproc_per_node N -m neurosym ...`` (N processes
-    on this machine; never returns). None: no launch needed (one process, or already launched)."""
+    """``--nproc N``: become the launcher of N processes on this machine (torchrun's, exiting with the
+    main process's code: :mod:`neurosym.launch`; never returns). None: no launch needed (one process,
+    or already launched)."""
     from neurosym.runtime import launched
     if not args.nproc or args.nproc == 1 or launched():
         return None
+    from neurosym.launch import exec_launcher
     flags = (["-v"] if args.verbose else []) + verb + [x for kv in args.set for x in ("--set", kv)]
-    flags += ["--quiet"] if args.quiet else []
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.nproc),
-           "-m", "neurosym", *flags]
-    print(f"launching {args.nproc} processes: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
-    sys.stdout.flush()
-    os.execv(sys.executable, cmd)  # this process becomes the launcher: a signal to it reaches the job
+    exec_launcher(args.nproc, flags + (["--quiet"] if args.quiet else []))
 
 
 def _nproc(value: str) -> int:
@@ -285,8 +282,16 @@ def main(argv=None) -> int:
     except Exception as exc:
         if not is_user_error(exc):
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{_process_label()}error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def _process_label() -> str:
+    """'[process R] ' in a job of several processes other than the main one (each process reports
+    its own errors: one that only process 1 met must be seen; one they all met reads as such)."""
+    from neurosym.runtime import launched
+    rank = os.environ.get("RANK", "0") if launched() else "0"
+    return "" if rank == "0" else f"[process {rank}] "
 
 
 if __name__ == "__main__":

@@ -260,6 +260,10 @@ class TeacherConfig(_Section):
 class SymbolicConfig(_Section):
     async_: bool = Field(False, alias="async", description="Run symbolic updates on a worker pool.")
     max_inflight: int = Field(2, gt=0)
+    land_after_steps: Optional[int] = Field(
+        None, gt=0, description="With async: an update submitted at step s lands at step s+N, the loop waiting "
+        "for the teacher if it is slower, so the run is the same whatever the speed of the teacher, the machine "
+        "or the number of processes. Unset: an update lands at the first step after it finished.")
     constraints: list[str] = ["Keep the prompt under 120 words.", "Never state the answer to any example."]
     max_prompt_chars: int = Field(2000, gt=0)
     rewrite_examples: bool = True
@@ -276,6 +280,13 @@ class SymbolicConfig(_Section):
     down_for_steps: int = Field(20, ge=0, description="Steps the route stays paused before it is tried again.")
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _land_after_needs_async(self):
+        if self.land_after_steps is not None and not self.async_:
+            raise ValueError("symbolic.land_after_steps needs symbolic.async: true (a synchronous update lands "
+                             "at once); set async: true or remove land_after_steps")
+        return self
 
 
 class RemakeConfig(_Section):

@@ -22,6 +22,7 @@ import contextlib
 import ctypes
 import datetime
 import json
+import os
 import signal
 import sys
 from typing import Any, Callable
@@ -47,10 +48,38 @@ def _die_with_parent() -> None:
         pass
 
 
+def _sharding_refused(kind: str, env) -> str | None:
+    """Why neurosym refuses the sharding engine that accelerate was configured with (None: DDP, fine).
+
+    FSDP and DeepSpeed ZeRO-3 shard the parameters, so every forward pass gathers them from all
+    processes at once. Several of ours run on the main process alone (the evaluation's generations,
+    the symbolic update's student answers, the learned router's gain probe) and would wait forever
+    for the others. ZeRO-1/2 shard only the optimizer state, which for a LoRA adapter is a few MB.
+    On CPU, accelerate runs an FSDP config as plain DDP (it shards only on GPUs); that silent swap
+    is refused too, so a config means the same on every machine."""
+    fsdp = kind == "FSDP" or env.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+    deepspeed = kind == "DEEPSPEED" or env.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+    if not (fsdp or deepspeed):
+        return None
+    instead = ("Train data-parallel instead (every process holds the whole base model; with "
+               "model.quantization: 4bit, one 4-bit base per GPU): `neurosym train CONFIG --nproc N`, `torchrun "
+               "--nproc_per_node N -m neurosym train CONFIG`, or `accelerate launch --config_file F -m neurosym train "
+               "CONFIG` with a multi-GPU config F without FSDP or DeepSpeed.")
+    if fsdp:
+        return (f"your accelerate config asks for FSDP (fsdp_version {env.get('FSDP_VERSION', '1')}), which "
+                f"neurosym does not support: FSDP shards the parameters, and the evaluation, symbolic updates and "
+                f"the router's gain probe run forward passes on the main process alone, which would wait forever "
+                f"for the other processes. {instead}")
+    return ("your accelerate config asks for DeepSpeed, which neurosym does not support (deepspeed is not one of "
+            "its dependencies, and it is untested): ZeRO-3 shards the parameters, which forward passes on the main "
+            "process alone cannot use, and ZeRO-1/2 shard only the optimizer state, a few MB for a LoRA adapter. "
+            f"{instead}")
+
+
 class AccelerateRuntime(LocalRuntime):
     def __init__(self, cfg):
         from accelerate import Accelerator
-        from accelerate.utils import DistributedType, InitProcessGroupKwargs
+        from accelerate.utils import InitProcessGroupKwargs
 
         from neurosym.model import resolve_dtype
 
@@ -60,11 +89,9 @@ class AccelerateRuntime(LocalRuntime):
         self.acc = Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=[
             InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=self.timeout_s))])
         kind = self.acc.distributed_type
-        if kind in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-            raise DistributedError(
-                f"accelerate is configured for {kind.value}; neurosym trains data-parallel with DDP only for now "
-                f"(each process holds the whole base model; QLoRA keeps one 4-bit copy per GPU). Pick 'multi-GPU' "
-                f"without FSDP/DeepSpeed in `accelerate config`, or launch with torchrun.")
+        refused = _sharding_refused(kind.value, os.environ)
+        if refused:
+            raise DistributedError(refused)
         device = self.acc.device
         super().__init__(device, resolve_dtype(cfg.model.dtype, device))
         self.world_size = self.acc.num_processes

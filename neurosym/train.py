@@ -67,17 +67,19 @@ def train(cfg: Config, resume: bool = False, quiet: Optional[bool] = None, chang
                 return Outcome(run_dir.path, run.state, False, {}, "finished")
             if run.state.step == 0 and run.eval_set:
                 run.evaluate()                              # the "before" of the before -> after
-            with StopFlag() as stop:
+            # the handlers stay through the final save: a launcher passes a stop on to its processes
+            # (SIGTERM) after they got it from the terminal, and that copy must not kill the save
+            with StopFlag(launched=run.runtime.world_size > 1, speaks=run.runtime.is_main) as stop:
                 while run.state.step < run.total_steps and not run.should_stop(stop.requested):
                     train_step(run)
                     run.after_step()                        # evaluate and save on their schedules
-            interrupted = run.runtime.any(stop.requested) and run.state.step < run.total_steps
-            if not interrupted:
-                run.land(run.state.step, wait=True)         # let the last asynchronous updates land
-            run.save()
-            if not interrupted:
-                final = finish(run)
-            run.runtime.barrier()                           # every process leaves together: one that left early
+                interrupted = run.runtime.any(stop.requested) and run.state.step < run.total_steps
+                if not interrupted:
+                    run.land(run.state.step, wait=True)     # let the last asynchronous updates land
+                run.save()
+                if not interrupted:
+                    final = finish(run)
+                run.runtime.barrier()                       # every process leaves together: one that left early
                                                             # tore the group down under the main one's final eval
         except TeacherDownStop:
             run.save()                                      # the user asked to stop: resumable as it is
@@ -119,11 +121,19 @@ def last_eval(run: Run) -> dict:
 
 class StopFlag:
     """SIGINT/SIGTERM ask the loop to stop at the next step boundary (after a checkpoint);
-    a second Ctrl-C stops at once."""
+    a second Ctrl-C stops at once.
 
-    def __init__(self):
+    Under a launcher (torchrun, accelerate launch, ``--nproc``) a Ctrl-C reaches this process twice:
+    from the terminal, and passed on by the launcher (SIGINT, or SIGTERM from ``--nproc``) some
+    milliseconds later, maybe once this process has left the loop. That copy is no second Ctrl-C: it
+    changes nothing, until the process exits (the handlers stay). A real second Ctrl-C makes the
+    launcher stop waiting and exit, and this process dies with it (PR_SET_PDEATHSIG,
+    neurosym.distributed)."""
+
+    def __init__(self, launched: bool = False, speaks: bool = True):
         self.requested = False
         self._old = {}
+        self._launched, self._speaks = launched, speaks  # speaks: the process that tells the user
 
     def __enter__(self):
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -131,12 +141,17 @@ class StopFlag:
         return self
 
     def _handle(self, signum, frame):
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+        if self.requested:
+            if signum == signal.SIGINT and not self._launched:
+                raise KeyboardInterrupt
+            return
         self.requested = True
-        print("\nstopping after this step; saving a checkpoint (Ctrl-C again to abort now)",
-              file=sys.stderr, flush=True)
+        if self._speaks:  # one message for the job
+            print("\nstopping after this step; saving a checkpoint (Ctrl-C again to abort now)",
+                  file=sys.stderr, flush=True)
 
     def __exit__(self, *exc):
+        if self._launched and self.requested:
+            return  # the launcher's copy of the stop may still come while this process closes: ignored
         for sig, old in self._old.items():
             signal.signal(sig, old)

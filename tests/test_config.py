@@ -54,6 +54,13 @@ def test_steps_or_epochs_exclusive(tmp_path):
     assert "exactly one of train.max_steps and train.epochs" in str(pytest.raises(ConfigError, load_config, path).value)
 
 
+def test_land_after_steps_needs_async(tmp_path):
+    path = _cfg_text(tmp_path, BASE + "symbolic:\n  land_after_steps: 2\n")
+    msg = str(pytest.raises(ConfigError, load_config, path).value)
+    assert "symbolic.land_after_steps needs symbolic.async: true" in msg
+    assert load_config(path, ["symbolic.async=true"]).symbolic.land_after_steps == 2
+
+
 def test_set_overrides_any_key_and_errors_name_the_flag(tmp_path):
     path = _cfg_text(tmp_path, BASE)
     cfg = load_config(path, ["run.name=x", "train.max_steps=40", "tracking.mode=disabled", "train.lr=1e-4",

@@ -187,6 +187,45 @@ def test_hybrid_under_two_processes_calls_the_teacher_from_one(tmp_path, tiny_mo
 
 
 @pytest.mark.slow
+def test_async_symbolic_updates_under_two_processes_take_the_one_process_run(tmp_path, tiny_model_dir, teacher):
+    """symbolic.async: the main process's worker pool talks to the teacher while every process keeps
+    stepping, and a landed update reaches the other process at the step it lands. With
+    land_after_steps the landing steps do not depend on timing, so 2 processes take the 1-process
+    run: the same routes, prompt versions at the same steps, the same teacher calls, the same adapter."""
+    sections = dict(router={"kind": "alternate", "every": 3}, lora=LORA, data={"eval": None},
+                    symbolic={"async": True, "max_inflight": 2, "land_after_steps": 2},
+                    train={**TRAIN, "max_steps": 8, "save_every": 4})
+    runs = {}
+    for nproc in (1, 2):
+        cfg = hybrid_config(tmp_path / f"p{nproc}", tiny_model_dir, teacher, name="async", **sections)
+        teacher.reset()
+        teacher.set_responder(Teacher())
+        proc = _run("-v", "train", str(cfg), "--quiet", nproc=nproc, env=_env(**{KEY_ENV: teacher.api_key}))
+        run = tmp_path / f"p{nproc}" / "runs" / "async"
+        events = read_events(run / "events.jsonl")
+        runs[nproc] = dict(run=run, train=[e for e in events if e["kind"] == "train"], proc=proc,
+                           landed=[e for e in events if e["kind"] == "symbolic"],
+                           prompts=[(e["step"], e["version"], e["text"]) for e in events if e["kind"] == "prompt"],
+                           requests=len(teacher.chat_requests))
+    one, two = runs[1], runs[2]
+    steps = lambda r: [(e["step"], e["route"], e["prompt_version"]) for e in r["train"]]  # noqa: E731
+    assert [route for _, route, _ in steps(two)] == ["lora", "lora", "symbolic"] * 2 + ["lora"] * 2
+    assert steps(two) == steps(one)
+    # each update landed two steps after it was submitted, and the first one changed the prompt mid-run
+    assert [(e["step"], e["symbolic"]["submitted_step"]) for e in two["landed"]] == [(5, 3), (8, 6)]
+    assert len(two["prompts"]) > 1 and two["prompts"] == one["prompts"]
+    assert max(v for _, _, v in steps(two)) >= 1
+    # process 1 had every landed prompt version at the step the main process had it
+    assert _other_rank_steps(two["proc"].stderr) == steps(two)
+    # one process asked: the 1-process run's requests, all accounted for by the landings (+ preflight)
+    assert two["requests"] == one["requests"] > sum(e["symbolic"]["calls"] for e in two["landed"]) > 0
+    diff = _max_diff(_adapter(two["run"]), _adapter(one["run"]))
+    print(f"async hybrid, 2 processes vs 1: teacher requests {two['requests']} vs {one['requests']}, "
+          f"max |adapter difference| {diff:.3g}")
+    assert diff <= ATOL
+
+
+@pytest.mark.slow
 def test_a_stuck_teacher_ends_the_run_with_a_message_and_the_checkpoint_resumes(tmp_path, tiny_model_dir, teacher):
     """The main process hangs in a teacher call longer than run.collective_timeout_s: the process
     waiting for it stops the run with a message (no endless hang); the last checkpoint resumes."""
@@ -253,24 +292,100 @@ def test_nproc_is_checked_and_one_process_needs_no_launcher(tmp_path, tiny_model
 
 
 @pytest.mark.slow
-def test_ctrl_c_under_two_processes_saves_once_and_resumes(tmp_path, tiny_model_dir):
-    """Ctrl-C reaches the launcher and every process (one process group): they agree to stop after
-    the same step, the main process saves, and the resume finishes the uninterrupted run's steps."""
-    cfg = write_config(tmp_path, tiny_model_dir, name="ctrlc", n_train=20, lora=LORA,
-                       train={**TRAIN, "max_steps": 40, "save_every": 0})
-    run = tmp_path / "runs" / "ctrlc"
+@pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
+def test_stopped_under_two_processes_saves_once_exits_130_and_resumes(tmp_path, tiny_model_dir, stop):
+    """Ctrl-C reaches the launcher and every process (one process group); SIGTERM (a scheduler, `kill`)
+    reaches the launcher alone. Either way the processes agree to stop after the same step, the main
+    one saves, and the launcher exits 130 as one process does (torchrun alone says 1). The resume
+    (once: the checkpoint is written the same way) finishes the uninterrupted run's steps."""
+    steps = 24
+    cfg = write_config(tmp_path, tiny_model_dir, name="stop", n_train=20, lora=LORA,
+                       train={**TRAIN, "max_steps": steps, "save_every": 0})
+    run = tmp_path / "runs" / "stop"
     proc = subprocess.Popen(_cli("train", str(cfg), "--quiet", nproc=2), env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         wait_for_step(run / "events.jsonl", proc, 2)
-        os.killpg(proc.pid, signal.SIGINT)
+        if stop == "ctrl-c":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            os.kill(proc.pid, signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     stopped = _train_events(run)[-1]["step"]
-    assert stopped < 40 and latest_checkpoint(run).name == f"step-{stopped}", err[-3000:]
+    assert proc.returncode == 130, err[-3000:]
+    assert stopped < steps and latest_checkpoint(run).name == f"step-{stopped}", err[-3000:]
     assert err.count("checkpoint saved. Continue with") == 1, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    if stop == "sigterm":
+        return
     _run("resume", str(run), "--quiet", nproc=2)
-    assert [e["step"] for e in _train_events(run)] == list(range(1, 41))
-    assert latest_checkpoint(run).name == "step-40"
+    assert [e["step"] for e in _train_events(run)] == list(range(1, steps + 1))
+    assert latest_checkpoint(run).name == f"step-{steps}"
+
+
+@pytest.mark.slow
+def test_a_user_error_under_two_processes_exits_2_with_its_message(tmp_path, tiny_model_dir):
+    """Bad input that only the processes meet (the launcher checked the config, not every data line):
+    exit status 2 and the message, as one process gives, not torchrun's 1 and its failure report."""
+    cfg = write_config(tmp_path, tiny_model_dir, name="bad", n_train=20, lora=LORA, train=TRAIN)
+    data = tmp_path / "data" / "train.jsonl"
+    data.write_text(data.read_text() + "{not json\n")
+    proc = subprocess.run(_cli("train", str(cfg), "--quiet", nproc=2), env=_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert f"error: {data}:21: bad JSON" in proc.stderr and "data.on_error: skip" in proc.stderr
+    assert "Traceback" not in proc.stderr and "ChildFailedError" not in proc.stderr, proc.stderr[-3000:]
+
+
+def test_fsdp_and_deepspeed_are_refused_with_what_to_do_instead():
+    from neurosym.distributed import _sharding_refused
+
+    assert _sharding_refused("MULTI_GPU", {}) is None and _sharding_refused("MULTI_CPU", {}) is None
+    # accelerate on CPU runs an FSDP config as DDP: its launcher's environment still says FSDP
+    fsdp = _sharding_refused("MULTI_CPU", {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"})
+    assert fsdp == _sharding_refused("FSDP", {"FSDP_VERSION": "2"})
+    assert "FSDP (fsdp_version 2)" in fsdp and "main process alone" in fsdp and "--nproc N" in fsdp
+    deepspeed = _sharding_refused("DEEPSPEED", {})
+    assert "DeepSpeed" in deepspeed and "untested" in deepspeed and "--nproc N" in deepspeed
+
+
+@pytest.mark.slow
+def test_an_accelerate_fsdp_config_is_refused_before_anything_is_written(tmp_path, tiny_model_dir):
+    """The user's own `accelerate config` for FSDP2, launched the way its docs say: a message, no run."""
+    config = tmp_path / "accelerate-fsdp.yaml"
+    config.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: FSDP\n"
+                      "fsdp_config:\n  fsdp_version: 2\n  fsdp_state_dict_type: FULL_STATE_DICT\n"
+                      "num_machines: 1\nnum_processes: 2\nmachine_rank: 0\nmixed_precision: 'no'\nuse_cpu: true\n")
+    cfg = write_config(tmp_path, tiny_model_dir, name="fsdp", n_train=20, lora=LORA, train=TRAIN)
+    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
+                           "-m", "neurosym", "train", str(cfg), "--quiet"], env=_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode != 0  # accelerate's launcher reports any failure as 1
+    assert "error: your accelerate config asks for FSDP (fsdp_version 2)" in proc.stderr, proc.stderr[-3000:]
+    assert not (tmp_path / "runs" / "fsdp").exists()
+
+
+def test_the_launchers_copy_of_a_ctrl_c_is_not_a_second_one(capsys):
+    """Under a launcher a Ctrl-C arrives twice (terminal, then torchrun): still a stop after the step,
+    not an abort without a checkpoint. Alone, a second Ctrl-C aborts at once."""
+    from neurosym.train import StopFlag
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with StopFlag(launched=True, speaks=False) as stop:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)  # after the loop, while the process closes: still nothing
+    finally:
+        for sig, handler in handlers.items():  # (a launched process keeps them until it exits)
+            signal.signal(sig, handler)
+    assert stop.requested and "stopping after this step" not in capsys.readouterr().err
+    with pytest.raises(KeyboardInterrupt):
+        with StopFlag() as stop:
+            os.kill(os.getpid(), signal.SIGINT)
+            assert stop.requested
+            os.kill(os.getpid(), signal.SIGINT)
+    assert capsys.readouterr().err.count("stopping after this step") == 1

@@ -4,7 +4,10 @@ with the teacher's feedback; accepted rewrites become a new prompt version and r
 With ``symbolic.async: false`` the update runs inline (and resume stays exact). With ``async: true``
 the student's answers are computed on the loop's thread (the training model is never touched from
 another thread) and the teacher's part runs on a worker pool while the loop keeps taking steps;
-results land at the next step boundary (``land``). Work in flight at a checkpoint is saved with it
+results land at the next step boundary (``land``), or, with ``symbolic.land_after_steps: N``, at
+exactly N steps after they were submitted (the loop waits for a slower teacher): then when an
+update lands, and so every route and prompt version, does not depend on timing, and the run is the
+same on any machine and any number of processes. Work in flight at a checkpoint is saved with it
 and submitted again on resume, so nothing is lost and nothing lands twice. Near the end of the run,
 no job is submitted that could not land before the last step.
 
@@ -102,6 +105,10 @@ class SymbolicUpdate(Update):
             if len(self.inflight) >= self.cfg.max_inflight:
                 return "all symbolic workers busy"
             left = self.run.total_steps - step
+            if self.cfg.land_after_steps:
+                if self.cfg.land_after_steps > left:
+                    return "too close to the end for an update to land"
+                return None
             step_s = self.run.mean_step_s()
             if self.n_landed and step_s > 0 and self.mean_wall_s > left * step_s:
                 return "too close to the end for an update to land"
@@ -123,8 +130,13 @@ class SymbolicUpdate(Update):
         self.inflight.append((job, self.pool.submit(self._work, job, _replaying(self.student, job.answers))))
 
     def land(self, step: int, wait: bool = False) -> list[Landing]:
+        lag = self.cfg.land_after_steps
+
+        def due(job: Job, fut: Future) -> bool:  # (jobs land in the order they were submitted)
+            return wait or (step >= job.submitted_step + lag if lag else fut.done())
+
         done = []
-        while self.inflight and (wait or self.inflight[0][1].done()):
+        while self.inflight and due(*self.inflight[0]):
             job, fut = self.inflight.pop(0)
             done.append(Landing(job.batch, job.decision, self._land(fut.result(), step), job.submitted_step))
         return done
