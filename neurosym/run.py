@@ -21,8 +21,8 @@ from neurosym.config import ConfigError
 from neurosym.data import Example, Renderer, load_examples
 from neurosym.errors import ResumeMismatch
 from neurosym.gain import GainProbe
-from neurosym.imports import load_object
 from neurosym.generation import answer_examples
+from neurosym.imports import load_object
 from neurosym.model import base_identity, identity_mismatch, load_for_training
 from neurosym.optim import make_optimizer
 from neurosym.prompts import PromptHistory
@@ -285,14 +285,16 @@ class Run:
                     self.batches.push_fallback(landing.batch, f"{type(out.error).__name__}: {out.error}")
                 else:
                     self.state.count("ok_by_route", name)
-                    before = (self.probe.measure(landing.batch, self.version).reward
-                              if self.measures_gain and out.changed else None)
-                    self.version += out.changed
-                    if self.measures_gain and (before is not None or not out.changed):
-                        record["gain"] = (self.probe.measure(landing.batch, self.version).reward - before
-                                          if out.changed else 0.0)
-                        if landing.decision is not None:
-                            self.learn(landing.decision, out, record["gain"])
+                    if not self.measures_gain:
+                        self.version += out.changed
+                    elif not out.changed:  # nothing the student answers with changed
+                        record["gain"] = 0.0
+                    else:
+                        before = self.probe.measure(landing.batch, self.version).reward
+                        self.version += 1
+                        record["gain"] = self.probe.measure(landing.batch, self.version).reward - before
+                    if "gain" in record and landing.decision is not None:
+                        self.learn(landing.decision, out, record["gain"])
                 self.recorder.landing(record)
         self.share_state()
 
