@@ -269,6 +269,27 @@ def table(results: list[dict], arms) -> tuple[str, list[dict]]:
     return "\n".join(lines), flat
 
 
+def verdict(flat: list[dict]) -> str:
+    """Paired by seed, test accuracy of the learned router minus the random control with its counts,
+    and minus the best single tool (whichever of pure LoRA and pure prompting has the higher mean)."""
+    lines = ["| α | noise | c | learned - random | learned - best single tool (which) |", "|---|---|---|---|---|"]
+    acc = {(r["alpha"], r["noise"], r["c"], r["arm"], r["seed"]): r["test"]["overall"] for r in flat}
+    for alpha, noise, c in sorted({(r["alpha"], r["noise"], r["c"]) for r in flat}):
+        seeds = sorted({r["seed"] for r in flat if (r["alpha"], r["noise"], r["c"], r["arm"]) == (alpha, noise, c, "learned")})
+
+        def diff(arm: str) -> list[float]:
+            return [acc[alpha, noise, c, "learned", s] - acc[alpha, noise, c, arm, s]
+                    for s in seeds if (alpha, noise, c, arm, s) in acc]
+
+        singles = [a for a in ("lora", "prompt") if diff(a)]
+        if not seeds or not singles:
+            continue
+        best = max(singles, key=lambda a: statistics.fmean(acc[alpha, noise, c, a, s] for s in seeds
+                                                          if (alpha, noise, c, a, s) in acc))
+        lines.append(f"| {alpha} | {noise} | {c} | {mean_ci(diff('random'))} | {mean_ci(diff(best))} ({best}) |")
+    return "\n".join(lines)
+
+
 def check_invariants(results: list[dict], flat: list[dict]) -> None:
     """What --quick asserts: arms at matched cost, the random control matched to the learned router,
     no eval/test answer anywhere the teacher or the training data could see it."""
@@ -309,7 +330,8 @@ def main(argv=None) -> None:
         args.arms = ["none", "hand_prompt", "lora", "prompt", "learned", "random"]
     if args.table_from:
         results = [read_setting(line) for line in Path(args.table_from).read_text().splitlines() if line.strip()]
-        print(table(results, args.arms)[0])
+        text, flat = table(results, args.arms)
+        print(text + "\n\n" + verdict(flat))
         return
     work = Path(args.work).resolve()
     if work.exists():
@@ -330,7 +352,7 @@ def main(argv=None) -> None:
                 print(f"done alpha={alpha} noise={noise} seed={seed} ({time.perf_counter() - t0:.0f}s)",
                       file=sys.stderr, flush=True)
     text, flat = table(results, args.arms)
-    print(text)
+    print(text + "\n\n" + verdict(flat))
     (work / "results.json").write_text(json.dumps({"args": vars(args), "rows": flat}, indent=1))
     if args.quick:
         check_invariants(results, flat)
