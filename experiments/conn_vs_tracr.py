@@ -116,7 +116,8 @@ CASES = {
 }
 
 
-def _balanced(s, pairs) -> list[int]:
+def balanced(s, pairs) -> list[int]:
+    """Dyck reference: 1 at every position if ``s`` is balanced for every (open, close) pair, else 0."""
     ok = True
     for o, c in pairs:
         depth = 0
@@ -138,8 +139,8 @@ REFERENCE = {
     "hist": lambda s: [s.count(t) for t in s],
     "frac_prevs": lambda s: _frac(s, "x"),
     "pair_balance": lambda s: [o - c for o, c in zip(_frac(s, "("), _frac(s, ")"))],
-    "shuffle_dyck": lambda s: _balanced(s, ["()"]),
-    "shuffle_dyck2": lambda s: _balanced(s, ["()", "{}"]),
+    "shuffle_dyck": lambda s: balanced(s, ["()"]),
+    "shuffle_dyck2": lambda s: balanced(s, ["()", "{}"]),
     "sort_unique": sorted,
     "sort": sorted,
     "sort_freq": lambda s: [t for _, t in sorted(((-s.count(t), i), t) for i, t in enumerate(s))],

@@ -8,6 +8,7 @@ from fractions import Fraction
 
 import pytest
 
+from experiments.conn_vs_tracr import balanced  # the benchmark's Dyck reference
 from neurosym.conn import library as lib
 from neurosym.conn.compiler import compile_program
 from neurosym.conn.program import EQ, Aggregate, Select, evaluate, inputs, select_key
@@ -24,17 +25,6 @@ def every(vocab, max_len=N, distinct=False):
 
 def frac_prevs(s, tok):
     return [Fraction(s[:i + 1].count(tok), i + 1) for i in range(len(s))]
-
-
-def balanced(s, pairs):
-    ok = True
-    for o, c in pairs:
-        depth = 0
-        for t in s:
-            depth += (t == o) - (t == c)
-            ok &= depth >= 0
-        ok &= depth == 0
-    return [int(ok)] * len(s)
 
 
 def sort_freq(s):
