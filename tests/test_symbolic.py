@@ -172,6 +172,21 @@ def test_system_prompt_that_states_an_answer_is_refused(student, script, openai_
     teacher.close()
 
 
+def test_a_teacher_that_declines_a_rewrite_is_not_a_fault(student, script, openai_server, tmp_path):
+    """The rewrite prompt lets the teacher decline (NO_REWRITE, e.g. a missing fact): counted as declined,
+    not malformed; a reply with neither tags nor NO_REWRITE is still malformed."""
+    from neurosym.steps.symbolic import REWRITE_INSTRUCTION
+    assert "NO_REWRITE" in REWRITE_INSTRUCTION
+    teacher = teacher_for(openai_server, tmp_path / "run")
+    batch = [q(1, "What is 8 / 2?", "4"), q(2, "What is 9 - 4?", "5")]
+    script.rewrites = {"What is 8 / 2?": "NO_REWRITE: the student lacks nothing a rewording could give.",
+                       "What is 9 - 4?": "Subtract four from nine."}
+    res = symbolic_update(OLD_PROMPT, batch, student, teacher, make_reward(RewardConfig(kind="neg_loss")),
+                          SymbolicConfig(max_rewrites_per_batch=4, max_new_tokens=4), set())
+    assert res.rewrites == [] and res.rejected == {"declined": 1, "malformed": 1}
+    teacher.close()
+
+
 def test_rewrite_duplicates_malformed_and_the_per_batch_cap(student, script, openai_server, tmp_path):
     teacher = teacher_for(openai_server, tmp_path / "run")
     batch = [q(1, "What is 17 + 29?", "46"), q(2, "What is 6 * 7?", "42"), q(3, "What is 9 - 4?", "5"),

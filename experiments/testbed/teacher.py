@@ -18,7 +18,7 @@ seed), which is also why the response cache can replay it.
 * **optimizer** (``TGD``): adds the instructions most feedback asks for to the system prompt (in the
   order the student learned them), removes unwanted ones, and answers between the optimizer's tags.
 * **example rewrite** (neurosym's ``REWRITE_SYSTEM``): appends the missing instructions to the question;
-  for a knowledge error it declines (no tags), since rewording cannot teach a fact.
+  for a knowledge error it declines (``NO_REWRITE``, no tags), since rewording cannot teach a fact.
 
 With ``noise=p``, an evaluation is replaced, with probability ``p`` (decided by a hash of the request
 and the seed), by a wrong diagnosis (an instruction that is not missing) or by no diagnosis.
@@ -157,8 +157,8 @@ def rewrite(user: str) -> str:
     question = _tag(user, "QUESTION") or ""
     evaluation = _tag(user, "EVALUATION") or ""
     missing = [p for p in dict.fromkeys(_MISSING_RE.findall(evaluation)) if p in PHRASE_TO_OP]
-    if KNOWLEDGE in evaluation:
-        return f"{KNOWLEDGE}: rewording the question cannot teach the student a fact it has never seen."
+    if KNOWLEDGE in evaluation:  # declines as neurosym's rewrite prompt asks
+        return f"NO_REWRITE. {KNOWLEDGE}: rewording the question cannot teach the student a fact it has never seen."
     if not missing:
         return "I cannot see how to make this question clearer."
     return "<REWRITTEN_PROMPT>" + " ".join([question] + missing) + "</REWRITTEN_PROMPT>"

@@ -72,6 +72,7 @@ REWRITE_SYSTEM = (
     "You rewrite training questions for a small student language model so that it learns to answer them. "
     "You never reveal, hint at or compute the answer in a rewritten question."
 )
+REWRITE_DECLINED = "NO_REWRITE"  # the teacher's answer when rewording cannot help: a decline, not a fault
 REWRITE_INSTRUCTION = (
     "The student model answered the question below incorrectly. Rewrite the question so the student is more "
     "likely to answer it correctly:\n"
@@ -85,7 +86,9 @@ REWRITE_INSTRUCTION = (
     "the rewritten question)\n\n"
     "<STUDENT_ANSWER>{output}</STUDENT_ANSWER>\n\n"
     "<EVALUATION>{evaluation}</EVALUATION>\n\n"
-    "Reply with only the rewritten question between " + REWRITE_TAGS[0] + " and " + REWRITE_TAGS[1] + " tags."
+    "Reply with only the rewritten question between " + REWRITE_TAGS[0] + " and " + REWRITE_TAGS[1] + " tags. "
+    "If no rewording can help (e.g. the student lacks a fact the question does not give), reply with "
+    + REWRITE_DECLINED + " and why, without tags."
 )
 
 
@@ -103,7 +106,7 @@ class SymbolicResult:
     """What one symbolic update did."""
     new_system_prompt: Optional[str]          # None when unchanged (malformed, refused or identical)
     rewrites: list[Rewrite] = field(default_factory=list)
-    rejected: dict[str, int] = field(default_factory=dict)  # rewrite refusals by reason (+ "malformed")
+    rejected: dict[str, int] = field(default_factory=dict)  # rewrite refusals by reason (+ "malformed", "declined")
     feedback: str = ""                         # the textual gradient on the system prompt
     malformed: bool = False                    # the optimizer's answer could not be used
     outputs: list[str] = field(default_factory=list)        # the student's answers, in batch order
@@ -294,6 +297,9 @@ def symbolic_update(system_prompt: Optional[str], batch: list[Example], student:
                                                  evaluation=evaluations[i])
             text = teacher(request, system_prompt=REWRITE_SYSTEM)
             new_prompt = _between(text, *REWRITE_TAGS)
+            if new_prompt is None and REWRITE_DECLINED in text:  # a valid answer: kept in the cache
+                _count(rejected, "declined")
+                continue
             if new_prompt is None:
                 _count(rejected, "malformed")
                 _forget(teacher, request, REWRITE_SYSTEM)
