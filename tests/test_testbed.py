@@ -117,14 +117,12 @@ def test_hybrid_job_routes_fixes_the_prompt_and_leaks_nothing(tmp_path):
 
     import accuracy as A
     from experiments.testbed import teacher as T
+    from experiments.testbed.compare import bundled_config
     from neurosym.config import load_config
     from neurosym.train import train
 
-    cfg = yaml.safe_load((ROOT / "experiments" / "testbed" / "hybrid.yaml").read_text())
+    cfg = bundled_config()
     cfg["run"]["output_dir"] = str(tmp_path / "runs")
-    for key in ("train", "eval"):
-        cfg["data"][key] = str(ROOT / "experiments" / "testbed" / cfg["data"][key])
-    cfg["reward"]["probe"] = str(ROOT / "experiments" / "testbed" / cfg["reward"]["probe"])
     cfg["train"].update(max_steps=12, save_every=0)
     cfg["tracking"] = {"mode": "disabled"}
     cfg["teacher"]["callable"] = "experiments.testbed.teacher:recorded"
@@ -170,16 +168,14 @@ def test_a_prompt_that_makes_the_student_worse_is_not_kept(tmp_path):
     with instructions the task does not want; validated, none is kept; unvalidated, they are."""
     import yaml
 
+    from experiments.testbed.compare import bundled_config
     from neurosym.config import load_config
     from neurosym.train import train
 
     runs = {}
     for validate in (True, False):
-        cfg = yaml.safe_load((ROOT / "experiments" / "testbed" / "hybrid.yaml").read_text())
+        cfg = bundled_config()
         cfg["run"].update(output_dir=str(tmp_path / "runs"), name=f"validate-{validate}")
-        for key in ("train", "eval"):
-            cfg["data"][key] = str(ROOT / "experiments" / "testbed" / cfg["data"][key])
-        cfg["reward"]["probe"] = str(ROOT / "experiments" / "testbed" / cfg["reward"]["probe"])
         cfg["train"].update(max_steps=3, save_every=0)
         cfg["tracking"] = {"mode": "disabled"}
         cfg["router"] = {"kind": "always_symbolic"}

@@ -39,11 +39,10 @@ def run(kind: str, steps: int, out: Path, gain_from: str = "reward", gain_every:
     from neurosym.config import load_config
     from neurosym.train import train
 
-    cfg = yaml.safe_load((HERE / "hybrid.yaml").read_text())
+    from experiments.testbed.compare import bundled_config
+
+    cfg = bundled_config()
     cfg["run"].update(name=kind, output_dir=str(out))
-    for key in ("train", "eval"):
-        cfg["data"][key] = str(HERE / cfg["data"][key])
-    cfg["reward"]["probe"] = str(HERE / cfg["reward"]["probe"])
     cfg["train"].update(max_steps=steps, save_every=0)
     cfg["tracking"] = {"mode": "disabled"}
     cfg["router"]["kind"] = kind

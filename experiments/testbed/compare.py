@@ -56,9 +56,18 @@ MODEL = "testbed://student"
 LORA_FACTOR = 3  # the LoRA-only arm runs this many times more steps, so it can reach the others' budgets
 
 
+def bundled_config() -> dict:
+    """The bundled job (hybrid.yaml) as a dict, its data paths made absolute so it runs from anywhere."""
+    cfg = yaml.safe_load((HERE / "hybrid.yaml").read_text())
+    for key in ("train", "eval"):
+        cfg["data"][key] = str(HERE / cfg["data"][key])
+    cfg["reward"]["probe"] = str(HERE / cfg["reward"]["probe"])
+    return cfg
+
+
 def job_config(data: dict[str, Path], arm: str, seed: int, noise: float, steps: int, every: int,
                out: Path, p_random: float = 0.5) -> dict:
-    cfg = yaml.safe_load((HERE / "hybrid.yaml").read_text())
+    cfg = bundled_config()
     cfg["model"]["name_or_path"] = MODEL
     cfg["run"] = {"name": arm, "output_dir": str(out), "seed": seed}
     cfg["data"].update(train=str(data["train"]), eval=str(data["eval"]))
