@@ -9,7 +9,7 @@ from neurosym.config import Config
 from neurosym.data import Renderer, load_examples
 from neurosym.model import load_with_adapter
 from neurosym.runtime import make_runtime
-from neurosym.updates.lora import encode_batches, eval_loss
+from neurosym.losses import encode_batches, eval_loss
 
 
 def evaluate_checkpoint(cfg: Config, run_dir: Path, checkpoint: str | None = None) -> dict:

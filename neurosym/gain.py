@@ -13,7 +13,7 @@ from typing import Optional
 
 from neurosym.data import Example, collate
 from neurosym.generation import answer_examples, measuring
-from neurosym.updates.lora import token_losses
+from neurosym.losses import token_losses
 
 
 @dataclass
@@ -25,9 +25,10 @@ class Measurement:
 class GainProbe:
     """``by_loss``: measure by the reference answers' loss (one forward pass) even for a generation reward."""
 
-    def __init__(self, probe: list[Example], reward, run, max_new_tokens: int, by_loss: bool = False):
-        self.probe, self.reward, self.run, self.max_new_tokens = probe, reward, run, max_new_tokens
-        self.generate = reward.needs_generation and not by_loss
+    def __init__(self, probe: list[Example], ctx, max_new_tokens: int, by_loss: bool = False):
+        """``ctx``: the run's :class:`~neurosym.updates.base.UpdateContext` (model, renderer, reward)."""
+        self.probe, self.reward, self.ctx, self.max_new_tokens = probe, ctx.reward, ctx, max_new_tokens
+        self.generate = self.reward.needs_generation and not by_loss
         self._cache: tuple = (None, 0.0)  # (model version, summed probe reward)
 
     def measure(self, batch: list[Example], version: int, with_losses: bool = False) -> Measurement:
@@ -44,20 +45,21 @@ class GainProbe:
         return Measurement((sum(scores[:len(batch)]) + self._cache[1]) / (len(batch) + len(self.probe)), losses)
 
     def _rewards(self, examples) -> list[float]:
-        run = self.run
-        answers = answer_examples(run.model, run.tokenizer, run.renderer, examples, self.max_new_tokens,
-                                  run.cfg.train.batch_size * 4)
+        ctx = self.ctx
+        answers = answer_examples(ctx.model, ctx.tokenizer, ctx.renderer, examples, self.max_new_tokens,
+                                  ctx.cfg.train.batch_size * 4)
         return [self.reward(a, ex.response) for a, ex in zip(answers, examples)]
 
     def _losses(self, examples) -> list[float]:
-        run, out = self.run, []
+        ctx, out = self.ctx, []
         if not examples:
             return out
-        bs = run.cfg.train.batch_size * 4  # no gradient: a wider batch than training's fits
-        with measuring(run.model):
+        bs = ctx.cfg.train.batch_size * 4  # no gradient: a wider batch than training's fits
+        pad_id = ctx.tokenizer.pad_token_id
+        with measuring(ctx.model):
             for i in range(0, len(examples), bs):
-                b = run.runtime.to_device(collate([run.renderer.encode(ex) for ex in examples[i:i + bs]], run.pad_id))
-                with run.runtime.autocast():
-                    losses, mask = token_losses(run.model, b)
+                b = ctx.runtime.to_device(collate([ctx.renderer.encode(ex) for ex in examples[i:i + bs]], pad_id))
+                with ctx.runtime.autocast():
+                    losses, mask = token_losses(ctx.model, b)
                 out.extend((losses.sum(1) / mask.sum(1).clamp(min=1)).tolist())
         return out

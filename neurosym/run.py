@@ -27,13 +27,15 @@ from neurosym.model import base_identity, identity_mismatch, load_for_training
 from neurosym.optim import make_optimizer
 from neurosym.prompts import PromptHistory
 from neurosym.recorder import QuietRecorder, Recorder
+from neurosym.remake.store import RemakeStore
 from neurosym.reward import make_reward
 from neurosym.rng import seed_everything
 from neurosym.runtime import make_runtime
 from neurosym.schedule import lr_at, set_lr
 from neurosym.state import TrainState
-from neurosym.updates import DEFAULT_ROUTE, UPDATES, Follower, Outcome, enabled_routes, outcome_as_dict, outcome_from_dict
-from neurosym.updates.lora import encode_batches, eval_loss
+from neurosym.losses import encode_batches, eval_loss
+from neurosym.updates import (DEFAULT_ROUTE, UPDATES, Follower, Outcome, UpdateContext, enabled_routes, outcome_as_dict,
+                              outcome_from_dict)
 
 SAMPLES = 8  # sample generations logged to W&B at each evaluation
 SCHEDULE_KEYS = ("train.lr", "train.scheduler", "train.warmup", "train.warmup_ratio")
@@ -92,27 +94,40 @@ class Run:
         self.monitors = MonitorSuite(cfg.monitors)
         self.router = make_router(cfg.router, cfg.run.seed, self.routes, router_factory)
         self.recorder = None  # opened once the start point is known (events are cut back to it)
+        main = self.runtime.is_main
+        # refined examples (rows an update rewrote), with provenance: the main process writes them
+        self.remake = (RemakeStore(run_dir.remake) if main and any(UPDATES[r].refines for r in self.routes)
+                       else None)
         # updates that talk to the teacher or write files exist on the main process only; the others
         # follow (their outcome, the prompt and the refined examples are broadcast: share_state)
-        self.updates = {name: UPDATES[name](self) if self.runtime.is_main or not UPDATES[name].main_only
-                        else Follower(self, name) for name in self.routes}
+        self.ctx = self.context()
+        self.updates = {name: UPDATES[name](self.ctx) if main or not UPDATES[name].main_only
+                        else Follower(self.ctx, name) for name in self.routes}
         self._n_shared_refined = 0
         probe_set = (load_examples(cfg.reward.probe, cfg.data)[0] if cfg.reward.probe
                      else self.eval_set or self.train_set)[: cfg.reward.probe_size]
         # the probe measures the router's gains (main process); the validator, with symbolic.validate_prompt,
         # a new system prompt, by the reward itself (a rare measurement, so the faithful one)
-        main = self.runtime.is_main
         self.measures_gain = self.router.learns_from_gain and main
-        self.probe = (GainProbe(probe_set, self.reward, self, cfg.symbolic.max_new_tokens,
+        self.probe = (GainProbe(probe_set, self.ctx, cfg.symbolic.max_new_tokens,
                                 by_loss=cfg.reward.gain_from == "loss") if self.measures_gain else None)
-        self.validates_prompt = cfg.symbolic.validate_prompt and "symbolic" in self.routes and main
-        self.validators = ((GainProbe(probe_set, self.reward, self, cfg.symbolic.max_new_tokens),
-                            GainProbe(probe_set, self.reward, self, cfg.symbolic.max_new_tokens, by_loss=True))
+        self.validates_prompt = cfg.symbolic.validate_prompt and self.remake is not None
+        self.validators = ((GainProbe(probe_set, self.ctx, cfg.symbolic.max_new_tokens),
+                            GainProbe(probe_set, self.ctx, cfg.symbolic.max_new_tokens, by_loss=True))
                            if self.validates_prompt else ())
         self.version = 0  # bumped whenever the weights or the prompt change (the probe's cache key)
         self.step_walls: collections.deque = collections.deque(maxlen=20)
         self.stop_reason: Optional[str] = None  # early stopping
         self.flat_gains_reported = False
+
+    def context(self) -> UpdateContext:
+        """The narrow view of this run that an update is given."""
+        return UpdateContext(cfg=self.cfg, run_dir=self.dir, model=self.model, tokenizer=self.tokenizer,
+                             optimizer=self.optimizer, runtime=self.runtime, renderer=self.renderer,
+                             reward=self.reward, train_rows=self.train_set, total_steps=self.total_steps,
+                             prompt=lambda: self.prompts.current, step_seconds=self.mean_step_s,
+                             alert=lambda step, text: self.recorder.alert(step, text),
+                             last_checkpoint=self.last_checkpoint_name, lr=lambda: self.lr)
 
     def _say(self, *args, **kw) -> None:
         """A message of the main process (several processes: one of each, not one per process)."""
@@ -121,7 +136,8 @@ class Run:
 
     # ---- state ------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {**{name: getattr(self, name).state_dict() for name in self.SAVED},
+        remake = {"remake": {"position": self.remake.position()}} if self.remake is not None else {}
+        return {**{name: getattr(self, name).state_dict() for name in self.SAVED}, **remake,
                 **{name: u.state_dict() for name, u in self.updates.items()}}
 
     def load_state_dict(self, components: dict) -> None:
@@ -129,9 +145,13 @@ class Run:
         self.renderer.system_prompt = self.prompts.current
         self.monitors.load_state_dict(components["monitors"])
         self.router.load_state_dict(components["router"])
-        for name, update in self.updates.items():  # before the batches: the remake store is cut back here
+        refined = []
+        if self.remake is not None:  # rows written after the checkpoint go (checkpoints before 0.2 kept
+            saved = components.get("remake") or {"position": components.get("symbolic", {}).get("store_position", 0)}
+            self.remake.truncate_after(saved["position"])  # the position in the symbolic update's entry)
+            refined = self.remake.examples()
+        for name, update in self.updates.items():
             update.load_state_dict(components[name])
-        refined = [ex for u in self.updates.values() for ex in getattr(u, "refined_examples", list)()]
         refined = self.runtime.from_main(lambda: refined, lambda exs: [ex.to_state() for ex in exs],
                                          lambda states: [Example.from_state(e) for e in states])
         self.batches.load_state_dict(components["batches"], refined)
@@ -165,6 +185,8 @@ class Run:
         return loaded.path
 
     def start_fresh(self) -> None:
+        if self.remake is not None:
+            self.remake.truncate_after(0)  # a start from step 0 never inherits rows of a killed attempt
         for update in self.updates.values():
             update.load_state_dict(None)
 
@@ -193,10 +215,10 @@ class Run:
 
     def signals(self, step: int):
         unavailable = {name: why for name, u in self.updates.items() if (why := u.unavailable(step))}
-        symbolic = self.updates.get("symbolic")
-        why = unavailable.get("symbolic", None if symbolic else "no teacher configured")
-        signals = self.monitors.signals(self.prompts.version, symbolic.budget_left if symbolic else None,
-                                        why is None, why)
+        others = [name for name in self.routes if name != DEFAULT_ROUTE]  # the routes besides the gradient step
+        why = next((unavailable[n] for n in others if n in unavailable), None) if others else "no teacher configured"
+        budget = next((u.budget_left for u in self.updates.values() if u.budget_left is not None), None)
+        signals = self.monitors.signals(self.prompts.version, budget, why is None, why)
         return signals, unavailable
 
     def batch_stats(self, batch) -> BatchStats:
@@ -216,37 +238,72 @@ class Run:
         return self.runtime.from_main(lambda: self.router.decide(signals, stats, unavailable),
                                       Decision.as_dict, Decision.from_dict)
 
-    def apply(self, batch, decision: Decision, step: int) -> Outcome:
+    def update(self, batch, decision: Decision, step: int, stats: BatchStats) -> tuple[Outcome, Optional[float]]:
+        """The decided update on ``batch`` (a failed one: the default route on the same batch), its
+        changes applied, and the gain it bought (None: not measured this step)."""
         t0 = time.perf_counter()
-        outcome = self._apply(decision.route, batch, decision, step)
+        outcome, gain = self.measure_gain(batch, stats.reward_before,
+                                          lambda: self._apply(decision.route, batch, decision, step))
         if outcome.failed and not outcome.pending:  # the same batch takes the default route now
             self.state.count("failed_by_route", outcome.route)
             failed = outcome
-            outcome = self._apply(DEFAULT_ROUTE, batch, decision, step)
+            outcome, gain = self.measure_gain(batch, stats.reward_before,
+                                              lambda: self._apply(DEFAULT_ROUTE, batch, decision, step))
             outcome.fallback_from = failed
         outcome.update_s = time.perf_counter() - t0
         if not outcome.pending:
-            self.version += outcome.changed
             self.state.count("ok_by_route", outcome.route)
-        return outcome
+        return outcome, gain
 
     def _apply(self, name: str, batch, decision: Decision, step: int) -> Outcome:
         update = self.updates[name]
         if UPDATES[name].main_only:  # done on the main process: its outcome and what it changed, on every process
-            outcome = self.runtime.from_main(lambda: update.apply(batch, decision, step), outcome_as_dict,
-                                             outcome_from_dict)
+            outcome = self.runtime.from_main(lambda: self.apply_changes(update.apply(batch, decision, step), batch, step),
+                                             outcome_as_dict, outcome_from_dict)
             self.share_state()
             return outcome
-        return update.apply(batch, decision, step)
+        return self.apply_changes(update.apply(batch, decision, step), batch, step)
 
-    def gain(self, batch, stats: BatchStats, outcome: Outcome) -> Optional[float]:
+    def measure_gain(self, batch, before, apply) -> tuple[Outcome, Optional[float]]:
+        """The one gain path, for an update done now and for one that lands later: the reward
+        ``before`` (measured before the update ran; a callable: measured now, before its changes
+        apply; None: not measured), ``apply`` (the update and its changes), the reward after."""
+        before = before() if callable(before) else before
+        outcome = apply()
         if not self.measures_gain or outcome.pending or outcome.failed:
-            return None
+            return outcome, None
         if not outcome.changed:  # nothing the student answers with changed: 0, whatever the schedule
-            return 0.0
-        if stats.reward_before is None:  # not a measured step
-            return None
-        return self.probe.measure(batch, self.version).reward - stats.reward_before
+            return outcome, 0.0
+        if before is None:  # not a measured step
+            return outcome, None
+        return outcome, self.probe.measure(batch, self.version).reward - before
+
+    def apply_changes(self, outcome: Outcome, batch, step: int) -> Outcome:
+        """What an update changed, applied in one place: the weights' version, a new system prompt
+        (validated with symbolic.validate_prompt), refined examples (stored, then mixed into batches)."""
+        changes = outcome.changes
+        if outcome.pending or outcome.failed:
+            return outcome
+        if changes is not None:
+            proposed, worse = changes.system_prompt, None
+            if proposed and proposed != self.prompts.current and self.validates_prompt:
+                keep, before, after = self.try_prompt(batch, proposed)
+                outcome.record["validation"] = {"before": before, "after": after, "kept": keep}
+                if not keep:
+                    figures = " / ".join(f"{b:.4g} -> {a:.4g}" for b, a in zip(before, after))
+                    proposed, worse = None, f"worse on batch + probe (reward / -loss: {figures}): kept the old prompt"
+            version = self.prompts.propose(proposed, step) if proposed else None
+            if version is not None:
+                self.renderer.system_prompt = self.prompts.current
+                self.recorder.prompt(step, version, self.prompts.current)
+            else:  # why the prompt stayed (malformed, elided, too_long, answer_leak, identical)
+                outcome.record["unchanged_reason"] = worse or changes.unchanged_reason or "identical"
+                outcome.changed = False  # the student answers as before: the gain is 0, known without measuring
+            rows = (self.remake.add(changes.rewrites, step=step, prompt_version=self.prompts.version,
+                                    teacher_model=changes.teacher_model) if changes.rewrites else [])
+            self.batches.add_refined(rows)
+        self.version += outcome.changed
+        return outcome
 
     def try_prompt(self, batch, text: str) -> tuple[bool, list, list]:
         """(keep, before, after): whether the student does no worse on ``batch`` + the probe set with
@@ -275,26 +332,25 @@ class Run:
                                                  "it has no signal to route on (check reward.kind and the probe)")
 
     def land(self, step: int, wait: bool = False) -> None:
-        """Asynchronous updates that finished: apply, learn, record (they belong to ``step``)."""
+        """Asynchronous updates that finished belong to ``step``: the reward before (measured now, under
+        the prompt they started from), their changes applied, the reward after; learn, record."""
         for name, update in self.updates.items():
             for landing in update.land(step, wait):
-                out = landing.outcome
+                out, batch = landing.outcome, landing.batch
+                proposes = out.changes is not None and out.changes.system_prompt not in (None, self.prompts.current)
+                before = (lambda: self.probe.measure(batch, self.version).reward) if proposes and self.measures_gain \
+                    else None
+                out, gain = self.measure_gain(batch, before, lambda: self.apply_changes(out, batch, step))
                 record = {"kind": name, "step": step, "route": name, name: out.record}
                 if out.failed:
                     self.state.count("failed_by_route", name)
-                    self.batches.push_fallback(landing.batch, f"{type(out.error).__name__}: {out.error}")
+                    self.batches.push_fallback(batch, f"{type(out.error).__name__}: {out.error}")
                 else:
                     self.state.count("ok_by_route", name)
-                    if not self.measures_gain:
-                        self.version += out.changed
-                    elif not out.changed:  # nothing the student answers with changed
-                        record["gain"] = 0.0
-                    else:
-                        before = self.probe.measure(landing.batch, self.version).reward
-                        self.version += 1
-                        record["gain"] = self.probe.measure(landing.batch, self.version).reward - before
-                    if "gain" in record and landing.decision is not None:
-                        self.learn(landing.decision, out, record["gain"])
+                    if gain is not None:
+                        record["gain"] = gain
+                        if landing.decision is not None:
+                            self.learn(landing.decision, out, gain)
                 self.recorder.landing(record)
         self.share_state()
 
@@ -412,6 +468,8 @@ class Run:
     def close(self) -> None:
         for update in self.updates.values():
             update.close()
+        if self.remake is not None:
+            self.remake.close()
         self.runtime.close()
 
 

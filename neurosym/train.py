@@ -41,8 +41,8 @@ def train_step(run: Run) -> None:
     signals, unavailable = run.signals(step)                # loss slope, grad norm, plateau, budget; closed routes
     stats = run.batch_stats(batch)                          # losses and reward before (learning routers only)
     decision = run.decide(signals, stats, unavailable, fallback)
-    outcome = run.apply(batch, decision, step)              # a LoRA step, or a symbolic update (maybe submitted)
-    gain = run.gain(batch, stats, outcome)                  # reward after minus before
+    outcome, gain = run.update(batch, decision, step, stats)  # a LoRA step or a symbolic update (maybe submitted),
+                                                            # its changes applied; the reward after minus before
     run.learn(decision, outcome, gain)
     run.record(step, batch, decision, signals, stats, outcome, gain, t0)
 
@@ -102,9 +102,8 @@ def finish(run: Run) -> dict:
         return {}
     final = run.evaluate() if not (run.cfg.train.eval_every and run.state.step % run.cfg.train.eval_every == 0) \
         else last_eval(run)
-    symbolic = run.updates.get("symbolic")
     rewrites = [[r["step"], r["parent_prompt"], r["prompt"], r["response"], r["feedback"][:500]]
-                for r in symbolic.store.rows()[:100]] if symbolic else []
+                for r in run.remake.rows()[:100]] if run.remake is not None else []
     run.recorder.finish_tables(run.state.step, len(run.routes) > 1, rewrites)
     ckpt = Path(run.dir.checkpoints) / f"step-{run.state.step}"
     run.recorder.artifact([ckpt / "adapter_model.safetensors", ckpt / "adapter_config.json", ckpt / "README.md",

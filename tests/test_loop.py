@@ -31,7 +31,7 @@ class EchoUpdate(Update):
     fail_at: set = set()
 
     def apply(self, batch, decision, step):
-        EchoUpdate.seen.append((step, len(batch), self.run.lr))
+        EchoUpdate.seen.append((step, len(batch), self.ctx.lr()))
         if step in EchoUpdate.fail_at:
             return Outcome(self.name, error=ConnectionError(f"echo failed at step {step}"), record={"n": len(batch)})
         return Outcome(self.name, record={"n": len(batch)})

@@ -5,7 +5,7 @@ line here; routers choose among the names of the kinds a job enables.
 """
 from __future__ import annotations
 
-from neurosym.updates.base import Landing, Outcome, Update
+from neurosym.updates.base import Changes, Landing, Outcome, Update, UpdateContext
 from neurosym.updates.follower import Follower, outcome_as_dict, outcome_from_dict
 from neurosym.updates.lora import LoraUpdate
 from neurosym.updates.symbolic import SymbolicUpdate
@@ -22,5 +22,5 @@ def enabled_routes(cfg) -> tuple[str, ...]:
     return tuple(name for name, kind in UPDATES.items() if kind.enabled(cfg))
 
 
-__all__ = ["UPDATES", "DEFAULT_ROUTE", "enabled_routes", "Update", "Outcome", "Landing", "LoraUpdate",
+__all__ = ["UPDATES", "DEFAULT_ROUTE", "enabled_routes", "Update", "UpdateContext", "Changes", "Outcome", "Landing", "LoraUpdate",
            "SymbolicUpdate", "Follower", "outcome_as_dict", "outcome_from_dict"]

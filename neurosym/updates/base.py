@@ -1,17 +1,49 @@
-"""The protocol every kind of update follows, and what an update reports back to the loop.
+"""The protocol every kind of update follows, what it may see, and what it reports back to the loop.
 
-An update kind is one module with one class: ``apply(batch, decision, step) -> Outcome`` does the
-update now (or submits it, ``Outcome.pending``, and hands it back later from ``land``). Whatever it
-must keep across a restart is in its ``state_dict`` (plain JSON), which the run's checkpoint saves.
+An update kind is one module with one class, built with an :class:`UpdateContext` (the few things
+an update may read or call: the model, its optimizer, the runtime, the renderer, the reward, the
+current system prompt, the run directory's paths) and never the ``Run`` itself.
+``apply(batch, decision, step) -> Outcome`` does the update now (or submits it,
+``Outcome.pending``, and hands it back later from ``land``). What it proposes to change beyond the
+weights (a new system prompt, refined examples) is returned in ``Outcome.changes``; the run
+applies it, in one place (``Run.apply_changes``), between measuring the reward before and after.
+Whatever an update must keep across a restart is in its ``state_dict`` (plain JSON), which the
+run's checkpoint saves.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Optional
+from typing import Any, Callable, ClassVar, Optional
 
-if TYPE_CHECKING:  # pragma: no cover
-    from neurosym.run import Run
+
+@dataclass(frozen=True)
+class UpdateContext:
+    """What an update may read or call. Values that change during a run are callables."""
+    cfg: Any                                  # the job's config (read only)
+    run_dir: Any                              # neurosym.rundir.RunDir: the paths an update may write
+    model: Any
+    tokenizer: Any
+    optimizer: Any
+    runtime: Any
+    renderer: Any                             # renders examples under the current system prompt
+    reward: Any
+    train_rows: list                          # the task's training examples
+    total_steps: int
+    prompt: Callable[[], Optional[str]]       # the current system prompt
+    step_seconds: Callable[[], float]         # mean wall time of a recent step
+    alert: Callable[[int, str], None]         # say something loudly (console, events, trackers)
+    last_checkpoint: Callable[[], Optional[str]]
+    lr: Callable[[], float]
+
+
+@dataclass
+class Changes:
+    """What an update proposes beyond the weights; ``Run.apply_changes`` validates and applies it."""
+    system_prompt: Optional[str] = None       # a new system prompt (None: keep the current one)
+    unchanged_reason: Optional[str] = None    # why no new prompt was proposed
+    rewrites: list = field(default_factory=list)  # refined examples (neurosym.steps.symbolic.Rewrite)
+    teacher_model: Optional[str] = None       # provenance of the rewrites
 
 
 @dataclass
@@ -29,6 +61,7 @@ class Outcome:
     fallback_from: Optional["Outcome"] = None  # the failed update whose batch this outcome trained on
     changed: bool = True                  # False: neither the weights nor the prompt changed (its gain is 0)
     update_s: float = 0.0                 # wall time of the update itself (the rest of a step is the loop's)
+    changes: Optional[Changes] = None     # what the run applies once the update is done (or has landed)
 
     @property
     def failed(self) -> bool:
@@ -51,9 +84,10 @@ class Landing:
 class Update(ABC):
     name: ClassVar[str]
     main_only: ClassVar[bool] = False  # runs on the main process only (several processes: the others follow)
+    refines: ClassVar[bool] = False    # may propose refined examples (the run then keeps a remake store)
 
-    def __init__(self, run: "Run"):
-        self.run = run
+    def __init__(self, ctx: UpdateContext):
+        self.ctx = ctx
 
     @classmethod
     def enabled(cls, cfg) -> bool:
@@ -66,6 +100,11 @@ class Update(ABC):
 
     def unavailable(self, step: int) -> Optional[str]:
         """Why this update cannot be chosen now, or None."""
+        return None
+
+    @property
+    def budget_left(self) -> Optional[float]:
+        """What is left of a spending budget this update draws on (None: none)."""
         return None
 
     @abstractmethod

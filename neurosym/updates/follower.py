@@ -23,8 +23,8 @@ class RemoteUpdateError(RuntimeError):
 class Follower(Update):
     budget_left = None  # the main process's router reads the teacher's budget
 
-    def __init__(self, run, name: str):
-        super().__init__(run)
+    def __init__(self, ctx, name: str):
+        super().__init__(ctx)
         self.name = name
 
     def apply(self, batch: list, decision, step: int) -> Outcome:
@@ -32,9 +32,6 @@ class Follower(Update):
 
     def unavailable(self, step: int) -> Optional[str]:
         return None  # only the main process's router decides
-
-    def refined_examples(self) -> list:
-        return []  # the main process's store is broadcast
 
 
 def outcome_as_dict(out: Outcome) -> dict:

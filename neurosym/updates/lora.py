@@ -10,12 +10,11 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from neurosym.data import make_micro_batches
-from neurosym.data.collate import example_losses as per_example_losses, forward_inputs
+from neurosym.data.collate import example_losses as per_example_losses
 from neurosym.data.render import IGNORE
 from neurosym.errors import TrainingDiverged
+from neurosym.losses import encode_batches, token_losses
 from neurosym.updates.base import Outcome, Update
 
 
@@ -25,25 +24,6 @@ class LoraStepResult:
     grad_norm: float       # total L2 norm of the gradients before clipping
     tokens: int            # tokens processed (prompt + response, no padding)
     example_losses: list   # mean token loss of each example (router batch statistics)
-
-
-def encode_batches(examples, renderer, batch_size: int, pad_id: int, runtime, packing: bool = False,
-                   max_length: int | None = None) -> list[dict]:
-    """Micro-batches of ``batch_size`` rows of rendered examples (padded, or packed), on the device."""
-    encodings = [renderer.encode(ex) for ex in examples]
-    return [runtime.to_device(b) for b in make_micro_batches(encodings, batch_size, pad_id, packing, max_length)]
-
-
-def token_losses(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token cross-entropy of the response tokens, and the mask of which tokens count (packed rows
-    pass position ids and no 2D mask: ``forward_inputs``)."""
-    logits = model(**forward_inputs(batch)).logits
-    logits = logits[:, :-1].float()
-    labels = batch["labels"][:, 1:]
-    mask = labels != IGNORE
-    losses = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.clamp(min=0).reshape(-1),
-                             reduction="none").view_as(labels)
-    return losses * mask, mask
 
 
 def lora_step(model, optimizer, micro_batches: list[dict], max_grad_norm, runtime) -> LoraStepResult:
@@ -72,40 +52,22 @@ def lora_step(model, optimizer, micro_batches: list[dict], max_grad_norm, runtim
     return LoraStepResult(loss, grad_norm, tokens, [l for _, l in sorted(example_losses)])
 
 
-@torch.no_grad()
-def eval_loss(model, micro_batches, runtime) -> tuple[float, int]:
-    """Mean response-token loss over the given batches (model left in the mode it was in)."""
-    was_training = model.training
-    model.eval()
-    loss_sum, n = 0.0, 0
-    try:
-        for batch in micro_batches:
-            with runtime.autocast():
-                losses, mask = token_losses(model, batch)
-            loss_sum += float(losses.sum())
-            n += int(mask.sum())
-    finally:
-        model.train(was_training)
-    return (loss_sum / max(n, 1)), n
-
-
 class LoraUpdate(Update):
     """A gradient step on the adapter; the default route, always available."""
 
     name = "lora"
 
     def apply(self, batch: list, decision, step: int) -> Outcome:
-        run = self.run
-        data = run.cfg.data
-        micro = encode_batches(run.runtime.shard(batch), run.renderer, run.cfg.train.batch_size, run.pad_id,
-                               run.runtime, data.packing, data.max_length)
-        res = lora_step(run.runtime.train_model(run.model), run.optimizer, micro, run.cfg.train.max_grad_norm,
-                        run.runtime)
-        fp16_skip = run.runtime.scaler is not None  # inf grads are the GradScaler's business, not divergence
+        ctx = self.ctx
+        data, runtime = ctx.cfg.data, ctx.runtime
+        micro = encode_batches(runtime.shard(batch), ctx.renderer, ctx.cfg.train.batch_size,
+                               ctx.tokenizer.pad_token_id, runtime, data.packing, data.max_length)
+        res = lora_step(runtime.train_model(ctx.model), ctx.optimizer, micro, ctx.cfg.train.max_grad_norm, runtime)
+        fp16_skip = runtime.scaler is not None  # inf grads are the GradScaler's business, not divergence
         if not math.isfinite(res.loss) or (not math.isfinite(res.grad_norm) and not fp16_skip):
-            last = run.last_checkpoint_name()
+            last = ctx.last_checkpoint()
             raise TrainingDiverged(
-                f"training diverged at step {step}: loss {res.loss}, grad norm {res.grad_norm} (lr {run.lr:.3g}). "
+                f"training diverged at step {step}: loss {res.loss}, grad norm {res.grad_norm} (lr {ctx.lr():.3g}). "
                 f"The step was not applied; the last good checkpoint is {last or 'none (no checkpoint yet)'}. "
                 f"Lower train.lr (or set train.max_grad_norm), then resume or start again.")
         return Outcome(self.name, loss=res.loss, grad_norm=res.grad_norm, tokens=res.tokens,

@@ -27,7 +27,7 @@ from typing import Any, Optional
 from neurosym.data import Example
 from neurosym.errors import TeacherDownStop
 from neurosym.teacher.availability import TeacherAvailability
-from neurosym.updates.base import Landing, Outcome, Update
+from neurosym.updates.base import Changes, Landing, Outcome, Update
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,8 @@ class Landed:
 
 class SymbolicUpdate(Update):
     name = "symbolic"
-    main_only = True  # the teacher, its cache and the remake store: one process
+    main_only = True  # the teacher and its cache: one process
+    refines = True
 
     @classmethod
     def enabled(cls, cfg) -> bool:
@@ -70,21 +71,19 @@ class SymbolicUpdate(Update):
             from neurosym.teacher.python import load_callable
             load_callable(cfg.teacher.callable)
 
-    def __init__(self, run):
-        super().__init__(run)
+    def __init__(self, ctx):
+        super().__init__(ctx)
         from neurosym.remake.guards import prompt_key
-        from neurosym.remake.store import RemakeStore
         from neurosym.student import make_student_engine
         from neurosym.teacher import make_teacher, route_textgrad_log
 
-        cfg = run.cfg
+        cfg = ctx.cfg
         self.cfg = cfg.symbolic
-        self.teacher = make_teacher(cfg.teacher, run.dir.path)
-        route_textgrad_log(run.dir.path)
-        self.student = make_student_engine(run.model, run.tokenizer, max_length=cfg.data.max_length,
+        self.teacher = make_teacher(cfg.teacher, ctx.run_dir.path)
+        route_textgrad_log(ctx.run_dir.path)
+        self.student = make_student_engine(ctx.model, ctx.tokenizer, max_length=cfg.data.max_length,
                                            max_new_tokens=cfg.symbolic.max_new_tokens)
-        self.store = RemakeStore(run.dir.remake)
-        self.seen = {prompt_key(ex.prompt) for ex in run.train_set}
+        self.seen = {prompt_key(ex.prompt) for ex in ctx.train_rows}
         self.async_ = cfg.symbolic.async_
         self.pool = ThreadPoolExecutor(cfg.symbolic.max_inflight, thread_name_prefix="symbolic") if self.async_ else None
         self.inflight: list[tuple[Job, Future]] = []
@@ -104,19 +103,19 @@ class SymbolicUpdate(Update):
         if self.async_:
             if len(self.inflight) >= self.cfg.max_inflight:
                 return "all symbolic workers busy"
-            left = self.run.total_steps - step
+            left = self.ctx.total_steps - step
             if self.cfg.land_after_steps:
                 if self.cfg.land_after_steps > left:
                     return "too close to the end for an update to land"
                 return None
-            step_s = self.run.mean_step_s()
+            step_s = self.ctx.step_seconds()
             if self.n_landed and step_s > 0 and self.mean_wall_s > left * step_s:
                 return "too close to the end for an update to land"
         return None
 
     # ---- running updates ------------------------------------------------------------------------
     def apply(self, batch: list, decision, step: int) -> Outcome:
-        job = Job(step, batch, self.run.prompts.current, decision)
+        job = Job(step, batch, self.ctx.prompt(), decision)
         if not self.async_:
             return self._land(self._work(job, self.student), step)
         self._submit(job)
@@ -148,14 +147,15 @@ class SymbolicUpdate(Update):
         t0 = time.perf_counter()
         with self.teacher.meter() as meter:
             try:
-                result = symbolic_update(job.system_prompt, job.batch, student, self.teacher, self.run.reward,
+                result = symbolic_update(job.system_prompt, job.batch, student, self.teacher, self.ctx.reward,
                                          self.cfg, self.seen)
                 return Landed(job, result=result, usage=meter.as_dict(), wall_s=time.perf_counter() - t0)
             except TeacherError as exc:
                 return Landed(job, error=exc, usage=meter.as_dict(), wall_s=time.perf_counter() - t0)
 
     def _land(self, landed: Landed, step: int) -> Outcome:
-        """Apply a finished update as of ``step``: new prompt version, refined examples, accounting."""
+        """A finished update as of ``step``: its accounting, and the prompt and refined examples it
+        proposes (``Outcome.changes``, which the run validates and applies)."""
         self._note(landed, step)
         usage = landed.usage
         record = {"calls": usage.get("calls", 0), "cost_usd": usage.get("cost_usd", 0.0),
@@ -166,25 +166,10 @@ class SymbolicUpdate(Update):
         if landed.error is not None:
             record.update(outcome.error_dict())
             return outcome
-        result, run = landed.result, self.run
+        result = landed.result
         record.update(accepted=len(result.rewrites), rejected=dict(result.rejected), malformed=result.malformed)
-        proposed, worse = result.new_system_prompt, None
-        if proposed and proposed != run.prompts.current and run.validates_prompt:
-            keep, before, after = run.try_prompt(landed.job.batch, proposed)
-            record["validation"] = {"before": before, "after": after, "kept": keep}
-            if not keep:
-                figures = " / ".join(f"{b:.4g} -> {a:.4g}" for b, a in zip(before, after))
-                proposed, worse = None, f"worse on batch + probe (reward / -loss: {figures}): kept the old prompt"
-        version = run.prompts.propose(proposed, step) if proposed else None
-        if version is not None:
-            run.renderer.system_prompt = run.prompts.current
-            run.recorder.prompt(step, version, run.prompts.current)
-        else:  # why the prompt stayed (malformed, elided, too_long, answer_leak, identical)
-            record["unchanged_reason"] = worse or result.unchanged_reason or "identical"
-            outcome.changed = False  # the student answers as before: the gain is 0, known without measuring
-        rows = self.store.add(result.rewrites, step=step, prompt_version=run.prompts.version,
-                              teacher_model=run.cfg.teacher.model) if result.rewrites else []
-        run.batches.add_refined(rows)
+        outcome.changes = Changes(system_prompt=result.new_system_prompt, unchanged_reason=result.unchanged_reason,
+                                  rewrites=result.rewrites, teacher_model=self.ctx.cfg.teacher.model)
         return outcome
 
     def _note(self, landed: Landed, step: int) -> None:
@@ -193,16 +178,15 @@ class SymbolicUpdate(Update):
         self.mean_wall_s += (landed.wall_s - self.mean_wall_s) / self.n_landed
         outcome = self.availability.note(landed.error, step)
         if outcome.message:
-            self.run.recorder.alert(step, outcome.message)
+            self.ctx.alert(step, outcome.message)
         if outcome.stop:
-            raise TeacherDownStop(f"{outcome.message}\n  Fix the teacher settings, then `neurosym resume {self.run.dir}` "
+            raise TeacherDownStop(f"{outcome.message}\n  Fix the teacher settings, then `neurosym resume {self.ctx.run_dir}` "
                                   f"(--set teacher.* is allowed on resume).")
 
     # ---- checkpoint -----------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {
             "teacher_usage": self.teacher.usage.state_dict(),
-            "store_position": self.store.position(),
             **self.availability.state_dict(), "mean_wall_s": self.mean_wall_s, "n_landed": self.n_landed,
             "inflight": [{"submitted_step": j.submitted_step, "system_prompt": j.system_prompt,
                           "batch": [ex.to_state() for ex in j.batch],
@@ -211,12 +195,10 @@ class SymbolicUpdate(Update):
         }
 
     def load_state_dict(self, state: Optional[dict]) -> None:
-        """Restore counters, drop store rows written after the checkpoint, resubmit jobs in flight."""
+        """Restore counters, resubmit jobs in flight."""
         if state is None:
-            self.store.truncate_after(0)  # a start from step 0 never inherits rows of a killed attempt
             return
         self.teacher.usage.load_state_dict(state["teacher_usage"])
-        self.store.truncate_after(state["store_position"])
         self.availability.load_state_dict(state)
         self.mean_wall_s, self.n_landed = state["mean_wall_s"], state["n_landed"]
         from classifiers.base import Decision
@@ -224,16 +206,12 @@ class SymbolicUpdate(Update):
             self._submit(Job(j["submitted_step"], [Example.from_state(e) for e in j["batch"]], j["system_prompt"],
                              Decision.from_dict(j["decision"]) if j["decision"] else None))
 
-    def refined_examples(self) -> list[Example]:
-        return self.store.examples()
-
     def close(self) -> None:
         abort = getattr(self.teacher, "abort", None)  # HTTP calls in flight end now (their jobs are in the
         if abort is not None:                         # checkpoint and are submitted again on resume)
             abort()
         if self.pool is not None:
             self.pool.shutdown(wait=False, cancel_futures=True)
-        self.store.close()
 
 
 def _replaying(student, answers: dict):
