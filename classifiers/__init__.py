@@ -1,12 +1,29 @@
-"""Routers that decide, batch by batch, between a LoRA step and a symbolic update."""
+"""Routers that decide, batch by batch, between a LoRA step and a symbolic update.
+
+The learned router (``reward_router``) imports scikit-learn; it is loaded when a job asks for it
+(``router.kind: reward_classifier``) or when ``classifiers.RewardRouter`` is first read, so a config
+load or a job with a baseline router never pays for scikit-learn.
+"""
 from __future__ import annotations
 
 from typing import Callable, Optional
 
 from classifiers.base import BATCH_FEATURE_NAMES, ROUTES, BatchStats, Decision, Route, Router
 from classifiers.baselines import Alternate, AlwaysLora, AlwaysSymbolic, PlateauRouter, RandomRouter
-from classifiers.reward_router import RewardRouter
 from classifiers.config import RouterConfig
+
+
+def _reward_router(cfg, seed, routes):
+    from classifiers.reward_router import RewardRouter
+    return RewardRouter(cfg, seed, routes)
+
+
+def __getattr__(name: str):
+    if name == "RewardRouter":
+        from classifiers.reward_router import RewardRouter
+        return RewardRouter
+    raise AttributeError(f"module 'classifiers' has no attribute {name!r}")
+
 
 # The router registry: cfg.kind -> factory(cfg, seed, routes). A new router is one module + one line here.
 ROUTERS: dict[str, Callable[[RouterConfig, int, tuple], Router]] = {
@@ -15,7 +32,7 @@ ROUTERS: dict[str, Callable[[RouterConfig, int, tuple], Router]] = {
     "alternate": lambda cfg, seed, routes: Alternate(cfg.every, routes),
     "plateau": lambda cfg, seed, routes: PlateauRouter(routes),
     "random": lambda cfg, seed, routes: RandomRouter(cfg.random_p, seed, routes),
-    "reward_classifier": lambda cfg, seed, routes: RewardRouter(cfg, seed, routes),
+    "reward_classifier": _reward_router,
 }
 
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from neurosym.data import make_micro_batches
-from neurosym.data.collate import forward_inputs
+from neurosym.data.batching import forward_inputs
 from neurosym.data.render import IGNORE
 
 

@@ -5,7 +5,7 @@ its own line with its position range (positions restart at 0 per example, attent
 """
 from __future__ import annotations
 
-from neurosym.data.collate import pack
+from neurosym.data.batching import pack
 from neurosym.data.render import IGNORE, Encoded, Renderer
 
 

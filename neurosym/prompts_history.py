@@ -10,12 +10,33 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Optional
 
 from neurosym.checkpoint import latest_checkpoint
 from neurosym.events import read_events
-from neurosym.prompts import terminal_safe
+
+
+# C0/C1 controls (ESC, CR, BEL, backspace...), DEL, and the Unicode format characters that reorder or
+# hide text on a terminal (bidi overrides and isolates, zero-width joiners, BOM). Newline and tab stay.
+_UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb]")
+
+
+def terminal_safe(text: Optional[str]) -> str:
+    """``text`` as it may be printed to a terminal: every control or invisible formatting character
+    shown as an escape (``\\x1b``, ``\\u202e``), so what a teacher wrote cannot move the cursor,
+    recolour or hide text. Teacher-written prompts are untrusted: print them through this."""
+    if text is None:
+        return ""
+
+    def esc(m: re.Match) -> str:
+        c = ord(m.group())
+        return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+
+    out = _UNSAFE.sub(esc, str(text))
+    # a lone surrogate (possible in JSON text) cannot be encoded for the terminal: escaped too
+    return "".join(f"\\u{ord(ch):04x}" if 0xD800 <= ord(ch) <= 0xDFFF else ch for ch in out)
 
 
 def _num(value) -> Optional[float]:

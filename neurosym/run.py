@@ -25,7 +25,7 @@ from neurosym.generation import answer_examples
 from neurosym.imports import load_object
 from neurosym.model import base_identity, identity_mismatch, load_for_training
 from neurosym.optim import make_optimizer
-from neurosym.prompts import PromptHistory
+from neurosym.prompts import PromptVersions
 from neurosym.recorder import QuietRecorder, Recorder
 from neurosym.remake.store import RemakeStore
 from neurosym.reward import make_reward
@@ -88,7 +88,7 @@ class Run:
         self.total_steps = total_steps(cfg, len(self.train_set), self.runtime.world_size)
         self.optimizer = make_optimizer(cfg.train, self.model, device)
         self.state = TrainState(total_steps=self.total_steps, base=base_identity(self.model, cfg.model))
-        self.prompts = PromptHistory(cfg.data.system_prompt)
+        self.prompts = PromptVersions(cfg.data.system_prompt)
         mix = cfg.remake.mix_ratio if len(self.routes) > 1 else 0.0
         self.batches = BatchSource(self.train_set, cfg.run.seed, self.per_step, mix)  # the global batch
         self.monitors = MonitorSuite(cfg.monitors)

@@ -6,7 +6,7 @@ import torch
 
 from neurosym.config import DataConfig
 from neurosym.data import Example, Renderer, forward_inputs, make_micro_batches
-from neurosym.data.collate import collate, pack
+from neurosym.data.batching import collate, pack
 from neurosym.data.render import IGNORE
 from neurosym.preview import preview_lines
 
@@ -191,7 +191,7 @@ def test_examples_a_template_refuses_are_found_before_training(tokenizer):
 
 
 def test_example_losses_mean_the_same_packed_or_padded(tokenizer, model):
-    from neurosym.data.collate import example_losses
+    from neurosym.data.batching import example_losses
     from neurosym.losses import token_losses
     model.set_attn_implementation("sdpa")
     r = Renderer(tokenizer, 256, "Add.")

@@ -11,17 +11,20 @@ their triggers: ``register`` adds your own), ``expr`` (reading an expression bef
 (the LogitsProcessor), ``precision`` (margins and exact lengths below float32), ``library`` (Tracr's
 ``lib.py`` programs), ``cli`` (``neurosym conn ...`` and ``neurosym generate``).
 """
-from neurosym.conn.compiler import CompiledProgram, compile_program
 from neurosym.conn.errors import ConnInputError
-from neurosym.conn.ops import OPS, ConnOp, OpSpec, get_op, register, unregister
+
+_LAZY = {"CompiledProgram": "compiler", "compile_program": "compiler",  # torch
+         "OPS": "ops", "ConnOp": "ops", "OpSpec": "ops", "get_op": "ops", "register": "ops", "unregister": "ops",
+         "ConnGate": "gate", "GateEvent": "gate", "StopWhenAnswered": "gate"}  # transformers
 
 
 def __getattr__(name: str):
-    """The gate classes import transformers: loaded on first use, so ``conn run`` starts fast."""
-    if name in ("ConnGate", "GateEvent", "StopWhenAnswered"):
-        from neurosym.conn import gate
+    """Loaded on first use: the compiler needs torch and the gate transformers, and a CLI that only
+    lists its verbs (``neurosym --help``) needs neither."""
+    if name in _LAZY:
+        import importlib
 
-        return getattr(gate, name)
+        return getattr(importlib.import_module(f"neurosym.conn.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'neurosym.conn' has no attribute {name!r}")
 
 

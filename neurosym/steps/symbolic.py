@@ -261,6 +261,22 @@ def symbolic_update(system_prompt: Optional[str], batch: list[Example], student:
     feedback = prompt_var.get_gradient_text()
 
     # 4. the optimizer step
+    new_system_prompt, prompt_rejected, unchanged, malformed = _optimizer_step(tg, teacher, prompt_var, old, batch, cfg)
+
+    # 5. rewrite the prompts of wrong examples into new training examples
+    rewrites, rejected = _rewrite_wrong(batch, wrong, outputs, evaluations, teacher, seen_prompts, cfg)
+
+    return SymbolicResult(new_system_prompt=new_system_prompt, rewrites=rewrites, rejected=rejected,
+                          feedback=feedback, malformed=malformed, outputs=outputs, wrong=wrong,
+                          rewards_before=rewards, evaluations=evaluations, prompt_rejected=prompt_rejected,
+                          unchanged_reason=unchanged)
+
+
+
+def _optimizer_step(tg, teacher, prompt_var, old: str, batch, cfg) -> tuple[Optional[str], Optional[str],
+                                                                                 Optional[str], bool]:
+    """TGD's step on the system prompt: (new prompt or None, why a well-formed one was refused,
+    why the prompt stays, whether the optimizer's answer was malformed)."""
     recorder = _RecordingEngine(teacher)
     optimizer = tg.TGD(parameters=[prompt_var], engine=recorder, constraints=list(cfg.constraints))
     start, end = optimizer.new_variable_tags
@@ -284,41 +300,42 @@ def symbolic_update(system_prompt: Optional[str], batch: list[Example], student:
         if prompt_rejected is None:
             new_system_prompt = proposed
         unchanged = prompt_rejected
+    return new_system_prompt, prompt_rejected, unchanged, malformed
 
-    # 5. rewrite the prompts of wrong examples into new training examples
+
+def _rewrite_wrong(batch, wrong: list[int], outputs: list[str], evaluations: list[str], teacher, seen_prompts: set,
+                   cfg) -> tuple[list[Rewrite], dict[str, int]]:
+    """The teacher rewrites the prompts of (at most ``max_rewrites_per_batch``) wrong examples; the
+    guards refuse leaks, duplicates and overlong prompts. Returns the rewrites and refusals by reason."""
     rewrites: list[Rewrite] = []
     rejected: dict[str, int] = {}
-    if cfg.rewrite_examples and cfg.max_rewrites_per_batch > 0 and wrong:
-        local = {prompt_key(ex.prompt) for ex in batch}
-        seen = _SeenView(seen_prompts, local)
-        for i in wrong[: cfg.max_rewrites_per_batch]:
-            ex = batch[i]
-            request = REWRITE_INSTRUCTION.format(question=ex.prompt, reference=ex.response, output=outputs[i],
-                                                 evaluation=evaluations[i])
-            text = teacher(request, system_prompt=REWRITE_SYSTEM)
-            new_prompt = _between(text, *REWRITE_TAGS)
-            if new_prompt is None and REWRITE_DECLINED in text:  # a valid answer: kept in the cache
-                _count(rejected, "declined")
-                continue
-            if new_prompt is None:
-                _count(rejected, "malformed")
-                _forget(teacher, request, REWRITE_SYSTEM)
-                continue
-            reason = check_rewrite(new_prompt, ex, seen, cfg.max_prompt_chars)
-            if reason is not None:
-                _count(rejected, reason)
-                continue
-            new_ex = ex.with_prompt(new_prompt, "", parent_source=ex.source, parent_prompt=ex.prompt)
-            rewrites.append(Rewrite(new_ex, ex, evaluations[i]))
-            key = prompt_key(new_prompt)
-            local.add(key)
-            seen_prompts.add(key)
-
-    return SymbolicResult(new_system_prompt=new_system_prompt, rewrites=rewrites, rejected=rejected,
-                          feedback=feedback, malformed=malformed, outputs=outputs, wrong=wrong,
-                          rewards_before=rewards, evaluations=evaluations, prompt_rejected=prompt_rejected,
-                          unchanged_reason=unchanged)
-
+    if not (cfg.rewrite_examples and cfg.max_rewrites_per_batch > 0 and wrong):
+        return rewrites, rejected
+    local = {prompt_key(ex.prompt) for ex in batch}
+    seen = _SeenView(seen_prompts, local)
+    for i in wrong[: cfg.max_rewrites_per_batch]:
+        ex = batch[i]
+        request = REWRITE_INSTRUCTION.format(question=ex.prompt, reference=ex.response, output=outputs[i],
+                                             evaluation=evaluations[i])
+        text = teacher(request, system_prompt=REWRITE_SYSTEM)
+        new_prompt = _between(text, *REWRITE_TAGS)
+        if new_prompt is None and REWRITE_DECLINED in text:  # a valid answer: kept in the cache
+            _count(rejected, "declined")
+            continue
+        if new_prompt is None:
+            _count(rejected, "malformed")
+            _forget(teacher, request, REWRITE_SYSTEM)
+            continue
+        reason = check_rewrite(new_prompt, ex, seen, cfg.max_prompt_chars)
+        if reason is not None:
+            _count(rejected, reason)
+            continue
+        new_ex = ex.with_prompt(new_prompt, "", parent_source=ex.source, parent_prompt=ex.prompt)
+        rewrites.append(Rewrite(new_ex, ex, evaluations[i]))
+        key = prompt_key(new_prompt)
+        local.add(key)
+        seen_prompts.add(key)
+    return rewrites, rejected
 
 __all__ = ["symbolic_update", "SymbolicResult", "Rewrite", "refuse_system_prompt", "UNCHANGED_REASONS",
            "ELISION_MARKER"]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from neurosym.data.collate import example_losses as per_example_losses
+from neurosym.data.batching import example_losses as per_example_losses
 from neurosym.data.render import IGNORE
 from neurosym.errors import TrainingDiverged
 from neurosym.losses import encode_batches, token_losses
