@@ -10,8 +10,6 @@ from monitors.plateau import PlateauDetector
 from monitors.signals import Signals
 from monitors.config import MonitorsConfig
 
-Route = str  # a name from the orchestrator's update registry
-
 
 def _finite(x: float | None) -> float | None:
     if x is None:
@@ -38,20 +36,20 @@ class MonitorSuite:
         self._step = -1
         self._steps_since_symbolic = 0
 
-    def observe(self, step: int, loss: float | None, grad_norm: float | None, route: Route) -> None:
+    def observe(self, step: int, loss: float | None, grad_norm: float | None, gradient_step: bool) -> None:
         """Record one finished step: its loss and total grad norm (None for an update that takes no
-        gradient step, e.g. a symbolic one), and its route (``"lora"`` is the gradient route; any
-        other name counts as a non-gradient update for ``steps_since_symbolic``)."""
-        if not isinstance(route, str) or not route:
-            raise ValueError(f"route must be a route name (got {route!r})")
+        gradient step, e.g. a symbolic one), and whether it was a gradient step (any other update
+        resets ``steps_since_symbolic``). Route names are the orchestrator's business, not ours."""
+        if not isinstance(gradient_step, bool):
+            raise ValueError(f"gradient_step must be True or False (got {gradient_step!r})")
         loss = _finite(loss)
         if loss is not None:
             self.loss.update(loss)
             self.plateau.update(self.loss.rel_slope if self.loss.ready else None)
         grad_norm = _finite(grad_norm)
-        if grad_norm is not None and route == "lora":  # only gradient steps feed the grad statistics
+        if grad_norm is not None and gradient_step:  # only gradient steps feed the grad statistics
             self.grad.update(grad_norm)
-        self._steps_since_symbolic = self._steps_since_symbolic + 1 if route == "lora" else 0
+        self._steps_since_symbolic = self._steps_since_symbolic + 1 if gradient_step else 0
         self._step = int(step)
 
     def signals(self, prompt_version: int, budget_left: float | None, symbolic_available: bool,

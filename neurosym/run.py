@@ -388,7 +388,8 @@ class Run:
         self.state.lr = self.lr
         self.state.tokens += outcome.tokens
         self.state.count("steps_by_route", decision.route if outcome.pending else outcome.route)
-        self.monitors.observe(step, outcome.loss, outcome.grad_norm, outcome.route)
+        self.monitors.observe(step, outcome.loss, outcome.grad_norm,
+                              not outcome.pending and UPDATES[outcome.route].gradient_step)
         record = {"kind": "train", "step": step, "route": outcome.route, "loss": outcome.loss,
                   "grad_norm": outcome.grad_norm, "lr": self.state.lr, "tokens": outcome.tokens, "wall_s": wall,
                   "update_s": outcome.update_s,

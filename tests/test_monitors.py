@@ -60,11 +60,11 @@ def test_plateau_turns_on_exactly_after_patience_and_off_on_a_drop():
     suite = MonitorSuite(cfg)
     on = []
     for step in range(12):
-        suite.observe(step, 2.0, 1.0, "lora")
+        suite.observe(step, 2.0, 1.0, True)
         on.append(suite.signals(0, None, True).plateau)
     # the window fills at step 4 (5th loss); flat steps 4, 5, 6, 7 -> on from step 7 = window + patience - 2
     assert on == [False] * 7 + [True] * 5
-    suite.observe(12, 1.0, 1.0, "lora")  # the loss drops: slope over [2,2,2,2,1] = -0.2
+    suite.observe(12, 1.0, 1.0, True)  # the loss drops: slope over [2,2,2,2,1] = -0.2
     sig = suite.signals(0, None, True)
     assert sig.slope == pytest.approx(-0.2)
     assert sig.rel_slope == pytest.approx(-0.2 / 1.8)
@@ -96,22 +96,22 @@ def test_grad_norm_spike_after_constant_norms_uses_the_std_floor():
 
 def test_symbolic_steps_do_not_touch_grad_statistics():
     suite = MonitorSuite(MonitorsConfig())
-    suite.observe(0, 2.0, 1.0, "lora")
-    suite.observe(1, 1.9, 1.2, "lora")
+    suite.observe(0, 2.0, 1.0, True)
+    suite.observe(1, 1.9, 1.2, True)
     before = suite.grad.state_dict()
-    suite.observe(2, 1.8, None, "symbolic")
-    suite.observe(3, 1.7, 50.0, "symbolic")  # a norm passed on a symbolic step is ignored too
+    suite.observe(2, 1.8, None, False)
+    suite.observe(3, 1.7, 50.0, False)  # a norm passed on a symbolic step is ignored too
     assert suite.grad.state_dict() == before
     sig = suite.signals(prompt_version=2, budget_left=0.5, symbolic_available=True)
     assert sig.grad_norm == 1.2 and sig.steps_since_symbolic == 0 and sig.step == 3
-    suite.observe(4, 1.6, 1.1, "lora")
+    suite.observe(4, 1.6, 1.1, True)
     assert suite.signals(2, 0.5, True).steps_since_symbolic == 1
 
 
 def test_non_finite_values_are_skipped():
     suite = MonitorSuite(MonitorsConfig())
-    suite.observe(0, 2.0, 1.0, "lora")
-    suite.observe(1, float("nan"), float("inf"), "lora")
+    suite.observe(0, 2.0, 1.0, True)
+    suite.observe(1, float("nan"), float("inf"), True)
     sig = suite.signals(0, None, True)
     assert sig.loss == 2.0 and sig.grad_norm == 1.0 and suite.loss.count == 1 and suite.grad.count == 1
 
@@ -122,7 +122,7 @@ def _run(suite: MonitorSuite, steps: range, seed: int) -> list[dict]:
     for step in steps:
         route = "symbolic" if step % 7 == 0 else "lora"
         grad = None if route == "symbolic" else float(rng.uniform(0.5, 1.5) * (10 if step % 50 == 0 else 1))
-        suite.observe(step, float(3.0 / (1 + 0.01 * step) + rng.normal(0, 0.01)), grad, route)
+        suite.observe(step, float(3.0 / (1 + 0.01 * step) + rng.normal(0, 0.01)), grad, route == "lora")
         out.append(suite.signals(step // 7, 1.0, True).as_dict())
     return out
 
@@ -159,7 +159,7 @@ def test_signals_as_dict_and_features():
     suite = MonitorSuite(MonitorsConfig())
     empty = suite.signals(prompt_version=0, budget_left=None, symbolic_available=True)
     assert empty.loss is None and empty.slope == 0.0 and not empty.plateau
-    suite.observe(0, 2.0, 0.5, "lora")
+    suite.observe(0, 2.0, 0.5, True)
     sig = suite.signals(prompt_version=3, budget_left=0.0, symbolic_available=False)
     assert isinstance(sig, Signals)
     with pytest.raises(AttributeError):

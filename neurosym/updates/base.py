@@ -85,6 +85,7 @@ class Update(ABC):
     name: ClassVar[str]
     main_only: ClassVar[bool] = False  # runs on the main process only (several processes: the others follow)
     refines: ClassVar[bool] = False    # may propose refined examples (the run then keeps a remake store)
+    gradient_step: ClassVar[bool] = False  # a gradient step on the weights (feeds the grad-norm monitor)
 
     def __init__(self, ctx: UpdateContext):
         self.ctx = ctx

@@ -56,6 +56,7 @@ class LoraUpdate(Update):
     """A gradient step on the adapter; the default route, always available."""
 
     name = "lora"
+    gradient_step = True
 
     def apply(self, batch: list, decision, step: int) -> Outcome:
         ctx = self.ctx
