@@ -1,5 +1,5 @@
 """The router's configuration (the `router:` section of a job config), owned here and composed by
-``neurosym.config`` so that this package never imports the orchestrator."""
+``neurosym.config.schema`` so that this package never imports the orchestrator."""
 from __future__ import annotations
 
 from typing import Optional

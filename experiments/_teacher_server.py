@@ -39,7 +39,7 @@ def local_teacher(latency_s: float = 0.0) -> Iterator[list[str]]:
 
 def warm_imports() -> None:
     """Import TextGrad (~6 s) up front, so the first symbolic update of a timed run doesn't pay for it."""
-    from neurosym.student import student_engine_class
+    from neurosym.updates.symbolic.student import student_engine_class
     student_engine_class()
 
 
@@ -49,7 +49,7 @@ def loop_wall_s(run_dir: Path) -> float:
     """The training loop's wall time: from the start of step 1 to the last event written (the
     last async landing included; model load excluded). The end is the events file's mtime: every
     write is flushed, and nothing else touches the file after the last event."""
-    from neurosym.events import read_events
+    from neurosym.observe.events import read_events
 
     path = Path(run_dir) / "events.jsonl"
     first = next(e for e in read_events(path) if e["kind"] == "train")
@@ -64,7 +64,7 @@ def symbolic_records(events: list[dict]) -> list[dict]:
 
 def summarize(run_dir: Path) -> dict:
     """Counts and teacher spend of a finished run."""
-    from neurosym.events import read_events
+    from neurosym.observe.events import read_events
 
     events = read_events(Path(run_dir) / "events.jsonl")
     train = [e for e in events if e["kind"] == "train"]

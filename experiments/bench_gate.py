@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
 
     from neurosym.conn.gate import ConnGate
-    from neurosym.tiny import build_tokenizer
+    from neurosym.model.tiny import build_tokenizer
 
     tok = build_tokenizer()
     before, after = load_before(args.before)(tok), ConnGate(tok)

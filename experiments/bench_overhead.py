@@ -37,8 +37,8 @@ def write_config(tmp: Path, model_dir: Path, steps: int, name: str) -> Path:
 
 
 def neurosym_steps_per_s(tmp: Path, model_dir: Path, steps: int, name: str) -> float:
-    from neurosym.config import load_config
-    from neurosym.events import read_events
+    from neurosym.config.schema import load_config
+    from neurosym.observe.events import read_events
     from neurosym.train import train
     out = train(load_config(write_config(tmp, model_dir, steps, name)), quiet=True)
     ev = [e for e in read_events(out.run_dir / "events.jsonl") if e["kind"] == "train"]
@@ -97,10 +97,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--preset", default="llama", help="tiny model preset (see neurosym/tiny.py)")
+    ap.add_argument("--preset", default="llama", help="tiny model preset (see neurosym/model/tiny.py)")
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    from neurosym.tiny import build_tiny_model
+    from neurosym.model.tiny import build_tiny_model
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model_dir = build_tiny_model(tmp / "model", preset=args.preset)

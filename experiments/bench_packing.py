@@ -40,8 +40,8 @@ def write_config(tmp: Path, model: str, args, packing: bool, name: str) -> Path:
 
 
 def run(tmp: Path, model: str, args, packing: bool, name: str) -> tuple[float, list, int]:
-    from neurosym.config import load_config
-    from neurosym.events import read_events
+    from neurosym.config.schema import load_config
+    from neurosym.observe.events import read_events
     from neurosym.train import train
     out = train(load_config(write_config(tmp, model, args, packing, name)), quiet=True)
     ev = [e for e in read_events(out.run_dir / "events.jsonl") if e["kind"] == "train"]
@@ -51,10 +51,10 @@ def run(tmp: Path, model: str, args, packing: bool, name: str) -> tuple[float, l
 
 def padding_share(model: str, args) -> tuple[float, float]:
     """Share of padded positions per step, padded vs packed layouts (same examples)."""
-    from neurosym.config import load_config
+    from neurosym.config.schema import load_config
     from neurosym.data import Renderer, load_examples, make_micro_batches
-    from neurosym.batches import BatchSource
-    from neurosym.model import load_tokenizer
+    from neurosym.run.batches import BatchSource
+    from neurosym.model.load import load_tokenizer
     with tempfile.TemporaryDirectory() as d:
         cfg = load_config(write_config(Path(d), model, args, False, "pad"))
         tok = load_tokenizer(cfg.model, Path(d) / ".models")
@@ -78,7 +78,7 @@ def build_wide_model(out: Path, width: int) -> str:
     layers dominate the cost, as in real models (tiny://llama is so narrow that attention dominates)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
-    from neurosym.tiny import build_tokenizer
+    from neurosym.model.tiny import build_tokenizer
     tok = build_tokenizer()
     cfg = LlamaConfig(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                       pad_token_id=tok.pad_token_id, tie_word_embeddings=True, hidden_size=width,

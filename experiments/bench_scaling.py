@@ -53,7 +53,7 @@ def run(cfg: Path, nproc: int) -> Path:
 
 
 def throughput(run_dir: Path) -> tuple[float, float, int]:
-    from neurosym.events import read_events
+    from neurosym.observe.events import read_events
     ev = [e for e in read_events(run_dir / "events.jsonl") if e["kind"] == "train"]
     window = ev[WARMUP:]
     tokens = sum(e["tokens"] for e in window[1:])  # the steps that end inside (t_start, t_end]
@@ -64,7 +64,7 @@ def throughput(run_dir: Path) -> tuple[float, float, int]:
 def adapter_diff(a: Path, b: Path) -> float:
     from safetensors.torch import load_file
 
-    from neurosym.checkpoint import latest_checkpoint
+    from neurosym.persist.checkpoint import latest_checkpoint
     x = load_file(str(latest_checkpoint(a) / "adapter_model.safetensors"))
     y = load_file(str(latest_checkpoint(b) / "adapter_model.safetensors"))
     return max(float((x[k] - y[k]).abs().max()) for k in x)
@@ -78,7 +78,7 @@ def main() -> None:
     ap.add_argument("--micro-batch", type=int, default=4)
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--model", help="a local model folder (default: a tiny random model built here)")
-    ap.add_argument("--preset", default="llama", help="tiny model preset (see neurosym/tiny.py)")
+    ap.add_argument("--preset", default="llama", help="tiny model preset (see neurosym/model/tiny.py)")
     ap.add_argument("--hidden", type=int, default=256,
                     help="width of the random model built here (the 64-wide tiny preset is so small that a "
                          "step is mostly overhead); 0: the preset as it is")

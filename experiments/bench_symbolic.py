@@ -47,7 +47,7 @@ def write_config(tmp: Path, model_dir: Path, args) -> Path:
 
 
 def run(config: Path, teacher: list[str], name: str, *extra: str) -> dict:
-    from neurosym.config import load_config
+    from neurosym.config.schema import load_config
     from neurosym.train import train
 
     out = train(load_config(config, [*teacher, f"run.name={name}", *extra]), quiet=True)
@@ -59,7 +59,7 @@ def time_breakdown(run_dir: Path) -> dict:
     """Where the loop's time went: LoRA steps, symbolic steps (inline updates, or async submissions:
     the student's answers are generated on the loop thread), and the wait after the last step for
     async updates still in flight."""
-    from neurosym.events import read_events
+    from neurosym.observe.events import read_events
 
     train = [e for e in read_events(run_dir / "events.jsonl") if e["kind"] == "train"]
     lora = [e["wall_s"] for e in train if e["route"] == "lora"]
@@ -71,7 +71,7 @@ def time_breakdown(run_dir: Path) -> dict:
 def lora_steps_while_pending(run_dir: Path) -> int:
     """LoRA steps taken while at least one async update was in flight: a LoRA train event whose
     step lies in (submission step, landing step] of some update (it lands before step landing+1)."""
-    from neurosym.events import read_events
+    from neurosym.observe.events import read_events
 
     events = read_events(run_dir / "events.jsonl")
     windows = [(e["symbolic"]["submitted_step"], e["step"]) for e in events if e["kind"] == "symbolic"]
@@ -87,10 +87,10 @@ def main() -> None:
     ap.add_argument("--inflight", type=int, default=2, help="symbolic.max_inflight (async run)")
     ap.add_argument("--concurrency", type=int, default=4, help="teacher.max_concurrency")
     ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--preset", default="llama", help="tiny model preset (see neurosym/tiny.py)")
+    ap.add_argument("--preset", default="llama", help="tiny model preset (see neurosym/model/tiny.py)")
     args = ap.parse_args()
 
-    from neurosym.tiny import build_tiny_model
+    from neurosym.model.tiny import build_tiny_model
     with tempfile.TemporaryDirectory() as tmp, local_teacher(args.latency) as teacher:
         tmp = Path(tmp)
         config = write_config(tmp, build_tiny_model(tmp / "model", preset=args.preset), args)

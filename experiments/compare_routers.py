@@ -32,7 +32,7 @@ CACHE = Path("teacher") / "teacher_cache.sqlite"
 
 
 def run_router(args, router: str, out_dir: Path, teacher: list[str], shared_cache) -> dict:
-    from neurosym.config import load_config
+    from neurosym.config.schema import load_config
     from neurosym.train import train
 
     overrides = [*args.set, *teacher, f"router.kind={router}", f"run.output_dir={out_dir}"]
@@ -76,7 +76,7 @@ def main() -> None:
     if unknown:
         ap.error(f"unknown router(s) {sorted(unknown)}; choose from {', '.join(ROUTERS)}")
 
-    from neurosym.config import load_config
+    from neurosym.config.schema import load_config
     base = load_config(args.config, args.set)
     use_local = args.local_teacher_server
     if use_local is None:

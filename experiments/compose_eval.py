@@ -78,7 +78,7 @@ def pretrain_tiny(preset: str, rows: list[dict], out: Path, steps: int, seed: in
     """Full fine-tune of a tiny random Llama on all rows, so the base speaks the dataset's language."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from neurosym.tiny import build_tiny_model
+    from neurosym.model.tiny import build_tiny_model
 
     if (out / "PRETRAINED").exists():
         return out
@@ -112,8 +112,8 @@ def train_adapter(name: str, parts: dict[str, list[dict]], base: str, work: Path
                   kind: str = "lora") -> Path:
     """One adapter through the ordinary job path (config -> neurosym.train.train), on one dataset per
     entry of ``parts`` (several: a weighted mixture, equal weights, as a user would configure it)."""
-    from neurosym.checkpoint import latest_checkpoint
-    from neurosym.config import load_config
+    from neurosym.persist.checkpoint import latest_checkpoint
+    from neurosym.config.schema import load_config
     from neurosym.train import train
 
     run_dir = work / "runs" / name

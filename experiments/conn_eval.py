@@ -80,7 +80,7 @@ def load(model_name: str | None, device: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if model_name is None:
-        from neurosym.tiny import build_tiny_model
+        from neurosym.model.tiny import build_tiny_model
 
         model_name = str(build_tiny_model(Path(tempfile.mkdtemp()) / "tiny-llama"))
     tokenizer = AutoTokenizer.from_pretrained(model_name)

@@ -3,7 +3,7 @@
 import sys
 
 from neurosym.cli import main
-from neurosym.launch import record_exit
+from neurosym.runtime.launch import record_exit
 
 code = 1  # an exception that escapes main() ends the process with 1
 try:

@@ -11,8 +11,8 @@ import re
 from pathlib import Path
 from typing import Callable, Sequence
 
-from neurosym.config import ConfigError, RewardConfig
-from neurosym.imports import load_object
+from neurosym.config.schema import ConfigError, RewardConfig
+from neurosym.plugins import load_object
 
 # Integers (optionally with thousands separators), decimals, scientific notation; sign optional.
 # A sign counts only when it doesn't follow a word character ("3-4" ends with 4, not -4).

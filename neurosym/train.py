@@ -1,6 +1,6 @@
 """The training recipe: for each batch, signals -> decide -> update -> learn -> record.
 
-Every part is built by :class:`~neurosym.run.Run`, which owns all the run's state; this file is the
+Every part is built by :class:`~neurosym.run.run.Run`, which owns all the run's state; this file is the
 algorithm, top to bottom.
 """
 from __future__ import annotations
@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from neurosym.config import Config, save_resolved
+from neurosym.config.schema import Config, save_resolved
 from neurosym.errors import RunDirError, TeacherDownStop
-from neurosym.run import Run
-from neurosym.rundir import RunDir
+from neurosym.run.run import Run
+from neurosym.persist.rundir import RunDir
 from neurosym.runtime import start_runtime
-from neurosym.state import TrainState
-from neurosym.tracking import check_tracking
+from neurosym.persist.state import TrainState
+from neurosym.observe.tracking import check_tracking
 
 
 @dataclass
@@ -113,7 +113,7 @@ def finish(run: Run) -> dict:
 
 
 def last_eval(run: Run) -> dict:
-    from neurosym.events import read_events
+    from neurosym.observe.events import read_events
     evals = [e for e in read_events(run.dir.events) if e.get("kind") == "eval"]
     return evals[-1] if evals else {}
 
@@ -127,7 +127,7 @@ class StopFlag:
     milliseconds later, maybe once this process has left the loop. That copy is no second Ctrl-C: it
     changes nothing, until the process exits (the handlers stay). A real second Ctrl-C makes the
     launcher stop waiting and exit, and this process dies with it (PR_SET_PDEATHSIG,
-    neurosym.distributed)."""
+    neurosym.runtime.accelerate)."""
 
     def __init__(self, launched: bool = False, speaks: bool = True):
         self.requested = False

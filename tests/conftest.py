@@ -16,7 +16,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 from neurosym.testing.openai_server import OpenAIServer  # noqa: E402
-from neurosym.tiny import build_tiny_model  # noqa: E402
+from neurosym.model.tiny import build_tiny_model  # noqa: E402
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ import json
 import pytest
 import yaml
 
-from neurosym.adapters import build_peft_config
-from neurosym.config import ConfigError, LoraConfig, load_config
+from neurosym.model.adapters import build_peft_config
+from neurosym.config.schema import ConfigError, LoraConfig, load_config
 from tests.support.jobs import write_config
 
 

@@ -264,7 +264,7 @@ def test_a_changed_baked_adapter_is_refused(tmp_path, mods):
 
 
 def test_run_directory_is_a_module_source(tmp_path, tiny_model_dir):
-    from neurosym.config import load_config
+    from neurosym.config.schema import load_config
     from neurosym.train import train
     from tests.support.jobs import write_config
     cfg = load_config(write_config(tmp_path, tiny_model_dir, train={"max_steps": 2, "save_every": 2}))
@@ -324,7 +324,7 @@ def test_each_incompatible_pair_is_refused_with_its_reason(tmp_path, mods):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 def test_a_4bit_base_is_refused_clearly_without_cuda(tmp_path, mods):
-    from neurosym.model import ModelError
+    from neurosym.model.load import ModelError
     out = compose([("a", str(mods["a"])), ("b", str(mods["b"]))], "output_sum", tmp_path / "q",
                   quantization="4bit")
     assert read_manifest(out)[1]["base"]["quantization"] == "4bit"

@@ -1,6 +1,6 @@
 import pytest
 
-from neurosym.config import ConfigError, load_config, redact
+from neurosym.config.schema import ConfigError, load_config, redact
 from tests.support.jobs import write_config
 
 

@@ -7,7 +7,7 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llam
                           PreTrainedTokenizerFast)
 
 from neurosym.conn import ConnGate, ConnInputError
-from neurosym.tiny import build_tokenizer
+from neurosym.model.tiny import build_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from transformers import (LlamaConfig, LlamaForCausalLM, LogitsProcessor, Logits
                           PreTrainedTokenizerFast)
 
 from neurosym.conn import ConnGate
-from neurosym.tiny import build_tokenizer
+from neurosym.model.tiny import build_tokenizer
 
 SPECIAL = ["<pad>", "<s>", "</s>", "<unk>"]
 PRINTABLE = [chr(c) for c in range(33, 127)]

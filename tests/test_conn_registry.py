@@ -6,7 +6,7 @@ import pytest
 from neurosym.conn import OPS, ConnGate, ConnInputError, get_op, register, unregister
 from neurosym.conn.expr import Expression, Refused, evaluate, parse_expression
 from neurosym.conn.programs import reverse
-from neurosym.tiny import build_tokenizer
+from neurosym.model.tiny import build_tokenizer
 
 
 @pytest.fixture

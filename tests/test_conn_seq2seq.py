@@ -2,7 +2,7 @@
 from the decoder's first token, the answer is ended, and a row without a trigger is exactly the LM's.
 
 The models are tiny, random and built here (nothing downloaded), over the character-level tokenizer of
-``neurosym.tiny``, a byte-level BPE with multi-digit tokens and a SentencePiece-like one (``▁17``, whose
+``neurosym.model.tiny``, a byte-level BPE with multi-digit tokens and a SentencePiece-like one (``▁17``, whose
 first decoder token writes no space). A processor makes the LM love digits
 (+50 on every token that starts with one): the worst decoder for a gate, the one that extends answers.
 """
@@ -14,7 +14,7 @@ from transformers import (BartConfig, BartForConditionalGeneration, LogitsProces
                           T5Config, T5ForConditionalGeneration)
 
 from neurosym.conn import ConnGate
-from neurosym.tiny import build_tokenizer
+from neurosym.model.tiny import build_tokenizer
 from tests.test_conn_gate_text import byte_level_bpe, sentencepiece_like
 
 

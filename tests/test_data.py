@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from neurosym.config import DataConfig
+from neurosym.config.schema import DataConfig
 from neurosym.data import DataError, EpochSampler, Renderer, collate, load_examples
 from neurosym.data.render import IGNORE
 from tests.support.jobs import write_rows

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from neurosym.config import ConfigError, DataConfig, DataSource, load_config
+from neurosym.config.schema import ConfigError, DataConfig, DataSource, load_config
 from neurosym.data import DataError, load_examples
 from tests.support.jobs import write_config, write_rows
 

@@ -4,8 +4,8 @@ from collections import Counter
 
 import pytest
 
-from neurosym.batches import BatchSource
-from neurosym.config import load_config
+from neurosym.run.batches import BatchSource
+from neurosym.config.schema import load_config
 from neurosym.data import EpochSampler, Example, MixtureSampler, TrainSet, load_examples
 from tests.support.jobs import arithmetic_rows, write_config, write_rows
 

@@ -4,11 +4,11 @@ logits alone."""
 import pytest
 import torch
 
-from neurosym.config import DataConfig
+from neurosym.config.schema import DataConfig
 from neurosym.data import Example, Renderer, forward_inputs, make_micro_batches
 from neurosym.data.batching import collate, pack
 from neurosym.data.render import IGNORE
-from neurosym.preview import preview_lines
+from neurosym.data.preview import preview_lines
 
 CONV = Example((("system", "Be exact."), ("user", "1+1?"), ("assistant", "2"), ("user", "2+2?")), "4")
 
@@ -106,7 +106,7 @@ def test_packed_logits_equal_logits_alone(tokenizer, model, attn):
 
 
 def test_packed_loss_equals_padded_loss(tokenizer, model):
-    from neurosym.losses import token_losses
+    from neurosym.model.losses import token_losses
     model.set_attn_implementation("sdpa")
     r = Renderer(tokenizer, 256, "Add.", "all")  # `all` trains every token: the boundary token must not be
     encs = [r.encode(ex) for ex in _examples(7)]
@@ -192,7 +192,7 @@ def test_examples_a_template_refuses_are_found_before_training(tokenizer):
 
 def test_example_losses_mean_the_same_packed_or_padded(tokenizer, model):
     from neurosym.data.batching import example_losses
-    from neurosym.losses import token_losses
+    from neurosym.model.losses import token_losses
     model.set_attn_implementation("sdpa")
     r = Renderer(tokenizer, 256, "Add.")
     encs = [r.encode(ex) for ex in _examples(6)]

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from neurosym.cli import main
-from neurosym.config import DataConfig
+from neurosym.config.schema import DataConfig
 from neurosym.data import DataError, Renderer, load_examples
 from tests.support.jobs import arithmetic_rows, write_config
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from neurosym.checkpoint import complete_checkpoints, latest_checkpoint
-from neurosym.events import read_events
+from neurosym.persist.checkpoint import complete_checkpoints, latest_checkpoint
+from neurosym.observe.events import read_events
 from tests.support.hybrid import KEY_ENV, Teacher, hybrid_config
 from tests.support.jobs import write_config
 from tests.support.processes import wait_for_step
@@ -255,8 +255,8 @@ def test_a_stuck_teacher_ends_the_run_with_a_message_and_the_checkpoint_resumes(
 # ---- fast: the pieces, without processes ---------------------------------------------------------
 
 def test_global_batch_size_fixes_the_step_whatever_the_number_of_processes(tmp_path, tiny_model_dir):
-    from neurosym.config import load_config
-    from neurosym.run import examples_per_step, total_steps
+    from neurosym.config.schema import load_config
+    from neurosym.run.run import examples_per_step, total_steps
 
     per_device = load_config(write_config(tmp_path, tiny_model_dir, name="a", n_train=20,
                                           train={"max_steps": None, "epochs": 2, "batch_size": 2, "grad_accum": 2}))
@@ -341,7 +341,7 @@ def test_a_user_error_under_two_processes_exits_2_with_its_message(tmp_path, tin
 
 
 def test_fsdp_and_deepspeed_are_refused_with_what_to_do_instead():
-    from neurosym.distributed import _sharding_refused
+    from neurosym.runtime.accelerate import _sharding_refused
 
     assert _sharding_refused("MULTI_GPU", {}) is None and _sharding_refused("MULTI_CPU", {}) is None
     # accelerate on CPU runs an FSDP config as DDP: its launcher's environment still says FSDP

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from neurosym.cli import main
-from neurosym.safe_output import OLD_TAG, TMP_TAG, OutputError, OutputTarget
+from neurosym.persist.safe_output import OLD_TAG, TMP_TAG, OutputError, OutputTarget
 from tests.test_inspect import full_events, make_run, populate_store, write_checkpoint, write_events
 
 

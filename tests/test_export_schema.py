@@ -8,14 +8,14 @@ import math
 import pytest
 
 from neurosym.cli import main
-from neurosym.config import load_config
+from neurosym.config.schema import load_config
 from neurosym.data import Renderer, load_examples
 from neurosym.data.examples import Example
-from neurosym.prompts_history import learned_prompt
+from neurosym.observe.prompt_history import learned_prompt
 from neurosym.remake.export import export_records
 from neurosym.remake.store import RemakeStore
-from neurosym.steps.symbolic import Rewrite
-from neurosym.tiny import build_tokenizer
+from neurosym.updates.symbolic.textgrad_step import Rewrite
+from neurosym.model.tiny import build_tokenizer
 from tests.test_inspect import PROMPTS, full_events, make_run, populate_store, write_checkpoint, write_events
 
 CONFIG_PROMPT = "Add the numbers."

@@ -5,9 +5,9 @@ import os
 import pytest
 
 from neurosym.cli import main
-from neurosym.config import load_config
+from neurosym.config.schema import load_config
 from neurosym.data import load_examples
-from neurosym.events import read_events
+from neurosym.observe.events import read_events
 from neurosym.remake.store import RemakeStore
 from neurosym.train import train
 from tests.support.hybrid import KEY_ENV, Teacher, hybrid_config
@@ -92,7 +92,7 @@ def test_every_fault_is_survived(tmp_path, tiny_model_dir, teacher):
                                     train={"max_steps": 4, "save_every": 2}))
     # step 1: one 429, retried; step 2: 500 twice (retries exhausted) -> LoRA fallback;
     # step 3: a hang twice -> timeout -> fallback; step 4: malformed optimizer answer -> prompt unchanged
-    from neurosym.updates.symbolic import SymbolicUpdate
+    from neurosym.updates.symbolic.update import SymbolicUpdate
     real_work = SymbolicUpdate._work
     faults = {2: ("500", 2, {}), 3: ("hang", 2, {"seconds": 3.0})}
 

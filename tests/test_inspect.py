@@ -12,13 +12,13 @@ import pytest
 
 from tests.support.jobs import write_config
 from neurosym.cli import main
-from neurosym.config import load_config, save_resolved
+from neurosym.config.schema import load_config, save_resolved
 from neurosym.data import load_examples
 from neurosym.data.examples import Example
-from neurosym.prompts_history import format_prompt_history, prompt_history
+from neurosym.observe.prompt_history import format_prompt_history, prompt_history
 from neurosym.remake.store import RemakeStore
-from neurosym.report import draw_report, summarize, write_report
-from neurosym.steps.symbolic import Rewrite
+from neurosym.observe.report import draw_report, summarize, write_report
+from neurosym.updates.symbolic.textgrad_step import Rewrite
 
 PROMPTS = {0: "Add the numbers.", 1: "Add the two numbers and state the sum.",
            2: "Add both numbers; answer as 'The answer is N.'", 3: "You add integers. Reply: The answer is N."}
@@ -156,7 +156,7 @@ def test_report_png_has_every_panel(run, tmp_path, capsys):
 
 
 def test_summary_counts_routes_teacher_and_evals(run):
-    from neurosym.prompts_history import prompt_versions, run_events
+    from neurosym.observe.prompt_history import prompt_versions, run_events
     lines = "\n".join(summarize(run_events(run), prompt_versions(run)))
     assert "steps          40 (last 40)" in lines
     assert "LoRA         34" in lines and "symbolic     4" in lines and "fallbacks    2" in lines
@@ -198,7 +198,7 @@ def test_report_gains_without_predictions_say_so(tmp_path):
 
 
 def test_report_says_a_flat_router_signal_why_prompts_stayed_and_alerts(tmp_path):
-    from neurosym.report import prompt_versions, run_events
+    from neurosym.observe.report import prompt_versions, run_events
     run_dir, _ = make_run(tmp_path)
     records = [{"kind": "train", "step": s, "route": "lora" if s % 2 else "symbolic", "loss": 1.0, "gain": 0.0,
                 "decision": {"route": "lora" if s % 2 else "symbolic", "predicted": {"lora": 0.1 * s, "symbolic": 0.0}},

@@ -13,11 +13,11 @@ import pytest
 
 from classifiers import ROUTERS
 from classifiers.base import BatchStats, Decision, Router
-from neurosym.batches import BatchSource
-from neurosym.config import load_config
+from neurosym.run.batches import BatchSource
+from neurosym.config.schema import load_config
 from neurosym.data import Example
-from neurosym.events import read_events
-from neurosym.schedule import lr_at
+from neurosym.observe.events import read_events
+from neurosym.run.schedule import lr_at
 from neurosym.train import train
 from neurosym.updates import UPDATES, Outcome, Update
 from tests.support.jobs import write_config
@@ -133,7 +133,7 @@ def test_dependencies_point_one_way():
 
 def test_a_verb_imports_only_its_own_stack():
     code = ("import sys; from neurosym.cli import main; rc = main(['conn', 'run', 'add', '12', '30']);"
-            "heavy = [m for m in ('neurosym.train', 'neurosym.run', 'peft', 'textgrad', 'wandb', 'sklearn') "
+            "heavy = [m for m in ('neurosym.train', 'neurosym.run.run', 'peft', 'textgrad', 'wandb', 'sklearn') "
             "if m in sys.modules]; print('HEAVY', heavy); sys.exit(rc)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
@@ -203,8 +203,8 @@ def test_a_resumed_offline_wandb_run_continues_its_steps_and_syncs_as_one(tmp_pa
 
 
 def test_the_gain_can_be_measured_by_loss_and_on_a_schedule(tmp_path, tiny_model_dir, echo_registered, monkeypatch):
-    import neurosym.gain
-    monkeypatch.setattr(neurosym.gain, "answer_examples", lambda *a, **k: pytest.fail("generated for the gain"))
+    import neurosym.run.gain
+    monkeypatch.setattr(neurosym.run.gain, "answer_examples", lambda *a, **k: pytest.fail("generated for the gain"))
     cfg = load_config(write_config(tmp_path, tiny_model_dir, router={"kind": "reward_classifier", "warmup": 2},
                                    reward={"kind": "numeric_match", "gain_from": "loss", "gain_every": 2,
                                            "probe_size": 2},
@@ -233,8 +233,8 @@ def test_gradient_checkpointing_takes_the_same_steps(tmp_path, tiny_model_dir):
 def test_auto_precision_is_bf16_else_fp16_with_a_grad_scaler_on_cuda(monkeypatch):
     import torch
 
-    from neurosym.model import resolve_dtype
-    from neurosym.runtime import LocalRuntime
+    from neurosym.model.load import resolve_dtype
+    from neurosym.runtime.local import LocalRuntime
     cuda = torch.device("cuda", 0)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert resolve_dtype("auto", cuda) is torch.bfloat16

@@ -12,9 +12,9 @@ import pytest
 from neurosym.cli import main
 from neurosym.data import Renderer
 from neurosym.data.examples import Example
-from neurosym.merge import plain_chat_template, set_learned_chat_template, template_with_default_system
-from neurosym.safe_output import OLD_TAG, TMP_TAG
-from neurosym.tiny import build_tokenizer
+from neurosym.model.merge import plain_chat_template, set_learned_chat_template, template_with_default_system
+from neurosym.persist.safe_output import OLD_TAG, TMP_TAG
+from neurosym.model.tiny import build_tokenizer
 from tests.support.jobs import write_config
 
 # What a teacher may write: quotes, backslashes, Jinja delimiters, new lines, non-ASCII.

@@ -9,7 +9,7 @@ import pytest
 
 from monitors import FEATURE_NAMES, GradNormMonitor, LossSlope, MonitorSuite, PlateauDetector, Signals
 from monitors.loss_slope import least_squares_slope
-from neurosym.config import MonitorsConfig
+from neurosym.config.schema import MonitorsConfig
 
 
 def test_slope_of_a_known_line_is_exact():

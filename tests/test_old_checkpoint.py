@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from neurosym.checkpoint import latest_checkpoint
+from neurosym.persist.checkpoint import latest_checkpoint
 from neurosym.cli import main
-from neurosym.events import read_events
+from neurosym.observe.events import read_events
 from neurosym.remake.store import RemakeStore
 from tests.support.hybrid import KEY_ENV, Teacher, hybrid_config
 

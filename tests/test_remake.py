@@ -9,11 +9,11 @@ import textwrap
 
 import pytest
 
-from neurosym.config import DataConfig, DataFields
+from neurosym.config.schema import DataConfig, DataFields
 from neurosym.data import Example, load_examples
 from neurosym.remake import RemakeStore, check_rewrite, export_refined, prompt_key
 from neurosym.remake.guards import final_number, leaks_answer
-from neurosym.steps.symbolic import Rewrite
+from neurosym.updates.symbolic.textgrad_step import Rewrite
 
 
 def ex(prompt, response, source="train.jsonl:1", system=None, history=()):
@@ -148,7 +148,7 @@ def test_store_survives_a_crash_mid_write(tmp_path):
         import os
         from neurosym.data import Example
         from neurosym.remake.store import RemakeStore
-        from neurosym.steps.symbolic import Rewrite
+        from neurosym.updates.symbolic.textgrad_step import Rewrite
         store = RemakeStore({str(db)!r})
         real = RemakeStore._insert
         def insert_then_die(self, cur, *a, **k):

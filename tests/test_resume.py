@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from neurosym.checkpoint import latest_checkpoint
-from neurosym.events import read_events
+from neurosym.persist.checkpoint import latest_checkpoint
+from neurosym.observe.events import read_events
 from tests.support.jobs import write_config
 
 pytestmark = pytest.mark.slow

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from neurosym.config import ConfigError, RewardConfig
+from neurosym.config.schema import ConfigError, RewardConfig
 from neurosym.reward import last_number, make_reward, normalize_text
 
 

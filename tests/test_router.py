@@ -9,7 +9,7 @@ import pytest
 from classifiers import ROUTERS, BatchStats, Decision, RewardRouter, make_router
 from classifiers.base import BATCH_FEATURE_NAMES
 from monitors.signals import FEATURE_NAMES, Signals
-from neurosym.config import RouterConfig
+from neurosym.config.schema import RouterConfig
 
 WORDS = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho "
          "sigma tau upsilon").split()

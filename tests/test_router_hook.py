@@ -5,8 +5,8 @@ import textwrap
 import pytest
 
 from neurosym.cli import main
-from neurosym.config import ConfigError, load_config
-from neurosym.events import read_events
+from neurosym.config.schema import ConfigError, load_config
+from neurosym.observe.events import read_events
 from neurosym.train import train
 from tests.support.hybrid import KEY_ENV, Teacher, hybrid_config
 from tests.support.jobs import write_config

@@ -16,15 +16,15 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from neurosym.checkpoint import complete_checkpoints, latest_checkpoint
+from neurosym.persist.checkpoint import complete_checkpoints, latest_checkpoint
 from neurosym.cli import main
-from neurosym.config import ConfigError, load_config
+from neurosym.config.schema import ConfigError, load_config
 from neurosym.errors import RunDirError
-from neurosym.events import read_events
+from neurosym.observe.events import read_events
 from neurosym.remake.store import RemakeStore
-from neurosym.rundir import RunDir
+from neurosym.persist.rundir import RunDir
 from neurosym.testing.scripted_teacher import Teacher
-from neurosym.tiny import build_tiny_model
+from neurosym.model.tiny import build_tiny_model
 from neurosym.train import train
 from tests.support.hybrid import KEY_ENV, hybrid_config
 from tests.support.jobs import write_config
@@ -78,7 +78,7 @@ def test_resume_applies_a_new_lr(tmp_path, finished):
     assert main(["resume", str(run), "--set", "train.lr=0.05", "--quiet"]) == 0
     cfg = load_config(run / "config.yaml")
     assert cfg.train.lr == 0.05
-    from neurosym.schedule import lr_at
+    from neurosym.run.schedule import lr_at
     assert _events(run)[-1]["lr"] == pytest.approx(lr_at(cfg.train, 4, 4))
 
 
@@ -242,7 +242,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_intact_one(tmp_pat
 
 @pytest.mark.parametrize("policy", ["continue", "stop"])
 def test_a_teacher_that_refuses_for_good_is_said_loudly(tmp_path, tiny_model_dir, teacher, policy, capsys):
-    from neurosym.updates.symbolic import SymbolicUpdate
+    from neurosym.updates.symbolic.update import SymbolicUpdate
     cfg = hybrid_config(tmp_path, tiny_model_dir, teacher, router={"kind": "always_symbolic"},
                         symbolic={"on_teacher_down": policy}, train={"max_steps": 3, "save_every": 100})
     real = SymbolicUpdate._work
@@ -274,7 +274,7 @@ def test_a_teacher_that_refuses_for_good_is_said_loudly(tmp_path, tiny_model_dir
 
 def test_failed_async_updates_are_counted_apart_in_the_summary(tmp_path, tiny_model_dir, teacher, capsys,
                                                               monkeypatch):
-    from neurosym.updates.symbolic import SymbolicUpdate
+    from neurosym.updates.symbolic.update import SymbolicUpdate
     real = SymbolicUpdate._work
 
     def work(self, job, student):

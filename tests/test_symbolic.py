@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from neurosym.config import RewardConfig, SymbolicConfig, TeacherConfig
+from neurosym.config.schema import RewardConfig, SymbolicConfig, TeacherConfig
 from neurosym.data import Example
 from neurosym.remake import prompt_key
 from neurosym.reward import make_reward
-from neurosym.steps.symbolic import EVAL_INSTRUCTION, REWRITE_SYSTEM, symbolic_update
-from neurosym.student import make_student_engine
+from neurosym.updates.symbolic.textgrad_step import EVAL_INSTRUCTION, REWRITE_SYSTEM, symbolic_update
+from neurosym.updates.symbolic.student import make_student_engine
 from neurosym.teacher import BudgetExhausted, TeacherUnavailable, make_teacher
 
 KEY_ENV = "NEUROSYM_TEST_TEACHER_KEY"
@@ -175,7 +175,7 @@ def test_system_prompt_that_states_an_answer_is_refused(student, script, openai_
 def test_a_teacher_that_declines_a_rewrite_is_not_a_fault(student, script, openai_server, tmp_path):
     """The rewrite prompt lets the teacher decline (NO_REWRITE, e.g. a missing fact): counted as declined,
     not malformed; a reply with neither tags nor NO_REWRITE is still malformed."""
-    from neurosym.steps.symbolic import REWRITE_INSTRUCTION
+    from neurosym.updates.symbolic.textgrad_step import REWRITE_INSTRUCTION
     assert "NO_REWRITE" in REWRITE_INSTRUCTION
     teacher = teacher_for(openai_server, tmp_path / "run")
     batch = [q(1, "What is 8 / 2?", "4"), q(2, "What is 9 - 4?", "5")]

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from neurosym.config import load_config
-from neurosym.events import read_events
+from neurosym.config.schema import load_config
+from neurosym.observe.events import read_events
 from neurosym.train import train
 from tests.support.hybrid import KEY_ENV, Teacher, hybrid_config
 

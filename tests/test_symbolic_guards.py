@@ -40,7 +40,7 @@ def test_guard_rewrite_must_keep_numbers_and_names():
 def test_teacher_written_prompts_are_terminal_safe():
     """A prompt with ANSI escapes, a bell, a carriage return or a bidi override prints as visible
     escapes (issue 8: `neurosym prompts` printed them raw); newlines, tabs and text stay as they are."""
-    from neurosym.prompts_history import terminal_safe
+    from neurosym.observe.prompt_history import terminal_safe
     evil = "Solve it.\x1b[2J\x1b]0;pwned\x07\rAnswer:\tnumber\nonly \u202etxt.exe é"
     safe = terminal_safe(evil)
     assert not any(c in safe for c in "\x1b\x07\r\u202e")

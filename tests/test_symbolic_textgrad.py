@@ -7,9 +7,9 @@ import re
 
 import pytest
 
-from neurosym.config import RewardConfig, SymbolicConfig
+from neurosym.config.schema import RewardConfig, SymbolicConfig
 from neurosym.reward import make_reward
-from neurosym.steps.symbolic import UNCHANGED_REASONS, symbolic_update
+from neurosym.updates.symbolic.textgrad_step import UNCHANGED_REASONS, symbolic_update
 from tests.test_symbolic import Script, q, script, student, teacher_for, tiny  # noqa: F401 - fixtures
 
 SIXTY_WORDS = " ".join([

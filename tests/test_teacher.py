@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from neurosym.config import TeacherConfig
+from neurosym.config.schema import TeacherConfig
 from neurosym.teacher import (BudgetExhausted, TeacherConfigError, TeacherUnavailable, TeacherUsage,
                               make_teacher, preflight)
 from neurosym.testing.openai_server import OpenAIServer, count_tokens
@@ -258,7 +258,7 @@ def test_environment_is_never_written(keyed, tmp_path):
 _SCRIPT = r"""
 import json, os, sys
 before = dict(os.environ)
-from neurosym.config import TeacherConfig
+from neurosym.config.schema import TeacherConfig
 from neurosym.teacher import make_teacher, preflight, load_textgrad, TeacherConfigError
 base_url, model, run = sys.argv[1:4]
 cfg = TeacherConfig(model=model, base_url=base_url, api_key_env="NEUROSYM_TEST_TEACHER_KEY", timeout_s=5)
@@ -322,7 +322,7 @@ def test_local_teacher_never_cuts_the_prompt(tiny_model_dir, tmp_path):
 
 def test_local_rendering_without_chat_template():
     from neurosym.teacher.local import render_messages
-    from neurosym.tiny import build_tokenizer
+    from neurosym.model.tiny import build_tokenizer
     msgs = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]
     assert render_messages(build_tokenizer(chat_template=False), msgs) == ("S\n\nU\n", False)
     assert render_messages(build_tokenizer(chat_template=True), msgs) == ("[SYS]S\n[USER]U\n[BOT]", True)

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from neurosym.config import TeacherConfig, redact, redact_url
+from neurosym.config.schema import TeacherConfig, redact, redact_url
 from neurosym.teacher import (Backoff, BudgetExhausted, TeacherConfigError, TeacherUnavailable, make_teacher)
 from neurosym.teacher.errors import TeacherDown
 from neurosym.testing.openai_server import count_tokens
@@ -191,7 +191,7 @@ def test_revoked_key_or_model_mid_run_is_permanent(keyed, tmp_path, fault, kind)
 def test_url_credentials_never_leak(keyed, tmp_path, caplog):
     """The URL's credentials go as HTTP basic auth (as httpx sends them), and appear in no message,
     log line (openai's and httpx's debug logs included), config.yaml, W&B config or run file."""
-    from neurosym.config import Config, save_resolved
+    from neurosym.config.schema import Config, save_resolved
     password, user = "hunter2-Pa55word", "alice-user"
     url = keyed.base_url.replace("http://", f"http://{user}:{password}@")
     keyed.api_key = None   # a proxy taking basic auth

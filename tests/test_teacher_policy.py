@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from neurosym.config import SymbolicConfig, TeacherConfig
+from neurosym.config.schema import SymbolicConfig, TeacherConfig
 from neurosym.teacher import (BudgetExhausted, TeacherConfigError, TeacherUnavailable, check_teacher,
                               make_teacher, resolve_price)
 from neurosym.teacher.availability import TeacherAvailability
@@ -137,7 +137,7 @@ def test_teacher_down_for_good_is_loud_and_can_stop(policy):
 
 
 def test_a_python_teacher_without_a_budget_is_free_and_quiet(caplog):
-    from neurosym.config import TeacherConfig
+    from neurosym.config.schema import TeacherConfig
     from neurosym.teacher.pricing import resolve_price
     cfg = TeacherConfig(provider="python", callable="experiments.testbed.teacher:simulated", model="sim")
     with caplog.at_level("WARNING"):

@@ -74,8 +74,8 @@ def test_bundled_data_is_what_the_generator_writes(tmp_path):
 
 
 def test_testbed_scheme_names_a_missing_student_and_how_to_build_it(monkeypatch, tmp_path):
-    import neurosym.testbed as tb
-    from neurosym.tiny import resolve_tiny
+    import neurosym.model.testbed as tb
+    from neurosym.model.tiny import resolve_tiny
 
     monkeypatch.setattr(tb, "MODELS", {"student": Path("nowhere") / "student"})
     monkeypatch.chdir(tmp_path)
@@ -92,7 +92,7 @@ def test_student_loads_through_from_pretrained_and_follows_format_instructions()
 
     import accuracy as A
     import pretrain as P
-    from neurosym.tiny import resolve_tiny
+    from neurosym.model.tiny import resolve_tiny
 
     path = resolve_tiny("testbed://student", ROOT / ".models")
     assert Path(path) == STUDENT
@@ -118,7 +118,7 @@ def test_hybrid_job_routes_fixes_the_prompt_and_leaks_nothing(tmp_path):
     import accuracy as A
     from experiments.testbed import teacher as T
     from experiments.testbed.compare import bundled_config
-    from neurosym.config import load_config
+    from neurosym.config.schema import load_config
     from neurosym.train import train
 
     cfg = bundled_config()
@@ -169,7 +169,7 @@ def test_a_prompt_that_makes_the_student_worse_is_not_kept(tmp_path):
     import yaml
 
     from experiments.testbed.compare import bundled_config
-    from neurosym.config import load_config
+    from neurosym.config.schema import load_config
     from neurosym.train import train
 
     runs = {}

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from neurosym.config import ConfigError, SymbolicConfig, TeacherConfig, load_config
+from neurosym.config.schema import ConfigError, SymbolicConfig, TeacherConfig, load_config
 from neurosym.data import Example
 from neurosym.reward import ExactMatch
-from neurosym.steps.symbolic import symbolic_update
+from neurosym.updates.symbolic.textgrad_step import symbolic_update
 from neurosym.teacher import (BudgetExhausted, TeacherConfigError, TeacherUnavailable, load_textgrad,
                               make_teacher)
 

@@ -4,9 +4,9 @@ import json
 import pytest
 import torch
 
-from neurosym.checkpoint import complete_checkpoints, latest_checkpoint
-from neurosym.config import load_config
-from neurosym.events import read_events
+from neurosym.persist.checkpoint import complete_checkpoints, latest_checkpoint
+from neurosym.config.schema import load_config
+from neurosym.observe.events import read_events
 from neurosym.errors import RunDirError
 from neurosym.train import train
 from tests.support.jobs import write_config
@@ -93,7 +93,7 @@ def test_wandb_offline_files(tmp_path, tiny_model_dir, monkeypatch):
 
 
 def test_crash_during_save_leaves_previous_checkpoint(tmp_path, tiny_model_dir, monkeypatch):
-    import neurosym.checkpoint as ck
+    import neurosym.persist.checkpoint as ck
     cfg = load_config(write_config(tmp_path, tiny_model_dir, train={"max_steps": 6, "save_every": 2}))
     real, calls = ck.save_tree, {"n": 0}
 
@@ -138,7 +138,7 @@ def test_resume_detects_lr_mismatch(tmp_path, tiny_model_dir):
 def test_qlora_without_cuda_fails_clearly(tmp_path, tiny_model_dir):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    from neurosym.model import ModelError
+    from neurosym.model.load import ModelError
     cfg = load_config(write_config(tmp_path, tiny_model_dir, model={"quantization": "4bit"}))
     with pytest.raises(ModelError, match="needs a CUDA GPU"):
         train(cfg, quiet=True)

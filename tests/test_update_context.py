@@ -7,9 +7,9 @@ import textwrap
 
 import pytest
 
-from neurosym.config import load_config
-from neurosym.events import read_events
-from neurosym.gain import GainProbe
+from neurosym.config.schema import load_config
+from neurosym.observe.events import read_events
+from neurosym.run.gain import GainProbe
 from neurosym.train import train
 from neurosym.updates import UPDATES, UpdateContext
 from tests.support.hybrid import KEY_ENV, Teacher, hybrid_config

@@ -63,7 +63,7 @@ def score(rows: list[dict], outputs: list[str]) -> dict[str, float]:
 def load_base(name_or_path: str = "testbed://student"):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from neurosym.tiny import resolve_tiny
+    from neurosym.model.tiny import resolve_tiny
 
     path = resolve_tiny(name_or_path, Path(".models"))
     torch.manual_seed(0)
@@ -82,9 +82,9 @@ def prompt_at(run_dir: Path, step: int) -> Optional[str]:
 
 def load_run(run_dir: Path, checkpoint: Optional[str] = None):
     """(model with the checkpoint's adapter, tokenizer, system prompt at that step, config)."""
-    from neurosym.checkpoint import find_checkpoint
-    from neurosym.config import load_config
-    from neurosym.model import load_with_adapter
+    from neurosym.persist.checkpoint import find_checkpoint
+    from neurosym.config.schema import load_config
+    from neurosym.model.load import load_with_adapter
 
     cfg = load_config(run_dir / "config.yaml", check_files=False)
     ckpt = find_checkpoint(run_dir, checkpoint)

@@ -36,7 +36,7 @@ from experiments.testbed import accuracy as A  # noqa: E402
 
 
 def run(kind: str, steps: int, out: Path, gain_from: str = "reward", gain_every: int = 1) -> list[dict]:
-    from neurosym.config import load_config
+    from neurosym.config.schema import load_config
     from neurosym.train import train
 
     from experiments.testbed.compare import bundled_config
@@ -64,7 +64,7 @@ def lora_step_times(events: list[dict]) -> tuple[list[float], list[float]]:
 def generation_times(n_rounds: int = 3) -> tuple[float, float]:
     """(per-example greedy, batched greedy) seconds for the routed batch + probe (16 examples)."""
     from neurosym.data import Example
-    from neurosym.student import make_student_engine
+    from neurosym.updates.symbolic.student import make_student_engine
 
     model, tok = A.load_base()
     rows = A.read_rows(HERE / "data" / "train.jsonl")[:8] + A.read_rows(HERE / "data" / "probe.jsonl")

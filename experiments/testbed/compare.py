@@ -93,7 +93,7 @@ def matched_p(seed: int, steps: int, n_symbolic: int) -> float:
 
 
 def run_arm(data, arm, seed, noise, steps, every, out, p_random=0.5) -> Path:
-    from neurosym.config import load_config
+    from neurosym.config.schema import load_config
     from neurosym.train import train
 
     out.mkdir(parents=True, exist_ok=True)

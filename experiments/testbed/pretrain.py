@@ -32,7 +32,7 @@ SPEC = {"world_seed": 0, "seed": 0, "hidden_size": 128, "intermediate_size": 256
 def build(spec: dict):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from neurosym.tiny import build_tokenizer
+    from neurosym.model.tiny import build_tokenizer
 
     tok = build_tokenizer(chat_template=True)
     cfg = LlamaConfig(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,

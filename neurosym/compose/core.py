@@ -42,7 +42,7 @@ def plan(adapters: list[tuple[str, str]], method: str, weights: Optional[dict] =
 def _base_model(base: BaseRef, device=None, quantization: Optional[str] = None):
     import torch
 
-    from neurosym.model import check_quantization, load_base_model, load_tokenizer, pick_device
+    from neurosym.model.load import check_quantization, load_base_model, load_tokenizer, pick_device
 
     model_cfg = base.model_config(**({"quantization": quantization} if quantization else {}))
     if model_cfg.quantization == "4bit" and not torch.cuda.is_available():

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from neurosym.model import ModelError
+from neurosym.model.load import ModelError
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -33,7 +33,7 @@ class BaseRef:
     trust_remote_code: bool = False
 
     def model_config(self, **update):
-        from neurosym.config import ModelConfig
+        from neurosym.config.schema import ModelConfig
         fields = dict(name_or_path=self.name_or_path, revision=self.revision, quantization=self.quantization,
                       dtype=self.dtype, trust_remote_code=self.trust_remote_code)
         fields.update(update)
@@ -98,7 +98,7 @@ def file_hashes(adapter_dir: Path) -> dict:
 
 
 def _run_model(run_dir: Path) -> BaseRef:
-    from neurosym.config import load_config
+    from neurosym.config.schema import load_config
 
     m = load_config(run_dir / "config.yaml", check_files=False).model
     return BaseRef(m.name_or_path, m.revision, m.quantization, m.dtype, m.trust_remote_code)
@@ -106,7 +106,7 @@ def _run_model(run_dir: Path) -> BaseRef:
 
 def resolve(name: str, path: str, weight: float = 1.0) -> AdapterSource:
     """One module from a run directory (its newest complete checkpoint), a checkpoint or a PEFT folder."""
-    from neurosym.checkpoint import latest_checkpoint
+    from neurosym.persist.checkpoint import latest_checkpoint
 
     if not _NAME.match(name):
         raise ComposeError(f"--adapter {name}={path}: the name must start with a letter and hold only letters, "

@@ -248,7 +248,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         return _usage(f"--conn: unknown operation(s) {', '.join(unknown)}; choose from {', '.join(OPS)}, "
                       "'all' or 'none' (register your own with --ops-module)")
 
-    from neurosym.model import ModelError
+    from neurosym.model.load import ModelError
     try:
         model, tokenizer = load_model(args.model, args.adapter, args.device)
     except (OSError, ValueError, ImportError, ModelError) as err:

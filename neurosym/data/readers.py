@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from neurosym.config import looks_like_dataset_id
+from neurosym.config.schema import looks_like_dataset_id
 from neurosym.data.errors import DataError
 
 _GZIP, _BZ2, _XZ, _ZSTD = b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd"

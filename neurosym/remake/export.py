@@ -17,11 +17,11 @@ Schemas (``schema=``, ``neurosym export --schema``):
 The TRL schemas carry no provenance columns (a dataset of exactly the keys SFTTrainer reads).
 
 System prompt: a row whose example has its own system message keeps it; every other row gets
-``system`` (the run's learned prompt, :func:`neurosym.prompts_history.learned_prompt`) — the prompt
+``system`` (the run's learned prompt, :func:`neurosym.observe.prompt_history.learned_prompt`) — the prompt
 the adapter was trained under, which the renderer put in front of those examples during training.
 
 Formats: ``jsonl``, ``parquet`` (``datasets.Dataset.to_parquet``), ``hf`` (a ``save_to_disk`` folder).
-Every output goes through :class:`neurosym.safe_output.OutputTarget`: an existing target is refused
+Every output goes through :class:`neurosym.persist.safe_output.OutputTarget`: an existing target is refused
 unless ``overwrite``, never inside a run directory, written to a temporary sibling and renamed.
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Iterable, Literal, Optional
 
 from neurosym.data.examples import Example
-from neurosym.safe_output import OutputTarget
+from neurosym.persist.safe_output import OutputTarget
 
 from .store import PROVENANCE, RemakeStore
 
@@ -120,7 +120,7 @@ def export_refined(store: Optional[RemakeStore], train_examples: Iterable[Exampl
     :param overwrite: replace an existing non-empty ``out``.
     :param protect: paths read from (the run directory, data files) that ``out`` may not touch; the
         store's file always is, and so is any folder that looks like a run directory.
-    :raises neurosym.safe_output.OutputError: ``out`` may not be written.
+    :raises neurosym.persist.safe_output.OutputError: ``out`` may not be written.
     :raises ValueError: nothing to write to parquet/hf (they need at least one row to have columns).
     """
     if fmt not in FORMATS:

@@ -110,7 +110,7 @@ class RemakeStore:
     def add(self, rewrites: Iterable[Any], step: int, prompt_version: Optional[int] = None,
             teacher_model: Optional[str] = None) -> list[Example]:
         """Store ``rewrites`` (objects with ``.example``, ``.parent``, ``.feedback``, e.g.
-        :class:`~neurosym.steps.symbolic.Rewrite`) in one transaction; returns the stored examples,
+        :class:`~neurosym.updates.symbolic.textgrad_step.Rewrite`) in one transaction; returns the stored examples,
         each with ``source="remake:<id>"`` and provenance in ``meta``. All or nothing."""
         rewrites = list(rewrites)
         if not rewrites:

@@ -26,7 +26,7 @@ from .pricing import ResolvedPrice, resolve_price
 from .tg import load_textgrad, route_textgrad_log
 
 if TYPE_CHECKING:  # pragma: no cover
-    from neurosym.config import TeacherConfig
+    from neurosym.config.schema import TeacherConfig
 
     from .base import CachedTeacher, TeacherReply
     from .engine import OpenAITeacher

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from neurosym.config import TeacherConfig
+from neurosym.config.schema import TeacherConfig
 
 from .accounting import TeacherUsage, UsageMeter
 from .cache import CACHE_FILENAME, ResponseCache, cache_key

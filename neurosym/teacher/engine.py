@@ -40,7 +40,7 @@ from typing import Any, Callable, Optional
 import httpx
 import openai
 
-from neurosym.config import TeacherConfig, redact_url, url_secrets
+from neurosym.config.schema import TeacherConfig, redact_url, url_secrets
 
 from .apikey import read_api_key, redact
 from .base import CachedTeacher, Completion

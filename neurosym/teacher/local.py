@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any, Optional
 
-from neurosym.config import TeacherConfig
+from neurosym.config.schema import TeacherConfig
 
 from .base import CachedTeacher, Completion, teacher_dir
 from .errors import TeacherConfigError, TeacherUnavailable
@@ -33,7 +33,7 @@ def render_messages(tokenizer: Any, messages: list[dict]) -> tuple[str, bool]:
 
 def resolve_model_path(model: str, run_dir: str | Path) -> str:
     """Map ``tiny://<preset>`` to a model built under ``<run_dir>/teacher/models``; others pass through."""
-    from neurosym.tiny import TINY_SCHEME, resolve_tiny
+    from neurosym.model.tiny import TINY_SCHEME, resolve_tiny
 
     if model.startswith(TINY_SCHEME):
         return resolve_tiny(model, teacher_dir(run_dir) / "models")

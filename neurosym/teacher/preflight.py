@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
-from neurosym.config import TeacherConfig
+from neurosym.config.schema import TeacherConfig
 
 from .apikey import read_api_key, redact
 from .errors import TeacherConfigError
@@ -41,7 +41,7 @@ def preflight(cfg: TeacherConfig, *, timeout_s: Optional[float] = None) -> Prefl
 
 
 def _preflight_local(cfg: TeacherConfig) -> PreflightResult:
-    from neurosym.tiny import TINY_SCHEME
+    from neurosym.model.tiny import TINY_SCHEME
 
     t0 = time.monotonic()
     note = ""
@@ -79,7 +79,7 @@ def _preflight_openai(cfg: TeacherConfig, timeout_s: Optional[float]) -> Preflig
 
     from .protocol import OPENAI_URL
 
-    from neurosym.config import redact_url, url_secrets
+    from neurosym.config.schema import redact_url, url_secrets
 
     from .protocol import _check_saved_url, _client
 

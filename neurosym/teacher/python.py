@@ -20,9 +20,9 @@ import inspect
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from neurosym.config import TeacherConfig
+from neurosym.config.schema import TeacherConfig
 
-from neurosym.imports import load_object
+from neurosym.plugins import load_object
 
 from .base import CachedTeacher, Completion
 from .errors import TeacherConfigError, TeacherError, TeacherUnavailable

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from neurosym.steps.symbolic import REWRITE_SYSTEM, REWRITE_TAGS
+from neurosym.updates.symbolic.textgrad_step import REWRITE_SYSTEM, REWRITE_TAGS
 from neurosym.testing.openai_server import default_responder
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from neurosym.updates.base import Changes, Landing, Outcome, Update, UpdateContext
 from neurosym.updates.follower import Follower, outcome_as_dict, outcome_from_dict
 from neurosym.updates.lora import LoraUpdate
-from neurosym.updates.symbolic import SymbolicUpdate
+from neurosym.updates.symbolic.update import SymbolicUpdate
 
 UPDATES: dict[str, type[Update]] = {
     "lora": LoraUpdate,

@@ -21,7 +21,7 @@ from typing import Any, Callable, ClassVar, Optional
 class UpdateContext:
     """What an update may read or call. Values that change during a run are callables."""
     cfg: Any                                  # the job's config (read only)
-    run_dir: Any                              # neurosym.rundir.RunDir: the paths an update may write
+    run_dir: Any                              # neurosym.persist.rundir.RunDir: the paths an update may write
     model: Any
     tokenizer: Any
     optimizer: Any
@@ -42,7 +42,7 @@ class Changes:
     """What an update proposes beyond the weights; ``Run.apply_changes`` validates and applies it."""
     system_prompt: Optional[str] = None       # a new system prompt (None: keep the current one)
     unchanged_reason: Optional[str] = None    # why no new prompt was proposed
-    rewrites: list = field(default_factory=list)  # refined examples (neurosym.steps.symbolic.Rewrite)
+    rewrites: list = field(default_factory=list)  # refined examples (neurosym.updates.symbolic.textgrad_step.Rewrite)
     teacher_model: Optional[str] = None       # provenance of the rewrites
 
 

@@ -14,7 +14,7 @@ import torch
 from neurosym.data.batching import example_losses as per_example_losses
 from neurosym.data.render import IGNORE
 from neurosym.errors import TrainingDiverged
-from neurosym.losses import encode_batches, token_losses
+from neurosym.model.losses import encode_batches, token_losses
 from neurosym.updates.base import Outcome, Update
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from neurosym.events import read_events
+from neurosym.observe.events import read_events
 
 
 def wait_for_step(events: Path, proc, step: int, timeout: float = 300.0) -> int:

@@ -1,0 +1,166 @@
+"""Loading the base model and tokenizer, and putting a LoRA (or QLoRA) adapter on it."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from neurosym.errors import UserError
+from neurosym.model.tiny import resolve_tiny
+
+log = logging.getLogger(__name__)
+
+
+class ModelError(UserError, RuntimeError):
+    """The model cannot be loaded as configured; the message says how to fix it."""
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":  # bf16 on a GPU that has it; fp16 (with a GradScaler, see runtime) on one that has not
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def model_source(model_cfg, cache_dir: Path) -> str:
+    return resolve_tiny(model_cfg.name_or_path, cache_dir)
+
+
+def load_tokenizer(model_cfg, cache_dir: Path):
+    from transformers import AutoTokenizer
+
+    src = model_source(model_cfg, cache_dir)
+    try:
+        tok = AutoTokenizer.from_pretrained(src, trust_remote_code=model_cfg.trust_remote_code,
+                                            revision=model_cfg.revision)
+    except (OSError, ValueError) as exc:
+        raise ModelError(_load_hint(model_cfg.name_or_path, exc)) from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _load_hint(name: str, exc: Exception) -> str:
+    return (f"could not load model.name_or_path={name!r}: {str(exc).splitlines()[0]}\n"
+            f"  No network or no access to the Hugging Face hub? Use a local folder, or run the offline "
+            f"example: neurosym train experiments/tiny.yaml")
+
+
+def load_base_model(model_cfg, cache_dir: Path, device: torch.device):
+    from transformers import AutoModelForCausalLM
+
+    dtype = resolve_dtype(model_cfg.dtype, device)
+    kwargs = dict(trust_remote_code=model_cfg.trust_remote_code, revision=model_cfg.revision, dtype=dtype)
+    if model_cfg.quantization == "4bit":
+        kwargs["quantization_config"] = qlora_config(dtype)
+        # the process's own GPU (several processes: accelerate made it the current device of each)
+        kwargs["device_map"] = {"": device.index if device.index is not None else torch.cuda.current_device()}
+    src = model_source(model_cfg, cache_dir)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(src, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelError(_load_hint(model_cfg.name_or_path, exc)) from None
+    if model_cfg.quantization == "4bit":
+        from peft import prepare_model_for_kbit_training
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    else:
+        model.to(device)
+    return model, dtype
+
+
+def check_quantization(model_cfg) -> None:
+    """Fail early (before any download) when 4-bit cannot work on this machine."""
+    if model_cfg.quantization != "4bit":
+        return
+    if not torch.cuda.is_available():
+        raise ModelError("model.quantization: 4bit (QLoRA) needs a CUDA GPU: bitsandbytes NF4 kernels do not run "
+                         "on CPU. Set model.quantization: none, or run on a machine with a GPU.")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ModelError("model.quantization: 4bit needs bitsandbytes: pip install 'neurosym[qlora]'") from None
+
+
+def qlora_config(compute_dtype: torch.dtype):
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute_dtype if compute_dtype != torch.float32 else torch.bfloat16)
+
+
+def add_lora(model, lora_cfg):
+    from peft import get_peft_model
+
+    from neurosym.model.adapters import build_peft_config  # LoRA (DoRA, rsLoRA) or (IA)3
+
+    config = build_peft_config(lora_cfg, model)
+    try:
+        return get_peft_model(model, config)
+    except ValueError as exc:
+        if "target" not in str(exc).lower():
+            raise
+        names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise ModelError(f"lora.target_modules {lora_cfg.target_modules!r} matches no layer of this model. Its "
+                         f"linear layers are: {', '.join(names)} (or use all-linear).") from None
+
+
+def load_for_training(cfg, cache_dir: Path):
+    """Base model + fresh LoRA adapter, on the best device. The LoRA init uses the torch RNG."""
+    check_quantization(cfg.model)
+    device = pick_device()
+    tokenizer = load_tokenizer(cfg.model, cache_dir)
+    model, dtype = load_base_model(cfg.model, cache_dir, device)
+    if cfg.train.gradient_checkpointing:
+        # recompute activations in backward: memory for time; inputs must require grad for PEFT's frozen base
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    model = add_lora(model, cfg.lora)
+    return model, tokenizer, device, dtype
+
+
+def base_identity(model, model_cfg) -> dict:
+    """What the adapter was trained on: the base's name, revision, a hash of its architecture config
+    and a fingerprint of its frozen weights (a few tensors' leading values), so that a resume or a
+    composition onto another base of the same shapes is caught."""
+    import hashlib
+    import json
+
+    conf = model.config.to_dict() if hasattr(model, "config") else {}
+    conf = {k: v for k, v in conf.items() if k not in {"_name_or_path", "transformers_version", "torch_dtype",
+                                                       "dtype", "use_cache", "quantization_config"}}
+    frozen = [(n, p) for n, p in model.named_parameters() if not p.requires_grad]
+    h = hashlib.sha256()
+    for name, p in frozen[:3] + frozen[-1:]:
+        h.update(name.encode())
+        h.update(p.detach().reshape(-1)[:4096].float().cpu().numpy().tobytes())
+    return {"name_or_path": model_cfg.name_or_path, "revision": model_cfg.revision,
+            "config_sha256": hashlib.sha256(json.dumps(conf, sort_keys=True, default=str).encode()).hexdigest()[:16],
+            "weights_sha256": h.hexdigest()[:16]}
+
+
+def identity_mismatch(saved: dict, current: dict) -> str:
+    """Why two base identities differ ('' if they match; a moved folder with the same weights matches)."""
+    if not saved:
+        return ""
+    for key, what in (("config_sha256", "architecture config"), ("weights_sha256", "weights")):
+        if saved.get(key) != current.get(key):
+            return f"its {what} differ: trained on {saved.get('name_or_path')}"
+    return ""
+
+
+def load_with_adapter(cfg, cache_dir: Path, adapter_dir: Path, trainable: bool = False):
+    """Base model + a saved adapter (eval, merge, generate)."""
+    from peft import PeftModel
+
+    check_quantization(cfg.model)
+    device = pick_device()
+    tokenizer = load_tokenizer(cfg.model, cache_dir)
+    model, dtype = load_base_model(cfg.model, cache_dir, device)
+    model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
+    return model, tokenizer, device, dtype

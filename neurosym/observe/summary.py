@@ -1,0 +1,36 @@
+"""What a finished run prints: eval before -> after, steps by route (failed updates apart), prompt
+versions and refined examples. Read from the run directory, so `train` and `resume` agree."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from neurosym.observe.events import read_events
+
+
+def summary_lines(run_dir: Path, state, stop_reason: Optional[str] = None) -> list[str]:
+    events = read_events(Path(run_dir) / "events.jsonl") if (Path(run_dir) / "events.jsonl").exists() else []
+    routes = []
+    for route, n in sorted(state.steps_by_route.items(), key=lambda kv: kv[0] != "lora"):
+        ok, failed = state.ok_by_route.get(route, 0), state.failed_by_route.get(route, 0)
+        extra = f" ({ok} applied, {failed} failed: their batches took LoRA steps)" if failed else ""
+        routes.append(f"{n} {'LoRA' if route == 'lora' else route}{extra}")
+    lines = [f"done: {state.step} steps ({', '.join(routes) or 'none'})" + (f"; {stop_reason}" if stop_reason else "")]
+    evals = [e for e in events if e.get("kind") == "eval"]
+    for key, name in (("eval_loss", "eval loss"), ("eval_reward", "eval reward")):
+        vals = [e[key] for e in evals if isinstance(e.get(key), (int, float))]
+        if vals:
+            lines.append(f"  {name:<12} {vals[0]:.4f} -> {vals[-1]:.4f}" if len(vals) > 1 else f"  {name:<12} {vals[-1]:.4f}")
+    versions = [e for e in events if e.get("kind") == "prompt"]
+    if len(versions) > 1:
+        lines.append(f"  prompt       {len(versions) - 1} new version(s); now v{versions[-1]['version']}: "
+                     f"{(versions[-1]['text'] or '')[:100]!r}")
+    refined = sum(e.get("symbolic", {}).get("accepted", 0) for e in events
+                  if e.get("kind") in ("train", "symbolic") and isinstance(e.get("symbolic"), dict))
+    if refined:
+        lines.append(f"  refined      {refined} rewritten example(s) in remake.sqlite (neurosym export {run_dir})")
+    alerts = [e["text"] for e in events if e.get("kind") == "alert"]
+    for text in alerts[:3]:
+        lines.append(f"  warning      {text}")
+    lines.append(f"  run directory {run_dir}")
+    return lines
