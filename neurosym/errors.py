@@ -25,5 +25,10 @@ class TeacherDownStop(UserError, RuntimeError):
     """The teacher refused for good (401/403/404) and ``symbolic.on_teacher_down: stop`` was asked for."""
 
 
+class CheckpointSaveFailed(UserError, RuntimeError):
+    """A checkpoint could not be written (disk full, quota, read-only disk): the message names the step,
+    the last good checkpoint (earlier ones are intact) and how to resume once the disk is fixed."""
+
+
 def is_user_error(exc: BaseException) -> bool:
     return isinstance(exc, (UserError, FileNotFoundError))

@@ -65,6 +65,11 @@ def train(cfg: Config, resume: bool = False, quiet: Optional[bool] = None, chang
             if run.state.step >= run.total_steps:
                 run.recorder.message(f"run already finished at step {run.state.step}; nothing to do")
                 return Outcome(run_dir.path, run.state, False, {}, "finished")
+            stopped = run.state.early_stop_on_resume(changed_keys)  # saved in the checkpoint it stopped at
+            if stopped:
+                run.recorder.message(stopped)
+                if run.state.stop_reason:  # not lifted by --set train.early_stopping_*
+                    return Outcome(run_dir.path, run.state, False, {}, run.state.stop_reason)
             if run.state.step == 0 and run.eval_set:
                 run.evaluate()                              # the "before" of the before -> after
             # the handlers stay through the final save: a launcher passes a stop on to its processes

@@ -159,7 +159,7 @@ def test_source_list_errors_name_the_item_line_and_fix(tmp_path, tiny_model_dir)
     assert "c.yaml:5: unknown key `data.train.0.wieght`. Did you mean `data.train.0.weight`?" in msg
     assert "c.yaml:6: `data.train.1.weight`" in msg and "valid string" not in msg  # no union noise
     (tmp_path / "c.yaml").write_text(text.replace("wieght", "weight").replace(".inf", "1"))
-    with pytest.raises(ConfigError, match="`data.train` points to a missing file: .*b.jsonl"):
+    with pytest.raises(ConfigError, match="c.yaml:7: `data.train.2.path` points to a missing file: .*b.jsonl"):
         load_config(tmp_path / "c.yaml")
     (tmp_path / "c.yaml").write_text(text.replace("wieght", "weight").replace(".inf", "1").replace("b.jsonl", "a.jsonl"))
     cfg = load_config(tmp_path / "c.yaml")

@@ -104,7 +104,8 @@ def test_crash_during_save_leaves_previous_checkpoint(tmp_path, tiny_model_dir, 
         return real(obj, stem)
 
     monkeypatch.setattr(ck, "save_tree", failing)
-    with pytest.raises(OSError):
+    from neurosym.errors import CheckpointSaveFailed
+    with pytest.raises(CheckpointSaveFailed, match="could not save the checkpoint of step 4"):
         train(cfg, quiet=True)
     assert [c.name for c in complete_checkpoints(cfg.run_dir)] == ["step-2"]
     assert not (cfg.run_dir / "checkpoints" / "step-4").exists()

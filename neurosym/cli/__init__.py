@@ -114,8 +114,19 @@ def _report(outcome) -> int:
 
 
 def cmd_validate(args) -> int:
-    from neurosym.data import load_examples
+    from neurosym.data import DataError, load_examples
     cfg = _load(args.config, args.set)
+    loaded, bad = {}, []
+    for split in ("train", "eval"):  # every split read before a word is said: one error names every bad source
+        path = getattr(cfg.data, split)
+        if not path:
+            continue
+        try:
+            loaded[split] = load_examples(path, cfg.data)
+        except DataError as exc:
+            bad.append(str(exc))  # the message train gives, file:line first
+    if bad:
+        raise DataError("\n".join(bad))
     print(f"config OK: {args.config}")
     print(f"  model      {cfg.model.name_or_path} (quantization {cfg.model.quantization}, dtype {cfg.model.dtype})")
     print(f"  lora       r={cfg.lora.r} alpha={cfg.lora.alpha} dropout={cfg.lora.dropout} "
@@ -124,11 +135,7 @@ def cmd_validate(args) -> int:
     print(f"  train      batch {cfg.train.batch_size} x accum {cfg.train.grad_accum}, lr {cfg.train.lr}, "
           f"{cfg.train.scheduler}, {steps}")
     print(f"  router     {cfg.router.kind}; tracking {cfg.tracking.resolved_mode()}; run dir {cfg.run_dir}")
-    for split in ("train", "eval"):
-        path = getattr(cfg.data, split)
-        if not path:
-            continue
-        examples, report = load_examples(path, cfg.data)
+    for split, (examples, report) in loaded.items():
         kinds = ", ".join(f"{k} {v}" for k, v in sorted(report.formats.items()))
         print(f"  data.{split:<5} {len(examples)} examples ({kinds}), {report.skipped} skipped: {report.path}")
         if len(report.sources) > 1:

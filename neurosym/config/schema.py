@@ -562,15 +562,21 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple = (), chec
     except ValidationError as err:
         raise ConfigError(f"invalid config {path}:\n" + _format_errors(err, str(path), lines, overridden)) from None
     if check_files:
-        paths = [("train", s.path) for s in cfg.data.sources("train")]
-        paths += [("eval", s.path) for s in cfg.data.sources("eval")] + [("probe", cfg.reward.probe)]
-        for key, value in paths:
+        # (section, key, index in a list of sources or None, path)
+        paths = [("data", split, i if isinstance(getattr(cfg.data, split), list) else None, s.path)
+                 for split in ("train", "eval") for i, s in enumerate(cfg.data.sources(split))]
+        paths.append(("reward", "probe", None, cfg.reward.probe))
+        missing = []  # every missing path in one message, not the first one per run
+        for section, key, i, value in paths:
             if value and not Path(value).exists() and not (key != "probe" and looks_like_dataset_id(value)):
-                section = "reward" if key == "probe" else "data"
                 loc = (section, key)
-                where = f"--set {overridden[loc]}" if loc in overridden else f"{path}:{lines.get(loc, '?')}"
-                raise ConfigError(f"{where}: `{section}.{key}` points to a missing file: {value}\n"
-                                  f"  Paths are relative to the config file's folder ({base}).")
+                line = lines.get(loc + (str(i), "path"), lines.get(loc + (str(i),))) if i is not None else None
+                where = (f"--set {overridden[loc]}" if loc in overridden
+                         else f"{path}:{line or lines.get(loc, '?')}")
+                name = f"{section}.{key}" + (f".{i}.path" if i is not None else "")  # as the schema errors say
+                missing.append(f"{where}: `{name}` points to a missing file: {value}")
+        if missing:
+            raise ConfigError("\n".join(missing) + f"\n  Paths are relative to the config file's folder ({base}).")
     return cfg
 
 

@@ -220,7 +220,12 @@ class LoadReport:
     sources: list = field(default_factory=list)  # per source: {path, loaded, skipped, weight}
 
 
+SKIP_HINT = "(set data.on_error: skip to skip bad lines and count them)"
+
+
 def _load_one(src, on_error: str, report: LoadReport) -> list[Example]:
+    """The examples of one source. ``raise``: its first bad record raises (file:line); the caller
+    reads on the other sources to report theirs in the same message."""
     examples, skipped = [], 0
     for loc, raw in iter_rows(src):
         if raw is None:  # blank line
@@ -232,7 +237,7 @@ def _load_one(src, on_error: str, report: LoadReport) -> list[Example]:
         except DataError as exc:
             msg = f"{loc}: {exc}"
             if on_error == "raise":
-                raise DataError(msg + "\n  (set data.on_error: skip to skip bad lines and count them)") from None
+                raise _BadRecord(msg) from None
             skipped += 1
             if len(report.errors) < 20:
                 report.errors.append(msg)
@@ -244,24 +249,38 @@ def _load_one(src, on_error: str, report: LoadReport) -> list[Example]:
     report.skipped += skipped
     report.sources.append({"path": source_name(src), "loaded": len(examples), "skipped": skipped, "weight": src.weight})
     if not examples:
+        first = next((e for e in report.errors if e.startswith(str(src.path))), None)
         raise DataError(f"{source_name(src)}: no usable examples ({skipped} skipped)"
-                        + (f"; first: {report.errors[0]}" if report.errors else ""))
+                        + (f"; first: {first}" if first else ""))
     return examples
+
+
+class _BadRecord(DataError):
+    """A bad record under ``on_error: raise`` (the skip hint is added once, to the whole message)."""
 
 
 def load_examples(spec, data_cfg, on_error: Optional[str] = None) -> tuple[TrainSet, LoadReport]:
     """Parse every record of a split: a path, a ``DataSource`` or a list of them (``data.train``).
 
-    ``on_error=raise`` stops at the first bad record with file:line; ``skip`` skips and counts it.
+    ``on_error=raise`` stops each source at its first bad record (file:line); ``skip`` skips and counts
+    it. Every source is read, and one :class:`DataError` names every bad one (not the first per run).
     `validate`, `preview`, `train` and `eval` all read through here, so they agree on what is usable.
     """
     on_error = on_error or data_cfg.on_error
     sources = data_cfg.resolve(spec)
     report = LoadReport(", ".join(source_name(s) for s in sources))
     out = TrainSet()
+    bad, records = [], False
     for src in sources:
         start = len(out)
-        out.extend(_load_one(src, on_error, report))
+        try:
+            out.extend(_load_one(src, on_error, report))
+        except DataError as exc:
+            bad.append(str(exc))
+            records = records or isinstance(exc, _BadRecord)
+            continue
         out.parts.append((start, len(out), src.weight, source_name(src)))
+    if bad:
+        raise DataError("\n".join(bad) + (f"\n  {SKIP_HINT}" if records else ""))
     report.loaded = len(out)
     return out, report

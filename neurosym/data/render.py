@@ -5,6 +5,10 @@ The prompt part (system prompt, earlier turns, the user's prompt, the assistant 
 rendered by ``apply_chat_template(..., add_generation_prompt=True)``; without one by a plain
 "System:/User:/Assistant:" layout. `neurosym preview` prints exactly this split.
 
+A text is cut to ``max_length`` (the prompt keeps its end, the response its start) without being
+tokenized whole: a long one is tokenized by windows from the kept end, so one 50 MB line costs
+what its kept tokens cost (``Renderer._ids``).
+
 ``train_on`` (``data.train_on``) picks what the loss sees in a conversation:
 - ``last_turn`` (default): the final assistant response and EOS;
 - ``assistant``: every assistant turn (earlier ones as the template renders them, end-of-turn
@@ -21,6 +25,11 @@ from neurosym.data.examples import Example
 
 IGNORE = -100
 TRAIN_ON = ("last_turn", "assistant", "all")
+# Tokenizing a long text by windows (Renderer._ids): the first window holds CHARS_PER_TOKEN characters
+# per token truncation can keep (tokens average ~4 characters in English BPE, 1 in a character-level
+# tokenizer), and MARGIN tokens at each cut are dropped.
+CHARS_PER_TOKEN = 8
+MARGIN = 32
 
 
 @dataclass(frozen=True)
@@ -94,9 +103,26 @@ class Renderer:
         names = {"system": "System", "user": "User", "assistant": "Assistant"}
         return "".join(f"{names[m['role']]}: {m['content']}\n" for m in msgs) + "Assistant: "
 
-    def _prompt_ids(self, text: str) -> list:
+    def _prompt_ids(self, text: str, need: int) -> list:
         # A chat template writes its own special tokens; the plain layout takes the tokenizer's BOS.
-        return self.tokenizer(text, add_special_tokens=not self.has_template)["input_ids"]
+        return self._ids(text, not self.has_template, need, keep_end=True)
+
+    def _ids(self, text: str, special: bool, need: int, keep_end: bool) -> list:
+        """The token ids of ``text`` that truncation to ``need`` tokens can keep (its end, or its start),
+        without tokenizing all of a long text: a 50 MB line would take tens of GB in the tokenizer
+        before being cut to max_length. A text longer than :data:`CHARS_PER_TOKEN` characters per needed
+        token is tokenized by windows from the kept end (x4 until they hold ``need`` tokens and a margin
+        of :data:`MARGIN` tokens on each side, dropped at the cut: a cut inside a word changes only the
+        tokens next to it); the result is the full text's ids less part of the far end, so what is kept
+        is what tokenizing everything would keep. A shorter text is tokenized whole, as ever."""
+        window = CHARS_PER_TOKEN * (need + 2 * MARGIN)
+        while len(text) > window:
+            piece = text[-window:] if keep_end else text[:window]
+            ids = self.tokenizer(piece, add_special_tokens=special)["input_ids"]
+            if len(ids) >= need + 2 * MARGIN:
+                return ids[MARGIN:] if keep_end else ids[:-MARGIN]
+            window *= 4
+        return self.tokenizer(text, add_special_tokens=special)["input_ids"]
 
     def encode(self, ex: Example) -> Encoded:
         hit = self._cache.get(ex)
@@ -106,8 +132,8 @@ class Renderer:
         if self.train_on == "assistant" and any(r == "assistant" for r, _ in ex.messages):
             pieces = self._prompt_pieces(ex)
         else:
-            pieces = [(self._prompt_ids(self.prompt_text(ex)), False)]
-        response_ids = tok(ex.response, add_special_tokens=False)["input_ids"]
+            pieces = [(self._prompt_ids(self.prompt_text(ex), self.max_length), False)]
+        response_ids = self._ids(ex.response, False, self.max_length, keep_end=False)  # its start is kept
         if tok.eos_token_id is not None:
             response_ids = response_ids + [tok.eos_token_id]
         truncated = False
@@ -164,7 +190,7 @@ class Renderer:
         for i, (chunk, trained) in enumerate(pieces):
             if chunk or (i == 0 and not self.has_template):
                 special = i == 0 and not self.has_template  # the plain layout takes the tokenizer's BOS
-                out.append((self.tokenizer(chunk, add_special_tokens=special)["input_ids"], trained))
+                out.append((self._ids(chunk, special, self.max_length, keep_end=True), trained))
         return out
 
     def check(self, examples: list, on_error: str = "raise") -> tuple[list, list]:
@@ -207,5 +233,5 @@ class Renderer:
 
     def generation_ids(self, ex: Example) -> list:
         """Token ids of the prompt alone, for generating the student's answer."""
-        ids = self._prompt_ids(self.prompt_text(ex))
+        ids = self._prompt_ids(self.prompt_text(ex), self.max_length - 1)
         return ids[-(self.max_length - 1):]

@@ -8,6 +8,8 @@
     runs/<name>/wandb/, wandb_run_id
     runs/<name>/.lock              held (flock) by the process training in it
 
+Whoever takes the lock first settles what a save killed mid-way left in ``checkpoints/``.
+
 The lock is an advisory ``flock``: the kernel releases it when its holder dies, however it dies, so
 a stale lock of a killed process is taken over without any clean-up; a live holder is named by pid.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -65,7 +68,20 @@ class RunDir:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
+        self._finish_interrupted_saves()
         return self
+
+    def _finish_interrupted_saves(self) -> None:
+        """A save killed mid-way (its ``.tmp``/``.old`` folders): settled by the lock's holder, before
+        anything reads the checkpoints (neurosym.persist.checkpoint.recover_interrupted_saves)."""
+        from neurosym.persist.checkpoint import recover_interrupted_saves
+        try:
+            restored = recover_interrupted_saves(self.path)
+        except OSError as exc:  # left as they are: the next save removes what it can
+            print(f"warning: cannot tidy {self.checkpoints}: {exc}", file=sys.stderr)
+            return
+        for line in restored:
+            print(f"note: {line}", file=sys.stderr)
 
     def unlock(self) -> None:
         if self._lock_fd is not None:

@@ -14,7 +14,8 @@ from typing import Optional
 
 from neurosym.persist.atomic import atomic_write_json
 
-STATE_VERSION = 2
+STATE_VERSION = 2  # fields added since load with their defaults (stop_reason)
+EARLY_STOPPING_KEYS = ("train.early_stopping_patience", "train.early_stopping_metric", "train.early_stopping_min_delta")
 
 
 @dataclass
@@ -28,6 +29,7 @@ class TrainState:
     failed_by_route: dict = field(default_factory=dict)   # route -> updates that failed (batch fell back)
     best_eval: Optional[float] = None  # best value of the early-stopping metric
     evals_since_best: int = 0
+    stop_reason: Optional[str] = None  # set when early stopping ended the run at `step` (absent in older files: not stopped)
     wandb_run_id: Optional[str] = None
     base: dict = field(default_factory=dict)          # base-model identity
     components: dict = field(default_factory=dict)    # name -> state_dict
@@ -36,6 +38,25 @@ class TrainState:
     def count(self, table: str, route: str) -> None:
         d = getattr(self, table)
         d[route] = d.get(route, 0) + 1
+
+    def early_stop_on_resume(self, changed_keys=()) -> Optional[str]:
+        """What a resume of a run that early stopping ended says (None: it did not stop early).
+
+        It stays stopped ("nothing to do"), unless the resume changes an early-stopping key with
+        ``--set``: then the stop is lifted and training goes on under the new rule (a new metric
+        starts its best value afresh; a new patience or min_delta keeps the count so far)."""
+        if not self.stop_reason:
+            return None
+        changed = [k for k in EARLY_STOPPING_KEYS if k in set(changed_keys)]
+        if not changed:
+            return (f"run stopped early at step {self.step} ({self.stop_reason}); nothing to do. To train on, "
+                    f"resume with --set train.early_stopping_patience=N (more evaluations, or 0 to turn early "
+                    f"stopping off)")
+        note = f"the early stop at step {self.step} ({self.stop_reason}) is lifted: {', '.join(changed)} changed"
+        self.stop_reason = None
+        if "train.early_stopping_metric" in changed:
+            self.best_eval, self.evals_since_best = None, 0
+        return note
 
     def save(self, path: Path) -> None:
         atomic_write_json(path, asdict(self))

@@ -445,8 +445,9 @@ class Run:
         else:
             self.state.evals_since_best += 1
             if self.state.evals_since_best >= t.early_stopping_patience:
-                self.stop_reason = (f"early stopping: {t.early_stopping_metric} has not improved on "
-                                    f"{self.state.best_eval:.4g} for {t.early_stopping_patience} evaluations")
+                self.state.stop_reason = self.stop_reason = (  # saved: a resume stays stopped
+                    f"early stopping: {t.early_stopping_metric} has not improved on "
+                    f"{self.state.best_eval:.4g} for {t.early_stopping_patience} evaluations")
 
     def after_step(self) -> None:
         step, t = self.state.step, self.cfg.train
