@@ -22,7 +22,8 @@ from neurosym.observe.tracking import check_tracking
 
 
 @dataclass
-class Outcome:
+class TrainResult:
+    """What a finished (or stopped) ``train`` call reports."""
     run_dir: Path
     state: TrainState
     interrupted: bool
@@ -47,7 +48,7 @@ def train_step(run: Run) -> None:
     run.record(step, batch, decision, signals, stats, outcome, gain, t0)
 
 
-def train(cfg: Config, resume: bool = False, quiet: Optional[bool] = None, changed_keys=()) -> Outcome:
+def train(cfg: Config, resume: bool = False, quiet: Optional[bool] = None, changed_keys=()) -> TrainResult:
     run_dir = RunDir(cfg.run_dir)
     runtime = start_runtime(cfg)                            # several processes: the process group, first
     with (runtime.exclusive(run_dir) if runtime else run_dir):  # one job per run directory
@@ -64,12 +65,12 @@ def train(cfg: Config, resume: bool = False, quiet: Optional[bool] = None, chang
             run.open_recorder()
             if run.state.step >= run.total_steps:
                 run.recorder.message(f"run already finished at step {run.state.step}; nothing to do")
-                return Outcome(run_dir.path, run.state, False, {}, "finished")
+                return TrainResult(run_dir.path, run.state, False, {}, "finished")
             stopped = run.state.early_stop_on_resume(changed_keys)  # saved in the checkpoint it stopped at
             if stopped:
                 run.recorder.message(stopped)
                 if run.state.stop_reason:  # not lifted by --set train.early_stopping_*
-                    return Outcome(run_dir.path, run.state, False, {}, run.state.stop_reason)
+                    return TrainResult(run_dir.path, run.state, False, {}, run.state.stop_reason)
             if run.state.step == 0 and run.eval_set:
                 run.evaluate()                              # the "before" of the before -> after
             # the handlers stay through the final save: a launcher passes a stop on to its processes
@@ -98,7 +99,7 @@ def train(cfg: Config, resume: bool = False, quiet: Optional[bool] = None, chang
         if interrupted and run.runtime.is_main:
             print(f"interrupted at step {run.state.step}; checkpoint saved. Continue with: neurosym resume {run_dir}",
                   file=sys.stderr)
-        return Outcome(run_dir.path, run.state, interrupted, final, run.stop_reason, run.runtime.is_main)
+        return TrainResult(run_dir.path, run.state, interrupted, final, run.stop_reason, run.runtime.is_main)
 
 
 def finish(run: Run) -> dict:

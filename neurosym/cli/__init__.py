@@ -40,9 +40,10 @@ def _load(config: str, overrides=(), check_files: bool = True):
 def _run_config(run_dir: str, check_files: bool = True, overrides=()):
     """The saved config of a run directory, anchored where the directory is now (it may have been
     moved or copied: a verb acts on RUN, never on the path recorded inside it)."""
-    path = Path(run_dir) / "config.yaml"
+    from neurosym.persist.rundir import RunDir
+    path = RunDir(run_dir).config
     if not path.is_file():
-        raise UserError(f"{run_dir} is not a run directory (no config.yaml); pass runs/<name>")
+        raise UserError(f"{run_dir} is not a run directory (no {path.name}); pass runs/<name>")
     cfg = _load(str(path), overrides, check_files=check_files)
     return cfg.model_copy(update={"run": cfg.run.model_copy(
         update={"output_dir": str(Path(run_dir).parent), "name": Path(run_dir).name})})
@@ -94,8 +95,10 @@ def cmd_resume(args) -> int:
     from neurosym.train import train
     keys = _resume_keys(args.set)  # refused before anything is read or written
     cfg = _run_config(args.run_dir, overrides=args.set)
-    if not (Path(args.run_dir) / "events.jsonl").exists():
-        raise UserError(f"{args.run_dir} holds no run yet (no events.jsonl); start it with neurosym train CONFIG")
+    from neurosym.persist.rundir import RunDir
+    if not RunDir(args.run_dir).has_run():
+        raise UserError(f"{args.run_dir} holds no run yet (no {RunDir(args.run_dir).events.name}); start it with "
+                        f"neurosym train CONFIG")
     code = _launch(args, ["resume", args.run_dir])
     if code is not None:
         return code

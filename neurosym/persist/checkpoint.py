@@ -29,9 +29,10 @@ from typing import Optional
 
 from neurosym.errors import CheckpointSaveFailed
 from neurosym.persist.atomic import _fsync_dir, atomic_write_text
-from neurosym.persist.rng import rng_state, set_rng_state
-from neurosym.persist.serialization import load_tree, save_tree
 from neurosym.persist.state import TrainState
+
+# rng and serialization import torch: the functions that write or read tensors import them, so
+# listing a run's checkpoints (`neurosym prompts`, `report`) loads no torch
 
 log = logging.getLogger(__name__)
 MARKER = "COMPLETE"
@@ -89,6 +90,8 @@ def save_checkpoint(run_dir: Path, model, optimizer, state: TrainState, keep_las
     cannot be written (disk full, a read-only disk) removes its partial folder, keeps every earlier
     checkpoint and raises :class:`CheckpointSaveFailed`, which names the step, the last good
     checkpoint and how to resume."""
+    from neurosym.persist.rng import rng_state
+    from neurosym.persist.serialization import save_tree
     root = checkpoints_dir(run_dir)
     final = root / f"step-{state.step}"
     tmp = root / f".tmp-step-{state.step}-{os.getpid()}"
@@ -168,6 +171,8 @@ def _save_failed_message(run_dir: Path, step: int, exc: BaseException) -> str:
 def _holds(ckpt: Path, model, state: TrainState, model_card: str, system_prompt: Optional[str]) -> bool:
     """Whether the complete checkpoint ``ckpt`` already holds this state. The optimizer is not read:
     it changes only with a LoRA step, which changes the step, the weights and the counters."""
+    from neurosym.persist.rng import rng_state
+    from neurosym.persist.serialization import load_tree
     from safetensors.torch import load_file
     try:
         if json.loads((ckpt / "state.json").read_text()) != json.loads(json.dumps(asdict(state))):
@@ -258,6 +263,7 @@ class LoadedCheckpoint:
 
 def read_checkpoint(ckpt: Path, device: str = "cpu") -> LoadedCheckpoint:
     """Read and parse every file of a checkpoint; :class:`CheckpointDamaged` says what is wrong."""
+    from neurosym.persist.serialization import load_tree
     from safetensors.torch import load_file
 
     missing = [f for f in FILES if not (ckpt / f).is_file()]
@@ -288,6 +294,7 @@ def newest_intact_checkpoint(run_dir: Path, device: str = "cpu") -> Optional[Loa
 
 def apply_checkpoint(loaded: LoadedCheckpoint, model, optimizer) -> None:
     """Put a read checkpoint's adapter weights, optimizer state and RNG states in place."""
+    from neurosym.persist.rng import set_rng_state
     from peft import set_peft_model_state_dict
 
     result = set_peft_model_state_dict(model, loaded.adapter)
