@@ -141,3 +141,25 @@ def test_a_lora_only_job_loads_no_router_or_teacher_library(tmp_path, tiny_model
     assert rc == 0, out
     assert "torch" in loaded and "peft" in loaded
     assert not {"sklearn", "textgrad", "litellm", "wandb"} & set(loaded), loaded
+
+
+def test_the_public_names_users_import_keep_working():
+    code = ("from neurosym.config import load_config, Config, ConfigError\n"
+            "from neurosym.train import train, train_step\n"
+            "from neurosym.updates import Update, UpdateContext, Outcome, UPDATES\n"
+            "from neurosym.data import Example, Renderer, load_examples, collate\n"
+            "from neurosym.teacher import make_teacher\n"
+            "from neurosym.compose import load, compose\n"
+            "from neurosym.conn import register, compile_program, ConnGate\n"
+            "from neurosym.run import Run\n"
+            "from classifiers import Router, RewardRouter, ROUTERS\n"
+            "import neurosym.data.batching as b\n"
+            "assert collate is b.collate and callable(collate)\n"
+            "print('ok')\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
+    script = ROOT / ".venv" / "bin" / "neurosym"
+    if script.exists():  # the console script of an installed checkout
+        res = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0 and "neurosym" in res.stdout, res.stderr
