@@ -89,7 +89,7 @@ class Shapes:
     merge_steps: int = 10
     hybrid_steps: int | None = None  # None: the job's own (40)
     conn_ops: str = "parity,reverse,add,subtract"
-    conn_samples: int = 200
+    conn_samples: int = 100
     conn_prompts: int = 20
     conn_digits: str = "1,2,4,8"
     matmul: int = 8192
@@ -106,10 +106,10 @@ DRY = Shapes(models={"0.5B": "llama-micro", "1.5B": "llama"}, seq=96, batch=2, w
 # ------------------------------------------------------------------------------------------------
 # processes: every part, and every measurement inside one, runs in a forked child with a deadline
 
-def fork_call(fn, kwargs: dict, timeout_s: float, group: bool = False) -> dict:
-    """``fn(**kwargs)`` in a forked child; ``{"ok": True, "value": ...}`` or ``{"ok": False, "error": ...}``.
-    ``group``: the child leads a process group and the whole group is killed at the deadline (a part and
-    the measurements it forked). The parent must not have touched CUDA (the children initialise it)."""
+def fork_start(fn, kwargs: dict, group: bool = False) -> tuple[int, int]:
+    """Start ``fn(**kwargs)`` in a forked child; (pid, the pipe its result comes through). ``group``: the
+    child leads a process group (a part and the measurements it forks die together). The parent must not
+    have initialised CUDA (the children do)."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child
@@ -134,6 +134,11 @@ def fork_call(fn, kwargs: dict, timeout_s: float, group: bool = False) -> dict:
     if group:
         with contextlib.suppress(OSError):
             os.setpgid(pid, pid)  # also here: no race with a kill before the child ran setpgid
+    return pid, r
+
+
+def fork_wait(pid: int, r: int, timeout_s: float, group: bool = False) -> dict:
+    """The child's ``{"ok": True, "value": ...}`` or ``{"ok": False, "error": ...}``; killed at the deadline."""
     deadline = time.monotonic() + max(timeout_s, 1.0)
     chunks, timed_out = [], False
     while True:
@@ -160,6 +165,11 @@ def fork_call(fn, kwargs: dict, timeout_s: float, group: bool = False) -> dict:
     return json.loads(b"".join(chunks))
 
 
+def fork_call(fn, kwargs: dict, timeout_s: float, group: bool = False) -> dict:
+    pid, r = fork_start(fn, kwargs, group)
+    return fork_wait(pid, r, timeout_s, group)
+
+
 def _kill(pid: int, group: bool) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         (os.killpg if group else os.kill)(pid, signal.SIGKILL)
@@ -172,6 +182,16 @@ def leaf(fn, deadline: float, **kwargs):
     if not res["ok"]:
         raise RuntimeError(res["error"] + ("\n" + res["trace"] if res.get("trace") else ""))
     return res["value"]
+
+
+def leaves(calls: list, deadline: float) -> list:
+    """Several measurements at once (a CPU-bound one beside a GPU-bound one), each in its own process."""
+    started = [fork_start(fn, kw) for fn, kw in calls]
+    results = [fork_wait(pid, r, deadline - time.monotonic()) for pid, r in started]
+    bad = [res for res in results if not res["ok"]]
+    if bad:
+        raise RuntimeError("; ".join(b["error"] + ("\n" + b["trace"] if b.get("trace") else "") for b in bad))
+    return [res["value"] for res in results]
 
 
 def quiet_hf() -> None:
@@ -326,9 +346,7 @@ def m_env(n: int) -> dict:
 
 
 def m_build(work: str, models: dict, seq: int) -> dict:
-    import torch
     from neurosym.tiny import build_tiny_model
-    torch.set_num_threads(max(1, os.cpu_count() or 1) if torch.get_num_threads() > 1 else 1)
     out = {}
     for label, preset in models.items():
         t = time.perf_counter()
@@ -791,23 +809,35 @@ def hybrid(ctx: Ctx, deadline: float) -> dict:
             "--set", "tracking.mode=disabled"]
     if ctx.s.hybrid_steps:
         base += ["--set", f"train.max_steps={ctx.s.hybrid_steps}"]
-    legs = [("cpu", [], True), ("device", [], False)]
-    if ctx.on_cuda():
-        legs.append(("device-fp32", ["--set", "model.dtype=float32"], False))
-    out = {}
-    for name, extra, hide in legs:
-        t = time.perf_counter()
-        r = leaf(m_cli, deadline, argv=base + ["--set", f"run.name={name}"] + extra, hide_cuda=hide)
+    def leg(name, extra=(), hide=False):
+        return m_cli, {"argv": base + ["--set", f"run.name={name}", *extra], "hide_cuda": hide}
+
+    def read(name, r, seconds):
         if r["rc"] != 0:
             raise RuntimeError(f"{name} run failed (rc {r['rc']}): {r['stderr']}")
         ev = list(read_events(tmp / name / "events.jsonl"))
         evals = [e for e in ev if e["kind"] == "eval"]
-        out[name] = {"routes": [e["route"] for e in ev if e["kind"] == "train"], "seconds": time.perf_counter() - t,
-                     "final_eval": {k: evals[-1].get(k) for k in ("eval_loss", "eval_reward")} if evals else {}}
+        return {"routes": [e["route"] for e in ev if e["kind"] == "train"], "seconds": seconds,
+                "final_eval": {k: evals[-1].get(k) for k in ("eval_loss", "eval_reward")} if evals else {}}
+
+    # the CPU run (CUDA hidden from its process) beside the device's own (dtype auto: bf16 on a GPU)
+    t = time.monotonic()
+    cpu_run, dev_run = leaves([leg("cpu", hide=True), leg("device")], deadline)
+    out = {"cpu": read("cpu", cpu_run, time.monotonic() - t), "device": read("device", dev_run, time.monotonic() - t)}
+    if ctx.on_cuda():  # then fp32 on the device, if the box has room for it
+        if deadline - time.monotonic() > 1.3 * (time.monotonic() - t):
+            t = time.monotonic()
+            fn, kw = leg("device-fp32", ["--set", "model.dtype=float32"])
+            out["device-fp32"] = read("device-fp32", leaf(fn, deadline, **kw), time.monotonic() - t)
+        else:
+            out["device-fp32"] = None
     cpu = out["cpu"]["routes"]
     parts = []
     for name in out:
         if name == "cpu":
+            continue
+        if out[name] is None:
+            parts.append(f"{name}: not run (no time left in the box)")
             continue
         r = out[name]["routes"]
         same = sum(a == b for a, b in zip(cpu, r))
@@ -826,11 +856,12 @@ def conn(ctx: Ctx, deadline: float) -> dict:
     s = ctx.s
     tiny = ctx.work / "model-llama-conn"
     from neurosym.tiny import build_tiny_model
-    build_tiny_model(tiny, preset="llama")
+    leaf(build_tiny_model, deadline, out_dir=str(tiny), preset="llama")
+    kw = dict(ops=s.conn_ops, samples=s.conn_samples, prompts=s.conn_prompts, digits=s.conn_digits, tiny_dir=str(tiny))
+    # bf16 compiles and verifies on the CPU while fp32 runs on the device: side by side
+    runs = leaves([(m_conn, dict(kw, dtype=d)) for d in ("fp32", "bf16")], deadline)
     out, bits, ok = {}, [], True
-    for dtype in ("fp32", "bf16"):
-        r = leaf(m_conn, deadline, dtype=dtype, ops=s.conn_ops, samples=s.conn_samples, prompts=s.conn_prompts,
-                 digits=s.conn_digits, tiny_dir=str(tiny))
+    for dtype, r in zip(("fp32", "bf16"), runs):
         out[dtype] = r
         exact = [n for n, v in r["ops"].items() if v["exact"]]
         ok &= len(exact) == len(r["ops"]) and r["gate_exact"]
@@ -866,15 +897,15 @@ PARTS = [
     ("lora-bf16 1.5B", lambda c, d: throughput(c, d, "1.5B", False), 70),
     ("qlora-nf4 1.5B", lambda c, d: throughput(c, d, "1.5B", True), 90),
     ("packing sdpa", lambda c, d: packing(c, d, "sdpa"), 60),
-    ("packing flex_attention", lambda c, d: packing(c, d, "flex_attention"), 75),
-    ("packing flash_attention_2", lambda c, d: packing(c, d, "flash_attention_2"), 60),
     ("resume bf16", lambda c, d: resume(c, d, False), 60),
     ("resume nf4", lambda c, d: resume(c, d, True), 75),
     ("merge bf16", lambda c, d: merge(c, d, False), 60),
     ("merge nf4", lambda c, d: merge(c, d, True), 75),
-    ("hybrid testbed", hybrid, 150),
+    ("hybrid testbed", hybrid, 180),
     ("conn_eval fp32/bf16", conn, 90),
-    ("imports", part_imports, 40),
+    ("packing flex_attention", lambda c, d: packing(c, d, "flex_attention"), 90),
+    ("packing flash_attention_2", lambda c, d: packing(c, d, "flash_attention_2"), 60),
+    ("imports", part_imports, 30),
 ]
 DRY_BOX = 150
 KEEP = {"env", "build"}  # parts whose value the later parts read
@@ -907,13 +938,18 @@ def main(argv=None) -> int:
             p.error(f"--only: unknown part(s) {', '.join(sorted(unknown))}; parts: {', '.join(names)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    # imported once here (no CUDA touched): every forked part starts with them loaded
-    import torch  # noqa: F401
+    # imported once here (no CUDA touched): every forked part starts with them loaded. A library that
+    # asks torch.cuda.is_available() at import asks NVML then, which leaves CUDA uninitialised for the forks
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    import torch
     import transformers  # noqa: F401
     import peft  # noqa: F401
     import neurosym.cli  # noqa: F401
     import neurosym.train  # noqa: F401
     from transformers import AutoModelForCausalLM, LlamaForCausalLM  # noqa: F401
+    if torch.cuda.is_initialized():
+        print("[gpu_check] warning: CUDA was initialised before the parts fork; their CUDA calls may fail",
+              file=sys.stderr)
     work_ctx = tempfile.TemporaryDirectory(prefix="gpu_check-") if args.work is None else contextlib.nullcontext(args.work)
     start = time.monotonic()
     rows, state = [], {}
