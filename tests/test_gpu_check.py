@@ -64,3 +64,50 @@ def test_gate_subtracts_zero_with_only_subtract_gated():
     with pytest.raises(Refused):
         evaluate(parse_expression("5+0"), {"-": "subtract"}, call)  # a sum still needs add
     assert evaluate(parse_expression("7-0+2"), {"-": "subtract", "+": "add"}, call) == "9"
+
+
+def _ok_part(ctx, deadline):
+    return {"status": "ok", "summary": "fine", "value": {"device": "cpu"}}
+
+
+def _failing_part(ctx, deadline):
+    raise ValueError("broken on purpose")
+
+
+def _hanging_part(ctx, deadline):
+    """Forks a measurement that hangs, as a stuck CUDA call would; the part's box must end both."""
+    import time as _time
+
+    from experiments.gpu_check import fork_start
+    pid, _ = fork_start(_time.sleep, {"secs": 600})
+    Path(os.environ["GPU_CHECK_TEST_PID_FILE"]).write_text(str(pid))
+    _time.sleep(600)
+
+
+@pytest.mark.slow  # main() imports torch, transformers and peft before it forks the parts
+def test_a_failing_or_hanging_part_is_reported_and_the_next_part_runs(tmp_path, monkeypatch):
+    import time
+
+    sys.path.insert(0, str(ROOT))
+    import experiments.gpu_check as gc
+    pid_file = tmp_path / "leaf.pid"
+    monkeypatch.setenv("GPU_CHECK_TEST_PID_FILE", str(pid_file))
+    monkeypatch.setattr(gc, "PARTS", [("env", _ok_part, 30), ("boom", _failing_part, 30),
+                                      ("hang", _hanging_part, 3), ("after", _ok_part, 30)])
+    monkeypatch.setattr(gc, "part_box", lambda name, box, dry: box)  # the boxes above, not the dry run's
+    assert gc.main(["--dry-run", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")]) == 0
+    rows = {r["part"]: r for r in json.loads((tmp_path / "out" / "gpu_check.json").read_text())["rows"]}
+    assert rows["env"]["status"] == "ok"
+    assert rows["boom"]["status"].startswith("error: ValueError: broken on purpose")
+    assert "Traceback" in rows["boom"]["trace"]
+    assert rows["hang"]["status"].startswith("timeout")
+    assert rows["after"]["status"] == "ok"
+    leaf = int(pid_file.read_text())
+    for _ in range(200):  # the hung measurement died with its part (reaped by init once orphaned)
+        try:
+            os.kill(leaf, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail(f"the hung measurement {leaf} outlived its part's box")
