@@ -48,7 +48,6 @@ import argparse
 import contextlib
 import io
 import json
-import math
 import os
 import random
 import select
@@ -198,11 +197,6 @@ def quiet_hf() -> None:
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
-
-
-def cuda() -> bool:
-    import torch
-    return torch.cuda.is_available()
 
 
 def peak_gib() -> float | None:
@@ -430,8 +424,13 @@ def m_hand(model_dir: str, data: str, seq: int, batch: int, steps: int, warm: in
 
 def m_cli(argv: list, hide_cuda: bool = False) -> dict:
     """``neurosym <argv>`` in this process (the CLI's own parsing and error handling); rc and stderr."""
-    if hide_cuda:
-        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # this child only, before CUDA initialises
+    if hide_cuda:  # neurosym picks CUDA when torch sees it: hide it from this child only
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+        import torch
+        if hasattr(torch.cuda, "_cached_device_count"):
+            torch.cuda._cached_device_count = None  # a count taken in the parent (NVML) must not carry over
+        if torch.cuda.is_available():
+            raise RuntimeError("could not hide CUDA from the CPU run (CUDA_VISIBLE_DEVICES='' came too late)")
     quiet_hf()
     from neurosym.cli import main
     err = io.StringIO()
