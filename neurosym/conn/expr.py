@@ -182,9 +182,12 @@ def evaluate(expr: Expression, infix: dict[str, str], call: Call) -> str:
 
     def apply(op: str, a: str, b: str) -> str:
         if op in "+-" and infix.get(op) in ("add", "subtract"):
+            subtracts_zero = op == "-" and b.lstrip("-") == "0"
             if op == "-":
                 b = negate(b)
             a_neg, b_neg = a.startswith("-"), b.startswith("-")
+            if subtracts_zero:  # "-0" has no sign: a - 0 is subtract(a, 0), not add (5-0 was refused)
+                b_neg = not a_neg
             ma, mb = a.lstrip("-"), b.lstrip("-")
             if a_neg == b_neg:
                 if "+" not in infix or infix["+"] != "add":

@@ -30,6 +30,12 @@ PRESETS = {
                   num_key_value_heads=2, max_position_embeddings=512),
     "llama-micro": dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
                         num_key_value_heads=1, max_position_embeddings=256),
+    # Llama-shaped random models for GPU throughput (experiments/gpu_check.py): head dim 128, GQA 4:1;
+    # with the char tokenizer nearly all parameters are in the blocks (~0.50B and ~1.44B)
+    "llama-0.5b": dict(hidden_size=1536, intermediate_size=4096, num_hidden_layers=20, num_attention_heads=12,
+                       num_key_value_heads=4, max_position_embeddings=2048),
+    "llama-1.5b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=32, num_attention_heads=16,
+                       num_key_value_heads=4, max_position_embeddings=2048),
 }
 
 
