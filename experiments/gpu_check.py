@@ -10,7 +10,7 @@ CPU run, and the compiled networks in fp32 and bf16.
 On a lent device of this workplace, after ``bash experiments/gpu_run.sh prepare`` here, the one
 command is ``bash experiments/gpu_run.sh`` with ``carry: [".whl"]`` (see that file).
 
-Models. Llama-shaped, random weights, built locally by :func:`neurosym.tiny.build_tiny_model`
+Models. Llama-shaped, random weights, built locally by :func:`neurosym.model.tiny.build_tiny_model`
 (presets ``llama-0.5b``: 0.50B parameters, ``llama-1.5b``: 1.44B; hidden 1536/2048, 20/32 layers,
 head dim 128, 4 KV heads) with neurosym's character-level tokenizer (~100 tokens, so nearly all the
 parameters are in the blocks), sequence 1024, batch 8, LoRA r=16 on every linear layer of the blocks.
@@ -72,7 +72,7 @@ MERGE_TOL = 5e-2  # max |logit difference| / max |logit| of merged vs adapter mo
 
 @dataclass
 class Shapes:
-    models: dict                     # row label -> neurosym.tiny preset
+    models: dict                     # row label -> neurosym.model.tiny preset
     seq: int = 1024
     batch: int = 8
     warm: int = 3                    # steps before the timing window
@@ -235,7 +235,7 @@ def encodings(model_dir: Path, data: Path, seq: int) -> list:
     """Examples of ``data`` as neurosym renders them (the hand loop trains on the same tokens)."""
     from transformers import AutoTokenizer
 
-    from neurosym.config import DataConfig
+    from neurosym.config.schema import DataConfig
     from neurosym.data import Renderer, load_examples
     tok = AutoTokenizer.from_pretrained(model_dir)
     examples, _ = load_examples(str(data), DataConfig(train=str(data), max_length=seq))
@@ -340,7 +340,7 @@ def m_env(n: int) -> dict:
 
 
 def m_build(work: str, models: dict, seq: int) -> dict:
-    from neurosym.tiny import build_tiny_model
+    from neurosym.model.tiny import build_tiny_model
     out = {}
     for label, preset in models.items():
         t = time.perf_counter()
@@ -353,8 +353,8 @@ def m_neurosym(cfg_path: str, warm: int) -> dict:
     """neurosym's own training loop (``train``) on a config; tokens/s over the timed window."""
     import torch
     quiet_hf()
-    from neurosym.config import load_config
-    from neurosym.events import read_events
+    from neurosym.config.schema import load_config
+    from neurosym.observe.events import read_events
     from neurosym.train import train
     out = train(load_config(cfg_path), quiet=True)
     ev = [e for e in read_events(out.run_dir / "events.jsonl") if e["kind"] == "train"]
@@ -449,8 +449,8 @@ def m_logits(merged: str, run_dir: str, seq: int, data: str, quant_adapter: bool
     from transformers import AutoModelForCausalLM
 
     from neurosym.cli import _run_config
-    from neurosym.checkpoint import find_checkpoint
-    from neurosym.model import load_with_adapter
+    from neurosym.persist.checkpoint import find_checkpoint
+    from neurosym.model.load import load_with_adapter
     cfg = _run_config(run_dir)
     if not quant_adapter:
         cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"quantization": "none"})})
@@ -535,7 +535,7 @@ def m_imports(work: str, model_dir: str) -> dict:
     """A LoRA-only job with tracking disabled: which of the packages the device lacks it imports."""
     before = sorted(m for m in WATCHED if m in sys.modules)
     quiet_hf()
-    from neurosym.config import load_config
+    from neurosym.config.schema import load_config
     from neurosym.train import train
     tmp = Path(tempfile.mkdtemp(dir=work))
     data = write_data(tmp / "d.jsonl", [48] * 8, render_overhead(Path(model_dir), 64), 0)
@@ -688,7 +688,7 @@ def _wait_for_step(events: Path, pid: int, step: int, deadline: float) -> int:
 
 
 def resume(ctx: Ctx, deadline: float, quant: bool) -> dict:
-    from neurosym.events import read_events
+    from neurosym.observe.events import read_events
     s = ctx.s
     label = "0.5B"
     m = ctx.model(label)
@@ -802,7 +802,7 @@ def merge(ctx: Ctx, deadline: float, quant: bool) -> dict:
 
 
 def hybrid(ctx: Ctx, deadline: float) -> dict:
-    from neurosym.events import read_events
+    from neurosym.observe.events import read_events
     tmp = ctx.tmp("hybrid")
     base = ["train", str(HERE / "testbed" / "hybrid.yaml"), "--quiet", "--set", f"run.output_dir={tmp}",
             "--set", "tracking.mode=disabled"]
@@ -854,7 +854,7 @@ def hybrid(ctx: Ctx, deadline: float) -> dict:
 def conn(ctx: Ctx, deadline: float) -> dict:
     s = ctx.s
     tiny = ctx.work / "model-llama-conn"
-    from neurosym.tiny import build_tiny_model
+    from neurosym.model.tiny import build_tiny_model
     leaf(build_tiny_model, deadline, out_dir=str(tiny), preset="llama")
     kw = dict(ops=s.conn_ops, samples=s.conn_samples, prompts=s.conn_prompts, digits=s.conn_digits, tiny_dir=str(tiny))
     # bf16 compiles and verifies on the CPU while fp32 runs on the device: side by side
@@ -883,7 +883,7 @@ def part_imports(ctx: Ctx, deadline: float) -> dict:
 
 
 def _micro(ctx: Ctx) -> Path:
-    from neurosym.tiny import build_tiny_model
+    from neurosym.model.tiny import build_tiny_model
     return build_tiny_model(ctx.work / "model-llama-micro", preset="llama-micro")
 
 
