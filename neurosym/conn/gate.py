@@ -72,7 +72,7 @@ class GateEvent:
 
 
 @dataclass(frozen=True)
-class Decision:
+class GateDecision:
     """What the gate does at one step for one row: force ``rest`` (the rest of the answer), end the
     answer (forbid tokens extending it), or guard (forbid tokens spanning ``=``)."""
 
@@ -282,7 +282,7 @@ class ConnGate(LogitsProcessor):
                 warnings.warn(f"CoNN gate: {reason}; the language model writes this answer instead", stacklevel=3)
         return None
 
-    def decide(self, text: str, complete: bool = True, row: int = 0) -> Decision | None:
+    def decide(self, text: str, complete: bool = True, row: int = 0) -> GateDecision | None:
         """What the gate does after ``text`` (None: the LM decides). ``complete=False`` says ``text`` is a
         trailing window; ``NeedMoreText`` is raised when the decision needs text before it."""
         eq = text.rfind("=")
@@ -294,12 +294,12 @@ class ConnGate(LogitsProcessor):
                     answer, spaced = found
                     words = any(c.isalpha() for c in answer)
                     if after == "":
-                        return Decision("force", (" " if spaced else "") + answer, answer)
+                        return GateDecision("force", (" " if spaced else "") + answer, answer)
                     written = after[1:] if after.startswith(" ") else after
                     if written != answer and answer.startswith(written):
-                        return Decision("force", answer[len(written):], answer, started=bool(written))
+                        return GateDecision("force", answer[len(written):], answer, started=bool(written))
                     if written == answer or (written[:-1] == answer and written[-1] in ".,_\u2009\u202f"):
-                        return Decision("end", answer=answer, words=words)
+                        return GateDecision("end", answer=answer, words=words)
         tail = text.rstrip(" ")
         if tail and (tail[-1].isdigit() or tail[-1] == ")") and len(tail) - len(text) >= -1:
             try:
@@ -307,7 +307,7 @@ class ConnGate(LogitsProcessor):
             except Refused:
                 parsed = False
             if parsed or any(p.search(text[text.rfind("\n") + 1:]) for _, p in self.rules.calls):
-                return Decision("guard")
+                return GateDecision("guard")
         return None
 
     def remaining(self, text: str, row: int = 0) -> str | None:
@@ -315,7 +315,7 @@ class ConnGate(LogitsProcessor):
         d = self.decide(text, True, row)
         return d.rest if d is not None and d.kind == "force" else None
 
-    def _read(self, ids: torch.Tensor, row: int, rows: int = 1) -> tuple[Decision | None, list[int], str]:
+    def _read(self, ids: torch.Tensor, row: int, rows: int = 1) -> tuple[GateDecision | None, list[int], str]:
         """Decide on the last ``window`` tokens of ``ids`` (a 1-D tensor), doubling while that is too few.
         Returns the decision and the decoded tokens (the decoder's own, for ``_force`` to check against)."""
         prefix = self._encoder_text(row, rows)
@@ -342,7 +342,7 @@ class ConnGate(LogitsProcessor):
                              "to set_encoder_input; give the gate the encoder input of this generate call")
         return self._encoder_texts[row // (rows // n)]
 
-    def _decide_after(self, prefix: str, text: str, row: int) -> Decision | None:
+    def _decide_after(self, prefix: str, text: str, row: int) -> GateDecision | None:
         """Decide on the encoder input's trailing text followed by the decoder's text (which has no ``=``)."""
         chars = 4 * self.window
         while True:
@@ -352,10 +352,10 @@ class ConnGate(LogitsProcessor):
             except NeedMoreText:
                 chars *= 2
         if d is not None and d.kind == "force" and not text and d.rest.startswith(" "):
-            d = Decision("force", d.rest[1:], d.answer)  # the decoder's first token: no space to write before it
+            d = GateDecision("force", d.rest[1:], d.answer)  # the decoder's first token: no space to write before it
         return d
 
-    def _force(self, tail: list[int], text: str, d: Decision, scores: torch.Tensor, row: int) -> int | None:
+    def _force(self, tail: list[int], text: str, d: GateDecision, scores: torch.Tensor, row: int) -> int | None:
         """The token that writes the longest next piece of ``d.rest`` and that earlier processors allow."""
         fallback = None
         for size in range(len(d.rest), 0, -1):
