@@ -86,7 +86,14 @@ def tiny_model_complete(folder: str | os.PathLike, spec: dict | None = None) -> 
         return False
     if not isinstance(config, dict) or not config.get("model_type"):
         return False
-    if not all((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+    try:
+        tok_config = json.loads((folder / "tokenizer_config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    if not (folder / "tokenizer.json").is_file():
+        return False
+    if (spec or marker).get("chat_template") and not (
+            (folder / "chat_template.jinja").is_file() or "chat_template" in tok_config):
         return False
     return _safetensors_complete(folder / "model.safetensors")
 
@@ -124,9 +131,25 @@ def _write_tiny_model(out: Path, spec: dict) -> None:
     with gen:
         torch.manual_seed(spec["seed"])
         model = LlamaForCausalLM(config)
-    model.save_pretrained(out)
+    _save_model(model, out)
     tokenizer.save_pretrained(out)
     (out / MARKER).write_text(json.dumps(spec))  # last: the folder is whole once it is there
+
+
+def _save_model(model, out: Path) -> None:
+    """What ``model.save_pretrained(out)`` writes (config.json, generation_config.json, model.safetensors),
+    on every process: under torch.distributed, ``save_pretrained`` writes only on rank 0, so a build by
+    the process of rank 1 (``--nproc 2``: whichever takes the lock builds) would write no model."""
+    from safetensors.torch import save_file
+
+    model.config.architectures = [type(model).__name__]
+    model.config.dtype = str(next(model.parameters()).dtype).split(".")[1]
+    model.config.save_pretrained(out)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(out)
+    tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items() if k not in tied}
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
 
 
 def resolve_tiny(name_or_path: str, cache_dir: str | os.PathLike) -> str:

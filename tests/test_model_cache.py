@@ -18,7 +18,7 @@ def tiny_model_complete(folder) -> bool:
     from neurosym.tiny import tiny_model_complete as complete
     return complete(folder)
 
-N_PROCS = 3
+N_PROCS = 2  # as `--nproc 2`; the thread test below pins the lock down deterministically
 
 
 def _build_and_load(target: str, start) -> str:
@@ -107,7 +107,24 @@ def test_a_second_caller_waits_for_the_build_and_never_sees_a_partial_folder(tmp
     AutoModelForCausalLM.from_pretrained(target)
 
 
-@pytest.mark.parametrize("damage", ["weights", "config", "truncated", "tokenizer"])
+def test_the_process_of_rank_1_builds_a_whole_model(tmp_path, monkeypatch):
+    """Under torch.distributed, `save_pretrained` writes the model only on rank 0; whichever process
+    takes the lock builds, so a build on rank 1 must write it too. Was: rank 1 wrote the tokenizer and
+    the marker but no config.json or weights (the "marker without a model" of `--nproc 2`)."""
+    from transformers import AutoModelForCausalLM
+
+    mixin = pytest.importorskip("transformers.distributed.mixin")
+    if not hasattr(mixin, "_get_torch_distributed_rank"):
+        pytest.skip("this transformers does not gate save_pretrained by rank here")
+    with monkeypatch.context() as m:
+        m.setattr(mixin, "_is_torch_distributed_initialized", lambda: True)
+        m.setattr(mixin, "_get_torch_distributed_rank", lambda: 1)
+        folder = Path(resolve_tiny("tiny://llama-micro", tmp_path))
+    assert tiny_model_complete(folder)
+    AutoModelForCausalLM.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("damage", ["weights", "config", "truncated", "tokenizer", "chat_template"])
 def test_a_cache_with_its_marker_but_not_its_files_is_rebuilt(tmp_path, damage):
     """Was: the marker alone counted as built; a folder without config.json or weights was returned and
     every run failed with `Unrecognized model ... model_type` until `.models` was deleted by hand."""
@@ -121,8 +138,10 @@ def test_a_cache_with_its_marker_but_not_its_files_is_rebuilt(tmp_path, damage):
         (folder / "config.json").unlink()
     elif damage == "truncated":
         (folder / "model.safetensors").write_bytes(good[: len(good) // 2])
-    else:
+    elif damage == "tokenizer":
         (folder / "tokenizer.json").unlink()
+    else:
+        (folder / "chat_template.jinja").unlink()
     assert (folder / MARKER).exists()
     assert resolve_tiny("tiny://llama-micro", tmp_path) == str(folder)
     AutoModelForCausalLM.from_pretrained(folder)
