@@ -49,8 +49,7 @@ def _output_error(exc) -> InspectError:
 
 def cmd_export(args) -> int:
     from neurosym.data import load_examples
-    from neurosym.observe.prompt_history import learned_prompt
-    from neurosym.remake.export import export_refined, output_target
+    from neurosym.remake.export import export_refined, export_view, output_target, source_root
     from neurosym.remake.store import RemakeStore
     from neurosym.persist.safe_output import OutputError
 
@@ -67,15 +66,18 @@ def cmd_export(args) -> int:
     except OutputError as exc:
         raise _output_error(exc) from None
     wandb_target = _wandb_target(run_dir, cfg) if args.wandb else None
-    system = learned_prompt(run_dir)
+    view = export_view(run_dir)  # one checkpoint: its prompt and the rows it recorded
+    system = view.system
     train = []
     if only == "all":
         train, _ = load_examples(cfg.data.train, cfg.data)
     store = RemakeStore(store_path) if has_store else None
     try:
-        refined = store.count() if store is not None else 0
+        refined = len(view.rows(store)) if store is not None else 0
+        later = store.count() - refined if store is not None else 0
         out = export_refined(store, train, target, fmt=args.format, only=only, fields=cfg.data.fields,
-                             system=system, schema=args.schema)
+                             system=system, schema=args.schema, view=view,
+                             root=source_root(run_dir, _data_paths(cfg)))
     except (OutputError, ValueError) as exc:
         raise _output_error(exc) from None
     finally:
@@ -91,6 +93,9 @@ def cmd_export(args) -> int:
     print(f"exported {rows} rows{detail} to {out}")
     if system is not None:
         print(f"  rows without their own system message carry the run's learned system prompt ({len(system)} chars)")
+    if later > 0:
+        print(f"  {later} refined row(s) stored after checkpoint {view.checkpoint.name} are left out (they belong "
+              f"with a later prompt); export again once the run has saved its next checkpoint")
     if wandb_target is not None:
         _upload(run_dir, cfg, out, rows, args, only, system, *wandb_target)
     return 0
@@ -118,7 +123,7 @@ def _upload(run_dir: Path, cfg, out: Path, rows: int, args, only: str, system, r
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{cfg.run.name}-refined")
     art = wandb.Artifact(name, type="dataset",
                          metadata={"rows": rows, "format": args.format, "schema": args.schema, "only": only,
-                                   "source": str(run_dir), "system_prompt": system})
+                                   "source": run_dir.name, "system_prompt": system})
     if out.is_dir():
         art.add_dir(str(out))
     else:

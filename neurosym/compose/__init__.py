@@ -12,10 +12,12 @@ def compose(*args, **kwargs):
     return _compose(*args, **kwargs)
 
 
-def load(path, device=None, quantization=None):
-    """(model, tokenizer) from a composition folder/manifest, run dir, checkpoint, adapter folder or model."""
+def load(path, device=None, quantization=None, trust_remote_code=False):
+    """(model, tokenizer) from a composition folder/manifest, run dir, checkpoint, adapter folder or model.
+    ``trust_remote_code``: let the base model's own code run (a manifest or run config asking for it is
+    refused without it)."""
     from neurosym.compose.core import load as _load
-    return _load(path, device=device, quantization=quantization)
+    return _load(path, device=device, quantization=quantization, trust_remote_code=trust_remote_code)
 
 
 __all__ = ["compose", "load"]

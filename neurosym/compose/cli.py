@@ -33,7 +33,8 @@ def cmd_compose(args) -> int:
 
     weights = dict(args.weight or [])
     out = compose(args.adapter, args.method, args.out, weights=weights, bake=args.bake, density=args.density,
-                  svd_rank=args.svd_rank, seed=args.seed, quantization=args.quantization)
+                  svd_rank=args.svd_rank, seed=args.seed, quantization=args.quantization,
+                  overwrite=args.overwrite, trust_remote_code=args.trust_remote_code)
     from neurosym.compose.core import read_manifest
     _, doc = read_manifest(out / MANIFEST)
     lambdas = ", ".join(f"{m['name']}={m['weight']:g}" for m in doc["modules"])
@@ -62,5 +63,13 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of dare_*'s random drop (default 0)")
     p.add_argument("--quantization", choices=("none", "4bit"), default=None,
                    help="load the base this way (default: as the first module's run trained it)")
-    p.add_argument("--out", required=True, help="new folder for the result")
+    p.add_argument("--out", required=True,
+                   help="new folder for the result; never a module's folder or run directory, the base model's "
+                        "folder or a model cache (an existing non-empty folder needs --overwrite)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier compose output at --out (a folder holding composition.yaml; the new "
+                        "one is written beside it and swapped in); any other folder is refused")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow the base model's own Python code to run when a module's run config asks for it "
+                        "(model.trust_remote_code: true); refused without this flag")
     p.set_defaults(func=cmd_compose)

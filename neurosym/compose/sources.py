@@ -97,6 +97,11 @@ def file_hashes(adapter_dir: Path) -> dict:
     return out
 
 
+def _json_kind(value) -> str:
+    return {list: "list", str: "string", int: "number", float: "number", bool: "boolean",
+            type(None): "null"}.get(type(value), type(value).__name__)
+
+
 def _run_model(run_dir: Path) -> BaseRef:
     from neurosym.config.schema import load_config
 
@@ -132,10 +137,24 @@ def resolve(name: str, path: str, weight: float = 1.0) -> AdapterSource:
         extra = (" (adapter_model.bin is a pickle, which neurosym never loads: re-save it with "
                  "safe_serialization=True)") if (adapter_dir / "adapter_model.bin").exists() else ""
         raise ComposeError(f"--adapter {name}={path}: {ADAPTER_WEIGHTS} is missing in {adapter_dir}{extra}")
+    cfg_path = adapter_dir / ADAPTER_CONFIG
     try:
-        config = json.loads((adapter_dir / ADAPTER_CONFIG).read_text())
-    except ValueError as exc:
-        raise ComposeError(f"{adapter_dir / ADAPTER_CONFIG}: not valid JSON ({exc})") from None
+        config = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ComposeError(f"{cfg_path}: not valid JSON ({exc}); re-save the adapter with "
+                           f"PeftModel.save_pretrained") from None
+    except OSError as exc:
+        raise ComposeError(f"--adapter {name}={path}: cannot read {cfg_path} ({exc.strerror or exc})") from None
+    if not isinstance(config, dict):
+        raise ComposeError(f"{cfg_path}: expected a JSON object (PEFT's adapter config: "
+                           f'{{"peft_type": "LORA", "r": 8, ...}}), got a JSON {_json_kind(config)}; re-save the '
+                           f"adapter with PeftModel.save_pretrained, or pass the folder of the right adapter")
+    for key, types in (("peft_type", (str,)), ("base_model_name_or_path", (str, type(None))),
+                       ("revision", (str, type(None))), ("r", (int, type(None)))):
+        if key in config and (not isinstance(config[key], types) or isinstance(config[key], bool)):
+            raise ComposeError(f"{cfg_path}: key {key!r} is {config[key]!r}, not a "
+                               f"{' or '.join('null' if t is type(None) else t.__name__ for t in types)}; "
+                               f"re-save the adapter with PeftModel.save_pretrained")
     if run_dir is not None:
         base = _run_model(run_dir)
     else:

@@ -8,7 +8,8 @@ an --ops-module that does not load). Errors go to stderr as one line, never a tr
 
 ``--ops-module`` imports a Python module (a dotted name or a ``.py`` path) that calls
 ``neurosym.conn.register(...)``: its operations and triggers are then available to ``conn run``,
-``conn info`` and ``generate --conn``. Importing runs that module's code: name only modules you trust.
+``conn info`` and ``generate --conn``. Importing runs that module's code: name only modules you trust. A dotted
+name is found on ``sys.path``, which holds ``$PYTHONPATH`` and, under ``python -m neurosym``, the current folder.
 """
 from __future__ import annotations
 
@@ -59,6 +60,12 @@ continuation; what the networks computed, or why they stayed silent, is listed o
 An encoder-decoder model (T5, BART: config.is_encoder_decoder) is loaded with AutoModelForSeq2SeqLM; the
 prompt is its encoder input, and a trigger at the prompt's end is answered from the decoder's first token.
 """
+
+
+OPS_MODULE_HELP = ("import MODULE, which registers operations with neurosym.conn.register (repeatable). This runs "
+                   "its code: a .py path runs that file; a dotted name is imported from sys.path ($PYTHONPATH, "
+                   "and the current folder under `python -m neurosym`), so a file of that name lying there runs. "
+                   "Name only modules you trust")
 
 
 def _fail(message: str, code: int = 2) -> int:  # every failure here is the user's to fix: exit 2, as every verb
@@ -189,7 +196,8 @@ def _check_device(device: str) -> str | None:
     return None
 
 
-def load_model(name_or_path: str, adapter: str | None = None, device: str = "cpu"):
+def load_model(name_or_path: str, adapter: str | None = None, device: str = "cpu",
+               trust_remote_code: bool = False):
     """Model and tokenizer through the one model loader (``neurosym.compose.load``): a local folder, a
     hub id, ``tiny://<preset>``, a run directory, a checkpoint, a PEFT adapter folder or a composition
     (``neurosym compose``); ``adapter`` puts one more PEFT adapter on top."""
@@ -202,7 +210,7 @@ def load_model(name_or_path: str, adapter: str | None = None, device: str = "cpu
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         model = AutoModelForSeq2SeqLM.from_pretrained(name_or_path).to(device)
     else:
-        model, tokenizer = load(name_or_path, device=device)
+        model, tokenizer = load(name_or_path, device=device, trust_remote_code=trust_remote_code)
     if adapter:
         from peft import PeftModel
 
@@ -250,7 +258,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from neurosym.model.load import ModelError
     try:
-        model, tokenizer = load_model(args.model, args.adapter, args.device)
+        model, tokenizer = load_model(args.model, args.adapter, args.device, args.trust_remote_code)
     except (OSError, ValueError, ImportError, ModelError) as err:
         return _fail(f"could not load model {args.model!r}"
                      f"{f' with adapter {args.adapter!r}' if args.adapter else ''}: {err}")
@@ -300,8 +308,7 @@ def register(subparsers) -> None:
     info.add_argument("--max-len", type=int, default=None,
                       help="compile for this maximum operand length (at most 256)")
     info.add_argument("--ops-module", action="append", default=None, metavar="MODULE",
-                      help="import MODULE (dotted name or .py path) that registers operations with "
-                          "neurosym.conn.register (repeatable)")
+                      help=OPS_MODULE_HELP)
     info.add_argument("--no-precision", action="store_true",
                       help="skip measuring the margins and exact lengths in fp32/bf16/fp16 (a few seconds per op)")
     info.set_defaults(func=cmd_info)
@@ -316,8 +323,7 @@ def register(subparsers) -> None:
                      help="compile for operands up to this length, at most 256 (default: the op's default, "
                           "see `conn info`)")
     run.add_argument("--ops-module", action="append", default=None, metavar="MODULE",
-                     help="import MODULE (dotted name or .py path) that registers operations with "
-                          "neurosym.conn.register (repeatable)")
+                     help=OPS_MODULE_HELP)
     run.set_defaults(func=cmd_run)
 
     gen = subparsers.add_parser(
@@ -334,8 +340,11 @@ def register(subparsers) -> None:
     gen.add_argument("--adapter", default=None, help="a PEFT adapter directory to load on top of the model")
     gen.add_argument("--device", default="cpu", help="torch device (default cpu)")
     gen.add_argument("--ops-module", action="append", default=None, metavar="MODULE",
-                     help="import MODULE (dotted name or .py path) that registers operations with "
-                          "neurosym.conn.register (repeatable)")
+                     help=OPS_MODULE_HELP)
+    gen.add_argument("--trust-remote-code", action="store_true",
+                     help="allow the base model's own Python code to run: a composition.yaml (base:) or a run's "
+                          "config that sets trust_remote_code: true is refused without this flag (a file you "
+                          "received must not decide to run code); MODEL itself is loaded with it")
     gen.set_defaults(func=cmd_generate)
 
 

@@ -58,37 +58,104 @@ def build_tokenizer(chat_template: bool = True):
     return fast
 
 
+MARKER = "neurosym_tiny.json"
+
+
+def _safetensors_complete(path: Path) -> bool:
+    """The file's header parses and the file is as long as the header says (a cut file is not)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) != 8:
+                return False
+            n = int.from_bytes(head, "little")
+            if not 0 < n < 1 << 26:
+                return False
+            header = json.loads(f.read(n))
+        end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0)
+        return path.stat().st_size >= 8 + n + end
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return False
+
+
+def tiny_model_complete(folder: str | os.PathLike, spec: dict | None = None) -> bool:
+    """Whether ``folder`` holds a whole tiny model (of ``spec``, when given): its marker, a config.json
+    that names a model type, complete weights and the tokenizer. Not the marker alone: a folder whose
+    build was cut short (or raced, before builds were locked) may have it without the rest."""
+    folder = Path(folder)
+    try:
+        marker = json.loads((folder / MARKER).read_text())
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    if spec is not None and marker != spec:
+        return False
+    if not isinstance(config, dict) or not config.get("model_type"):
+        return False
+    try:
+        tok_config = json.loads((folder / "tokenizer_config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    if not (folder / "tokenizer.json").is_file():
+        return False
+    if (spec or marker).get("chat_template") and not (
+            (folder / "chat_template.jinja").is_file() or "chat_template" in tok_config):
+        return False
+    return _safetensors_complete(folder / "model.safetensors")
+
+
 def build_tiny_model(out_dir: str | os.PathLike, preset: str = "llama", seed: int = 0,
                      chat_template: bool = True) -> Path:
-    """Write a tiny random LlamaForCausalLM and its tokenizer to ``out_dir`` (idempotent)."""
+    """Write a tiny random LlamaForCausalLM and its tokenizer to ``out_dir`` (idempotent).
+
+    Safe when several processes (``--nproc 2``, two commands sharing a cache) ask at once: one builds,
+    under a lock, into a temporary folder renamed into place when whole; the others wait and load it
+    (:func:`neurosym.persist.atomic.build_folder_once`). A folder found incomplete is rebuilt."""
+    from neurosym.persist.atomic import build_folder_once
+
+    if preset not in PRESETS:
+        raise ValueError(f"unknown tiny preset {preset!r}; choose one of {sorted(PRESETS)}")
+    spec = {"preset": preset, "seed": seed, "chat_template": chat_template}
+    return build_folder_once(Path(out_dir), lambda tmp: _write_tiny_model(tmp, spec),
+                             lambda folder: tiny_model_complete(folder, spec))
+
+
+def _write_tiny_model(out: Path, spec: dict) -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    out = Path(out_dir)
-    marker = out / "neurosym_tiny.json"
-    spec = {"preset": preset, "seed": seed, "chat_template": chat_template}
-    if marker.exists() and json.loads(marker.read_text()) == spec:
-        return out
-    if preset not in PRESETS:
-        raise ValueError(f"unknown tiny preset {preset!r}; choose one of {sorted(PRESETS)}")
-    tokenizer = build_tokenizer(chat_template=chat_template)
+    tokenizer = build_tokenizer(chat_template=spec["chat_template"])
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=True,
-        **PRESETS[preset],
+        **PRESETS[spec["preset"]],
     )
     gen = torch.random.fork_rng()  # building the model must not move the caller's RNG
     with gen:
-        torch.manual_seed(seed)
+        torch.manual_seed(spec["seed"])
         model = LlamaForCausalLM(config)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
+    _save_model(model, out)
     tokenizer.save_pretrained(out)
-    marker.write_text(json.dumps(spec))
-    return out
+    (out / MARKER).write_text(json.dumps(spec))  # last: the folder is whole once it is there
+
+
+def _save_model(model, out: Path) -> None:
+    """What ``model.save_pretrained(out)`` writes (config.json, generation_config.json, model.safetensors),
+    on every process: under torch.distributed, ``save_pretrained`` writes only on rank 0, so a build by
+    the process of rank 1 (``--nproc 2``: whichever takes the lock builds) would write no model."""
+    from safetensors.torch import save_file
+
+    model.config.architectures = [type(model).__name__]
+    model.config.dtype = str(next(model.parameters()).dtype).split(".")[1]
+    model.config.save_pretrained(out)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(out)
+    tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items() if k not in tied}
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
 
 
 def resolve_tiny(name_or_path: str, cache_dir: str | os.PathLike) -> str:

@@ -293,6 +293,11 @@ def draw_report(run_dir: str | Path):
     return fig
 
 
+def _read_only(out: Path, why: str) -> str:
+    return (f"cannot write the report to {out} ({why}: a read-only run directory, or a full disk?); "
+            f"write it elsewhere with --out, e.g. neurosym report {out.parent} --out {out.parent.name}-report.png")
+
+
 def write_report(run_dir: str | Path, out_png: str | Path | None = None, overwrite: bool = False) -> Path:
     """Draw the run's report and write it as a PNG; returns its path.
 
@@ -301,28 +306,41 @@ def write_report(run_dir: str | Path, out_png: str | Path | None = None, overwri
     ``overwrite``) or lies in a run directory; written to a temporary sibling and renamed.
 
     :raises FileNotFoundError: ``run_dir`` has no ``events.jsonl``.
-    :raises neurosym.persist.safe_output.OutputError: ``out_png`` may not be written.
+    :raises neurosym.persist.safe_output.OutputError: ``out_png`` may not be written, or (no ``out_png``) the run
+        directory is read-only; the message says to pass ``--out``.
     """
-    from neurosym.persist.safe_output import OutputTarget
+    from neurosym.persist.safe_output import OutputError, OutputTarget
 
     run_dir = Path(run_dir)
     default = run_dir / "report.png"
     target = None
     if out_png is not None and os.path.abspath(out_png) != os.path.abspath(default):
         target = OutputTarget(out_png, kind="file", overwrite=overwrite, protect=[run_dir])
+    elif run_dir.is_dir() and not os.access(run_dir, os.W_OK | os.X_OK):
+        raise OutputError(_read_only(default, "permission denied"))
     fig = draw_report(run_dir)
     if target is not None:
-        with target.writing() as tmp:
-            fig.savefig(tmp, format="png")
+        try:
+            with target.writing() as tmp:
+                fig.savefig(tmp, format="png")
+        except OSError as exc:  # checked writable, but the disk may fill or the folder turn read-only
+            raise OutputError(f"--out {out_png}: cannot write it: {exc.strerror or exc}; free space, or "
+                              f"pass --out with a folder you can write") from None
         return Path(out_png)
     out = default
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+        os.close(fd)
         fig.savefig(tmp, format="png")
         os.replace(tmp, out)
+    except OSError as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise OutputError(_read_only(out, exc.strerror or str(exc))) from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
     return out
 

@@ -147,14 +147,25 @@ class RemakeStore:
     def count(self) -> int:
         return int(self._query("SELECT COUNT(*) FROM refined")[0][0])
 
-    def rows(self) -> list[dict]:
-        """Every row as a dict of :data:`COLUMNS`, by id."""
+    def rows(self, max_id: Optional[int] = None, max_step: Optional[int] = None) -> list[dict]:
+        """Every row as a dict of :data:`COLUMNS`, by id; only ids up to ``max_id`` / steps up to
+        ``max_step`` when given (what a checkpoint recorded). One query: one consistent read."""
         cols = ", ".join(COLUMNS)
-        return [dict(zip(COLUMNS, r)) for r in self._query(f"SELECT {cols} FROM refined ORDER BY id")]
+        where, args = [], []
+        if max_id is not None:
+            where.append("id <= ?")
+            args.append(int(max_id))
+        if max_step is not None:
+            where.append("step <= ?")
+            args.append(int(max_step))
+        cond = f" WHERE {' AND '.join(where)}" if where else ""
+        return [dict(zip(COLUMNS, r)) for r in self._query(f"SELECT {cols} FROM refined{cond} ORDER BY id",
+                                                           tuple(args))]
 
-    def examples(self) -> list[Example]:
-        """Every stored example (``source="remake:<id>"``, provenance in ``meta``), by id."""
-        return [row_to_example(r) for r in self.rows()]
+    def examples(self, max_id: Optional[int] = None, max_step: Optional[int] = None) -> list[Example]:
+        """Every stored example (``source="remake:<id>"``, provenance in ``meta``), by id; limits as
+        :meth:`rows`."""
+        return [row_to_example(r) for r in self.rows(max_id, max_step)]
 
     def prompts(self) -> list[str]:
         """The stored prompts (to seed the duplicate guard's ``seen`` set on resume)."""
