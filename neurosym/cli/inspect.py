@@ -9,13 +9,12 @@ import re
 from pathlib import Path
 
 from neurosym.cli import UserError, _parser, _run_config
+from neurosym.persist.rundir import RunDir
 
-STORE_FILE = "remake.sqlite"
 
 
 class InspectError(UserError):
     """A user-fixable problem with the run directory: printed as one message, exit 2."""
-WANDB_ID_FILE = "wandb_run_id"
 
 
 def _run_dir(path: str) -> Path:
@@ -55,10 +54,10 @@ def cmd_export(args) -> int:
 
     run_dir = _run_dir(args.run_dir)
     cfg = _config(run_dir)
-    store_path = run_dir / STORE_FILE
+    store_path = RunDir(run_dir).remake
     has_store = store_path.exists()  # checked first: RemakeStore would create an empty one
     if args.only == "refined" and not has_store:
-        raise InspectError(f"{run_dir} has no remake store yet ({STORE_FILE}): no symbolic update has stored "
+        raise InspectError(f"{run_dir} has no remake store yet ({store_path.name}): no symbolic update has stored "
                            f"a refined example in this run. Leave out --only to export its training data")
     only = args.only or ("refined" if has_store else "all")
     try:
@@ -103,10 +102,10 @@ def cmd_export(args) -> int:
 
 def _wandb_target(run_dir: Path, cfg) -> tuple[str, str]:
     """The run's W&B id and mode, checked before anything is written."""
-    id_path = run_dir / WANDB_ID_FILE
+    id_path = RunDir(run_dir).wandb_id
     run_id = id_path.read_text().strip() if id_path.exists() else ""
     if not run_id:
-        raise InspectError(f"{run_dir} has no W&B run ({WANDB_ID_FILE} missing): it was trained with "
+        raise InspectError(f"{run_dir} has no W&B run ({id_path.name} missing): it was trained with "
                            f"tracking.mode disabled; export without --wandb")
     mode = cfg.tracking.resolved_mode()
     if mode == "disabled":

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 from neurosym.model.load import ModelError
+from neurosym.persist.rundir import RunDir
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -105,7 +106,7 @@ def _json_kind(value) -> str:
 def _run_model(run_dir: Path) -> BaseRef:
     from neurosym.config.schema import load_config
 
-    m = load_config(run_dir / "config.yaml", check_files=False).model
+    m = load_config(RunDir(run_dir).config, check_files=False).model
     return BaseRef(m.name_or_path, m.revision, m.quantization, m.dtype, m.trust_remote_code)
 
 
@@ -120,7 +121,7 @@ def resolve(name: str, path: str, weight: float = 1.0) -> AdapterSource:
     if not p.exists():
         raise ComposeError(f"--adapter {name}={path}: no such file or folder")
     run_dir = None
-    if (p / "config.yaml").is_file() and (p / "checkpoints").is_dir():
+    if RunDir(p).config.is_file() and RunDir(p).checkpoints.is_dir():
         run_dir = p
         adapter_dir = latest_checkpoint(p)
         if adapter_dir is None:
@@ -128,8 +129,8 @@ def resolve(name: str, path: str, weight: float = 1.0) -> AdapterSource:
                                f"(train it, or pass a PEFT adapter folder)")
     else:
         adapter_dir = p
-        if p.parent.name == "checkpoints" and (p.parent.parent / "config.yaml").is_file():
-            run_dir = p.parent.parent
+        owner = RunDir.of_checkpoint(p)
+        run_dir = owner.path if owner else None
     if not (adapter_dir / ADAPTER_CONFIG).is_file():
         raise ComposeError(f"--adapter {name}={path}: not a run directory, checkpoint or PEFT adapter folder "
                            f"(no {ADAPTER_CONFIG} in {adapter_dir})")

@@ -14,8 +14,9 @@ import re
 from pathlib import Path
 from typing import Optional
 
-from neurosym.persist.checkpoint import latest_checkpoint
 from neurosym.observe.events import read_events
+from neurosym.persist.checkpoint import latest_checkpoint
+from neurosym.persist.rundir import RunDir
 
 
 # C0/C1 controls (ESC, CR, BEL, backspace...), DEL, and the Unicode format characters that reorder or
@@ -61,7 +62,7 @@ def _int(value) -> Optional[int]:
 
 def run_events(run_dir: Path) -> list[dict]:
     """The records of ``run_dir/events.jsonl`` (empty when there is none yet)."""
-    path = Path(run_dir) / "events.jsonl"
+    path = RunDir(run_dir).events
     return [e for e in read_events(path) if isinstance(e, dict)] if path.exists() else []
 
 
@@ -79,7 +80,7 @@ def _state_prompts(run_dir: Path, ckpt: Optional[Path] = None) -> tuple[list[dic
 
 
 def _config_prompt(run_dir: Path) -> Optional[str]:
-    path = Path(run_dir) / "config.yaml"
+    path = RunDir(run_dir).config
     if not path.exists():
         return None
     try:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 from neurosym.observe.prompt_history import _num, prompt_versions, run_events
+from neurosym.persist.rundir import RunDir
 
 ROUTES = {  # category -> (legend label, colour, marker)
     "lora": ("LoRA", "#1f77b4", "o"),
@@ -206,12 +207,9 @@ def draw_report(run_dir: str | Path):
     :raises FileNotFoundError: ``run_dir`` has no ``events.jsonl``.
     """
     from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-    from matplotlib.ticker import AutoLocator, MaxNLocator
-    from matplotlib.transforms import blended_transform_factory
 
     run_dir = Path(run_dir)
-    if not (run_dir / "events.jsonl").exists():
+    if not RunDir(run_dir).events.exists():
         raise FileNotFoundError(f"{run_dir}: no events.jsonl (not a run directory, or the run has not started)")
     events = run_events(run_dir)
     train = sorted((e for e in events if e.get("kind") == "train" and _num(e.get("step")) is not None),
@@ -233,7 +231,32 @@ def draw_report(run_dir: str | Path):
     ax_text = right.add_subplot(gs[1], label="summary")
     fig.suptitle(f"neurosym run: {run_dir.resolve().name}", fontsize=13)
 
-    # -- loss, with its EMA and the eval loss
+    _loss_panel(ax_loss, train, evals)
+
+    # -- grad norm, slope
+    _metric_panel(ax_gn, train, lambda e: _num(e.get("grad_norm")), "grad norm", "no grad norm logged")
+    if _metric_panel(ax_slope, train, lambda e: _signal(e, "slope"), "loss slope", "no loss slope (signals.slope) logged"):
+        ax_slope.axhline(0, color="#888888", lw=0.8, zorder=0)
+
+    _route_strip(ax_route, train)
+    for ax in (ax_loss, ax_gn, ax_slope):
+        ax.tick_params(labelbottom=False)
+
+    _prompt_lines((ax_loss, ax_gn, ax_slope, ax_route), versions)
+
+    _gain_panel(ax_gain, train)
+
+    ax_text.axis("off")
+    ax_text.text(0.0, 1.0, "\n".join(summarize(events, versions)), transform=ax_text.transAxes, va="top",
+                 ha="left", family="monospace", fontsize=9)
+
+    return fig
+
+
+def _loss_panel(ax_loss, train: list[dict], evals: list[tuple]) -> None:
+    """Training loss by route, with its EMA and the eval loss."""
+    from matplotlib.ticker import AutoLocator
+
     has_loss = _metric_panel(ax_loss, train, lambda e: _num(e.get("loss")), "loss", "no training loss logged")
     ema = [(e["step"], _signal(e, "loss_ema")) for e in train]
     ema = [(s, v) for s, v in ema if v is not None]
@@ -250,12 +273,12 @@ def draw_report(run_dir: str | Path):
             ax_loss.yaxis.set_major_locator(AutoLocator())
             ax_loss.texts[0].set_position((0.5, 0.06))
 
-    # -- grad norm, slope
-    _metric_panel(ax_gn, train, lambda e: _num(e.get("grad_norm")), "grad norm", "no grad norm logged")
-    if _metric_panel(ax_slope, train, lambda e: _signal(e, "slope"), "loss slope", "no loss slope (signals.slope) logged"):
-        ax_slope.axhline(0, color="#888888", lw=0.8, zorder=0)
 
-    # -- route strip: every step, including symbolic steps without a loss
+def _route_strip(ax_route, train: list[dict]) -> None:
+    """Every step's route, including symbolic steps without a loss, and the legend of routes."""
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+
     for cat, (label, colour, marker) in ROUTES.items():
         xs = [e["step"] for e in train if step_category(e) == cat]
         if xs:
@@ -271,26 +294,21 @@ def draw_report(run_dir: str | Path):
     ax_route.legend(handles=handles, fontsize=8, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.9), frameon=False)
     if not train:
         _note(ax_route, "no training steps logged")
-    for ax in (ax_loss, ax_gn, ax_slope):
-        ax.tick_params(labelbottom=False)
 
-    # -- prompt versions
+
+def _prompt_lines(axes, versions: list[dict]) -> None:
+    """A dashed line at each new system prompt version, labelled on the first axis."""
+    from matplotlib.transforms import blended_transform_factory
+
+    ax_loss = axes[0]
     label_at = blended_transform_factory(ax_loss.transData, ax_loss.transAxes)
     for v in versions:
         if v["version"] < 1:
             continue
-        for ax in (ax_loss, ax_gn, ax_slope, ax_route):
+        for ax in axes:
             ax.axvline(v["step"], color=PROMPT_COLOUR, ls="--", lw=1, alpha=0.7, zorder=0)
         ax_loss.text(v["step"], 1.01, f"v{v['version']}", transform=label_at, ha="center", va="bottom",
                      color=PROMPT_COLOUR, fontsize=9, fontweight="bold")
-
-    _gain_panel(ax_gain, train)
-
-    ax_text.axis("off")
-    ax_text.text(0.0, 1.0, "\n".join(summarize(events, versions)), transform=ax_text.transAxes, va="top",
-                 ha="left", family="monospace", fontsize=9)
-
-    return fig
 
 
 def _read_only(out: Path, why: str) -> str:

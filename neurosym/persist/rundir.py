@@ -44,6 +44,20 @@ class RunDir:
         """A run was started here (events exist), finished or not."""
         return self.events.exists()
 
+    def looks_like_run(self) -> bool:
+        """A folder that holds a neurosym run: its config and events, checkpoints or remake store."""
+        try:
+            return self.config.is_file() and any(p.exists() for p in (self.events, self.checkpoints, self.remake))
+        except OSError:
+            return False
+
+    @staticmethod
+    def of_checkpoint(path: str | os.PathLike) -> Optional["RunDir"]:
+        """The run directory a checkpoint folder (``RUN/checkpoints/step-N``) belongs to, if it is one."""
+        path = Path(path)
+        run = RunDir(path.parent.parent)
+        return run if path.parent.name == run.checkpoints.name and run.config.is_file() else None
+
     def __str__(self) -> str:
         return str(self.path)
 

@@ -33,11 +33,11 @@ from pathlib import Path
 from typing import Iterable, Iterator, Literal, Optional
 
 from neurosym.errors import UserError
+from neurosym.persist.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
 TMP_TAG, OLD_TAG = ".neurosym-tmp-", ".neurosym-old-"
-RUN_MARKERS = ("events.jsonl", "checkpoints", "remake.sqlite")
 _SCAN_LIMIT = 20_000  # entries looked at before refusing to replace a folder we cannot fully check
 
 
@@ -47,10 +47,7 @@ class OutputError(UserError, ValueError):
 
 def is_run_dir(path: Path) -> bool:
     """A folder that looks like a neurosym run directory."""
-    try:
-        return (path / "config.yaml").is_file() and any((path / m).exists() for m in RUN_MARKERS)
-    except OSError:
-        return False
+    return RunDir(path).looks_like_run()
 
 
 def _resolved(path: Path) -> Path:
