@@ -37,7 +37,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import httpx
 import openai
 
 from neurosym.config import TeacherConfig, redact_url, url_secrets
@@ -45,7 +44,8 @@ from neurosym.config import TeacherConfig, redact_url, url_secrets
 from .apikey import read_api_key, redact
 from .base import CachedTeacher, Completion
 from .errors import TeacherDown, TeacherUnavailable
-from .protocol import OPENAI_URL, _check_saved_url, _client, error_detail, is_model_not_found, retry_after_s
+from .protocol import (OPENAI_URL, _check_saved_url, _client, error_detail, is_model_not_found, retry_after_s,
+                       timeout as http_timeout, transport_errors)
 
 log = logging.getLogger("neurosym.teacher")
 
@@ -164,7 +164,7 @@ class OpenAITeacher(CachedTeacher):
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise _Fault("deadline", "no time left under the call's deadline")
-        timeout = httpx.Timeout(remaining, connect=min(5.0, remaining))
+        timeout = http_timeout(remaining, min(5.0, remaining))
         cancel, done, box = threading.Event(), threading.Event(), {}
 
         def fetch() -> None:
@@ -195,15 +195,16 @@ class OpenAITeacher(CachedTeacher):
             # classified here, outside any except block: our exceptions carry no __context__,
             # whose message (the server's body) may echo the key
             raise self._classify(error)
-        if isinstance(error, openai.APITimeoutError) or isinstance(error, httpx.TimeoutException):
+        timeouts, transport = transport_errors()   # httpx2's under openai>=3, httpx's before
+        if isinstance(error, (openai.APITimeoutError, *timeouts)):
             raise _Fault("timeout", f"no answer within teacher.timeout_s={self.cfg.timeout_s}s")
         if isinstance(error, openai.APIConnectionError):
             raise _Fault("connection", f"cannot connect ({self._redact(str(error.__cause__ or error))})")
-        if isinstance(error, (httpx.HTTPError, OSError)):
+        if isinstance(error, (*transport, OSError)):
             raise _Fault("connection", f"connection broke while reading ({type(error).__name__})")
         raise error  # a bug, not a server fault: let it surface
 
-    def _fetch(self, messages: list[dict], params: dict[str, Any], timeout: httpx.Timeout,
+    def _fetch(self, messages: list[dict], params: dict[str, Any], timeout: Any,
                cancel: threading.Event) -> bytes:
         """The response body (helper thread): read chunk by chunk, stopping on ``cancel`` or at the
         size cap (``too_large``, with what arrived billed to the budget by the caller)."""
