@@ -102,8 +102,7 @@ class OpenAITeacher(CachedTeacher):
         super().__init__(cfg, run_dir, **kw)
         self.base_url = redact_url(cfg.base_url or OPENAI_URL)   # what messages and logs show
         self.backoff = backoff or Backoff()
-        self._aborted = threading.Event()
-        self._sleep = sleep or self._aborted.wait
+        self._sleep = sleep or self._aborted.wait   # wakes up on abort()
         self._rng = random.Random(seed)
         self._rng_lock = threading.Lock()
         self._client = _client(cfg.base_url, api_key, cfg.timeout_s)
@@ -112,12 +111,6 @@ class OpenAITeacher(CachedTeacher):
         self._redact: Callable[[str], str] = lambda text, _s=tuple(secrets): _scrub(text, _s)
 
     # -- the call ---------------------------------------------------------------------------------
-    def abort(self) -> None:
-        """End every call in flight at once (within ~50 ms, retry waits included) with
-        ``TeacherUnavailable(kind="aborted")``, and every later call too. For a prompt stop
-        (SIGTERM, Ctrl-C): jobs in flight are saved with the checkpoint and resubmitted on resume."""
-        self._aborted.set()
-
     def _request(self, messages: list[dict], params: dict[str, Any]) -> Completion:
         attempts = self.cfg.max_retries + 1
         overall = time.monotonic() + self.cfg.timeout_s * attempts
@@ -148,10 +141,6 @@ class OpenAITeacher(CachedTeacher):
         raise TeacherUnavailable(
             f"teacher {self.model_string!r} at {self.base_url} unavailable after {attempt + 1} attempt(s): {last} "
             "(raise teacher.max_retries / teacher.timeout_s, or check the server)", kind=kind)
-
-    def _check_aborted(self) -> None:
-        if self._aborted.is_set():
-            raise TeacherUnavailable(f"teacher {self.model_string!r}: call aborted (shutting down)", kind="aborted")
 
     def _attempt(self, messages: list[dict], params: dict[str, Any], deadline: float) -> Completion:
         """One request under ``deadline``; raises :class:`_Fault` on failure.
