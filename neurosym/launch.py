@@ -76,9 +76,12 @@ def _signal_name(signum: int) -> str:
 
 def killed_process(failures: dict) -> tuple[int, int] | None:
     """(rank, signal) of the first process of a failed job that a signal killed, or None.
-    ``failures``: torchrun's ``{rank: ProcessFailure}`` (``exitcode`` < 0: killed by ``-exitcode``)."""
-    killed = sorted((f.timestamp, rank, -f.exitcode) for rank, f in failures.items() if f.exitcode < 0)
-    return (killed[0][1], killed[0][2]) if killed else None
+    ``failures``: torchrun's ``{rank: ProcessFailure}`` (``exitcode`` < 0: killed by ``-exitcode``).
+    Failures seen at once share a timestamp (whole seconds); among those, one killed by SIGTERM comes
+    last: that is how torchrun stops the other processes once one has failed."""
+    killed = sorted((f.timestamp, -f.exitcode == signal.SIGTERM, rank, -f.exitcode)
+                    for rank, f in failures.items() if f.exitcode < 0)
+    return (killed[0][2], killed[0][3]) if killed else None
 
 
 def job_status(failures: dict | None, stopped_by: int | None, main_code: int | None) -> tuple[int, str | None]:
