@@ -12,14 +12,29 @@ the body is read by us, chunk by chunk, so that:
   ``malformed_response`` fault, retried like a 5xx - never an uncaught exception;
 * token counts are untrusted (see :meth:`CachedTeacher._sane_usage`).
 
-Retries are ours:
+What the openai client does, and what we add. The client sends the request, parses error bodies
+into its exception classes (``APIStatusError`` with the status, ``APITimeoutError``,
+``APIConnectionError``) and applies per-operation timeouts of its HTTP library (connect, each read);
+we use all of that. Its own retry loop (``max_retries``, jittered backoff, ``Retry-After`` up to
+2 min in openai 3.x) is switched off (``max_retries=0``) because it cannot do what a training loop
+needs, and ours is only that:
 
-* 429: wait ``Retry-After`` (or ``retry-after-ms``) when given, else jittered exponential backoff;
-  a 429 ``insufficient_quota`` is not retried;
-* 5xx, 408, 409, timeouts, connection errors and malformed bodies: jittered exponential backoff;
-* up to ``teacher.max_retries`` retries, then :class:`TeacherUnavailable`;
-* 401/403/404 raise :class:`TeacherDown` at once (``permanent``; also a ``TeacherConfigError``);
-  other 4xx :class:`TeacherUnavailable`.
+* a **total deadline**: each attempt within ``timeout_s`` (a per-read timeout lets a trickling body
+  run on forever), the whole call within ``timeout_s * (max_retries + 1)``, and a wait (backoff or
+  ``Retry-After``) that would pass it is not taken - the client sleeps what it is told (up to 2 min
+  a retry) with no overall bound;
+* **abort** from another thread (a stop: SIGTERM, Ctrl-C), retry waits included - the client's
+  waits and reads cannot be interrupted;
+* **fault classes** the client does not make: a body that is not a chat completion is a retried
+  ``malformed_response`` (the client never retries a 200), a 429
+  ``insufficient_quota`` is not retried (the client retries every 429), 401/403/404 raise
+  :class:`TeacherDown` at once (``permanent``; also a ``TeacherConfigError``), other 4xx
+  :class:`TeacherUnavailable`; each failure is counted by kind (``teacher.usage.failures``);
+* ``Retry-After`` / ``retry-after-ms`` honoured as given, never shortened (one longer than
+  ``Backoff.max_retry_after_s`` fails the call instead); read from the response by
+  :func:`~.protocol.retry_after_s`, since the client's parser is private;
+* 5xx, 408, 409, timeouts, connection errors and malformed bodies: jittered exponential backoff, up
+  to ``teacher.max_retries`` retries, then :class:`TeacherUnavailable`.
 
 The key is read from the environment once and only handed to the client; it never appears in a
 message, log line or repr, and the environment is never written. Credentials inside
