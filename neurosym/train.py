@@ -75,7 +75,8 @@ def train(cfg: Config, resume: bool = False, quiet: Optional[bool] = None, chang
                 run.evaluate()                              # the "before" of the before -> after
             # the handlers stay through the final save: a launcher passes a stop on to its processes
             # (SIGTERM) after they got it from the terminal, and that copy must not kill the save
-            with StopFlag(launched=run.runtime.world_size > 1, speaks=run.runtime.is_main) as stop:
+            with StopFlag(launched=run.runtime.world_size > 1, speaks=run.runtime.is_main,
+                          on_stop=lambda: abort_teacher_calls(run)) as stop:
                 while run.state.step < run.total_steps and not run.should_stop(stop.requested):
                     train_step(run)
                     run.after_step()                        # evaluate and save on their schedules
@@ -124,6 +125,15 @@ def last_eval(run: Run) -> dict:
     return evals[-1] if evals else {}
 
 
+def abort_teacher_calls(run: Run) -> None:
+    """A stop ends teacher calls in flight at once (a landing wait too): their jobs stay in flight, are
+    saved with the checkpoint and submitted again on resume. Safe in a signal handler (no lock taken)."""
+    for update in run.updates.values():
+        abort = getattr(getattr(update, "teacher", None), "abort", None)
+        if abort is not None:
+            abort()
+
+
 class StopFlag:
     """SIGINT/SIGTERM ask the loop to stop at the next step boundary (after a checkpoint);
     a second Ctrl-C stops at once.
@@ -135,10 +145,11 @@ class StopFlag:
     launcher stop waiting and exit, and this process dies with it (PR_SET_PDEATHSIG,
     neurosym.runtime.accelerate)."""
 
-    def __init__(self, launched: bool = False, speaks: bool = True):
+    def __init__(self, launched: bool = False, speaks: bool = True, on_stop=None):
         self.requested = False
         self._old = {}
         self._launched, self._speaks = launched, speaks  # speaks: the process that tells the user
+        self._on_stop = on_stop  # called once, in the handler, at the first stop (must take no lock)
 
     def __enter__(self):
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -151,6 +162,8 @@ class StopFlag:
                 raise KeyboardInterrupt
             return
         self.requested = True
+        if self._on_stop is not None:
+            self._on_stop()
         if self._speaks:  # one message for the job
             print("\nstopping after this step; saving a checkpoint (Ctrl-C again to abort now)",
                   file=sys.stderr, flush=True)

@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -228,24 +229,41 @@ def test_async_symbolic_updates_under_two_processes_take_the_one_process_run(tmp
 @pytest.mark.slow
 def test_a_stuck_teacher_ends_the_run_with_a_message_and_the_checkpoint_resumes(tmp_path, tiny_model_dir, teacher):
     """The main process hangs in a teacher call longer than run.collective_timeout_s: the process
-    waiting for it stops the run with a message (no endless hang); the last checkpoint resumes."""
-    script, calls = Teacher(), []
+    waiting for it stops the run with a message (no endless hang); the last checkpoint resumes.
+
+    Nothing here races the clock: the call hangs until the test releases it (not for a fixed time),
+    the checkpoint of step 2 is checked when the server has the stuck request (step 3's update comes
+    after step 2's save), and the collective timeout is far above what a step, a save or the model
+    load takes on a loaded machine (it only has to pass once, while the call hangs)."""
+    script, calls, stuck, release = Teacher(), [], threading.Event(), threading.Event()
 
     def responder(messages):
         calls.append(1)
         if len(calls) == 2:  # the first symbolic update's first call (the first is the preflight)
-            time.sleep(25)
+            stuck.set()
+            release.wait()
         return script(messages)
 
     teacher.set_responder(responder)
     cfg = hybrid_config(tmp_path, tiny_model_dir, teacher, name="stuck", lora=LORA, data={"eval": None},
-                        router={"kind": "alternate", "every": 3}, run={"collective_timeout_s": 8},
-                        teacher={"timeout_s": 60.0, "max_retries": 0}, train={**TRAIN, "save_every": 2})
-    proc = subprocess.run(_cli("train", str(cfg), "--quiet", nproc=2), env=_env(**{KEY_ENV: teacher.api_key}),
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0
-    assert "run.collective_timeout_s=8 s" in proc.stderr and "neurosym resume" in proc.stderr, proc.stderr[-3000:]
+                        router={"kind": "alternate", "every": 3}, run={"collective_timeout_s": 60},
+                        teacher={"timeout_s": 600.0, "max_retries": 0}, train={**TRAIN, "save_every": 2})
     run = tmp_path / "runs" / "stuck"
+    proc = subprocess.Popen(_cli("train", str(cfg), "--quiet", nproc=2), env=_env(**{KEY_ENV: teacher.api_key}),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        while not stuck.wait(0.1):
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert latest_checkpoint(run).name == "step-2"
+        t0 = time.monotonic()
+        _, err = proc.communicate(timeout=400)
+        print(f"the job ended {time.monotonic() - t0:.1f}s after the teacher call got stuck")
+    finally:
+        release.set()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 1, err[-3000:]  # a failed exchange between processes, not bad input (2)
+    assert "run.collective_timeout_s=60 s" in err and "neurosym resume" in err, err[-3000:]
     assert latest_checkpoint(run).name == "step-2"
     teacher.set_responder(Teacher())
     _run("resume", str(run), "--quiet", env=_env(**{KEY_ENV: teacher.api_key}))
@@ -338,6 +356,81 @@ def test_a_user_error_under_two_processes_exits_2_with_its_message(tmp_path, tin
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert f"error: {data}:21: bad JSON" in proc.stderr and "data.on_error: skip" in proc.stderr
     assert "Traceback" not in proc.stderr and "ChildFailedError" not in proc.stderr, proc.stderr[-3000:]
+
+
+def _worker_pid(launcher_pid: int, rank: int) -> int | None:
+    """The pid of the launcher's worker process of ``rank`` (Linux /proc), None until it runs."""
+    for task in Path(f"/proc/{launcher_pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            try:
+                env = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if f"RANK={rank}".encode() in env:
+                return int(child)
+    return None
+
+
+@pytest.mark.slow
+def test_a_killed_worker_ends_the_job_with_128_plus_the_signal_and_a_message(tmp_path, tiny_model_dir):
+    """SIGKILL of process 1 (the OOM killer, a node going away): the job says which process and which
+    signal, and exits 137 like a killed process in a shell - not 2, the status of bad input."""
+    cfg = write_config(tmp_path, tiny_model_dir, name="oom", n_train=20, lora=LORA,
+                       train={**TRAIN, "max_steps": 400, "save_every": 2})
+    run = tmp_path / "runs" / "oom"
+    proc = subprocess.Popen(_cli("train", str(cfg), "--quiet", nproc=2), env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_for_step(run / "events.jsonl", proc, 2)
+        os.kill(_worker_pid(proc.pid, 1), signal.SIGKILL)
+        t0 = time.monotonic()
+        _, err = proc.communicate(timeout=240)
+        print(f"the job ended {time.monotonic() - t0:.1f}s after its process 1 was killed")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 137, err[-3000:]
+    assert "error: process 1 of the job was killed by SIGKILL (signal 9); exit status 137" in err, err[-3000:]
+    assert "neurosym resume" in err and latest_checkpoint(run) is not None
+
+
+def test_the_jobs_exit_status_names_a_killed_process_and_keeps_the_main_verdict_otherwise():
+    from types import SimpleNamespace as F
+
+    from neurosym.launch import job_status
+
+    killed = {0: F(exitcode=1, timestamp=10), 1: F(exitcode=-9, timestamp=10)}   # 0 lost 1, then exited 1
+    status, message = job_status(killed, None, 1)
+    assert status == 137 and "process 1 of the job was killed by SIGKILL (signal 9)" in message
+    assert "out of memory" in message and "neurosym resume" in message
+    # torchrun stops the others with SIGTERM once one failed: seen at the same time, the cause comes first
+    assert job_status({0: F(exitcode=-15, timestamp=10), 1: F(exitcode=-9, timestamp=10)}, None, None)[0] == 137
+    status, message = job_status({1: F(exitcode=-15, timestamp=3), 0: F(exitcode=-9, timestamp=5)}, None, None)
+    assert status == 143 and "process 1 of the job was killed by SIGTERM" in message  # the first one killed
+    assert job_status({1: F(exitcode=1, timestamp=3)}, None, 1) == (1, None)   # a crash: the main's 1, said by it
+    assert job_status({1: F(exitcode=2, timestamp=3)}, None, 2) == (2, None)   # bad input met by the processes
+    assert job_status({0: F(exitcode=1, timestamp=3)}, None, None) == (1, None)
+    assert job_status(None, signal.SIGTERM, 130) == (130, None)                  # stopped and saved
+    assert job_status(None, signal.SIGTERM, None) == (143, None)
+    assert job_status(None, None, None) == (0, None)
+
+
+@pytest.mark.parametrize("error,status", [("CollectiveFailed", 1), ("DistributedError", 2)])
+def test_a_failed_exchange_between_processes_is_no_input_error(tmp_path, tiny_model_dir, monkeypatch, capsys,
+                                                                 error, status):
+    """Another process died (or the main one was stuck): said as a message, exit 1; a setting that
+    several processes cannot run (a batch too small to shard) stays bad input, exit 2."""
+    import neurosym.distributed as distributed
+    import neurosym.train
+    from neurosym.cli import main
+
+    def train(*args, **kwargs):
+        raise getattr(distributed, error)("process 0/2: a broadcast from the main process failed")
+
+    monkeypatch.setattr(neurosym.train, "train", train)
+    cfg = write_config(tmp_path, tiny_model_dir, name="x", train={"max_steps": 1})
+    assert main(["train", str(cfg), "--quiet"]) == status
+    assert "error: process 0/2: a broadcast from the main process failed" in capsys.readouterr().err
 
 
 def test_fsdp_and_deepspeed_are_refused_with_what_to_do_instead():

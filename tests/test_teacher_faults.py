@@ -130,6 +130,73 @@ def test_abort_ends_a_call_waiting_to_retry(keyed, tmp_path):
         eng("later")
 
 
+# -- the transport of the installed openai ---------------------------------------------------------
+
+class _CutServer:
+    """Answers every request with headers promising a 10 kB body, sends 20 bytes of it and closes:
+    a connection broken mid-body, below anything the scripted server's faults do."""
+
+    def __init__(self):
+        import socket
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.served = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @property
+    def base_url(self):
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 10000\r\n\r\n"
+                             b'{"id": "chatcmpl-1",')
+            self.served.set()
+
+    def close(self):
+        self.sock.close()
+
+
+def test_a_body_cut_off_mid_read_is_a_connection_fault_on_the_installed_openai(keyed, tmp_path):
+    """openai 3.x reads bodies with httpx2, whose errors are not httpx's: a connection that breaks
+    while the body streams in is a counted, retried ``connection`` fault, not an uncaught
+    ``httpx2.RemoteProtocolError``."""
+    server = _CutServer()
+    try:
+        eng = engine(keyed, tmp_path, base_url=server.base_url, max_retries=1)
+        with pytest.raises(TeacherUnavailable, match="after 2 attempt") as err:
+            eng("hi")
+        assert server.served.is_set() and err.value.kind == "connection"
+        assert eng.usage.failures == {"connection": 2} and eng.usage.retries == 1
+    finally:
+        server.close()
+
+
+def test_the_http_library_is_the_one_the_installed_openai_builds_on():
+    import openai
+
+    from neurosym.teacher.protocol import http_lib, split_credentials, transport_errors
+
+    lib = http_lib()
+    client = openai.DefaultHttpxClient()
+    try:
+        assert isinstance(client, lib.Client)
+    finally:
+        client.close()
+    assert issubclass(lib.RemoteProtocolError, transport_errors()[1])
+    assert issubclass(lib.ReadTimeout, transport_errors()[0])
+    url, auth = split_credentials("http://al%40ice:p%3Ass@127.0.0.1:8/v1")
+    assert url == "http://127.0.0.1:8/v1" and isinstance(auth, lib.BasicAuth)
+    assert split_credentials("http://127.0.0.1:8/v1") == ("http://127.0.0.1:8/v1", None)
+
+
 # -- untrusted sizes and counts ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("chars", [30_000, 2_000_000])  # past the text cap; past the body cap (cut off)

@@ -42,6 +42,31 @@ def test_default_price_comes_from_litellms_bundled_map(monkeypatch):
     assert dict(os.environ) == before
 
 
+def test_prices_come_from_litellms_public_cost_map(monkeypatch, caplog):
+    """litellm.model_cost (public, whatever map LiteLLM loaded), not a file inside the package; no
+    LiteLLM at all: prices are unknown, with a warning, and nothing breaks."""
+    import sys
+
+    import litellm
+
+    from neurosym.teacher import pricing
+
+    monkeypatch.setitem(litellm.model_cost, "in-house-13b", {"input_cost_per_token": 2e-6,
+                                                             "output_cost_per_token": 4e-6})
+    pricing._cost_map.cache_clear()
+    try:
+        p = resolve_price(TeacherConfig(model="openai/in-house-13b"))
+        assert (p.input, p.output, p.source) == (pytest.approx(0.002), pytest.approx(0.004), "litellm:in-house-13b")
+        pricing._cost_map.cache_clear()
+        monkeypatch.setitem(sys.modules, "litellm", None)   # import litellm -> ImportError
+        with caplog.at_level(logging.WARNING, logger="neurosym.teacher"):
+            p = resolve_price(TeacherConfig(model="gpt-4o-mini", budget_usd=1))
+        assert (p.source, p.enforceable) == ("unknown", False)
+        assert "cost map is unavailable" in caplog.text and "budget_usd=1 cannot be enforced" in caplog.text
+    finally:
+        pricing._cost_map.cache_clear()
+
+
 def test_unknown_model_warns_that_the_budget_cannot_be_enforced(caplog):
     with caplog.at_level(logging.WARNING, logger="neurosym.teacher"):
         p = resolve_price(TeacherConfig(model="my-private-model", budget_usd=5))

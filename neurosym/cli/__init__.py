@@ -293,7 +293,7 @@ def main(argv=None) -> int:
         if not is_user_error(exc):
             raise
         print(f"{_process_label()}error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return getattr(exc, "exit_status", EXIT_USAGE)  # a message, but no input error (distributed.CollectiveFailed)
 
 
 def _process_label() -> str:

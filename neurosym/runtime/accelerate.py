@@ -34,7 +34,15 @@ from neurosym.runtime.local import LocalRuntime
 
 
 class DistributedError(UserError, RuntimeError):
-    """A collective call failed or timed out: another process died or the main process is stuck."""
+    """A setting that several processes cannot run (a batch too small to shard, FSDP): exit 2."""
+
+
+class CollectiveFailed(DistributedError):
+    """A collective call failed or timed out: another process died or the main process is stuck.
+    Said as a message like a user error, but no error in the input: exit status 1 (a failed job), so
+    a scheduler does not read a dead node as bad input."""
+
+    exit_status = 1
 
 
 def _die_with_parent() -> None:
@@ -131,7 +139,7 @@ class AccelerateRuntime(LocalRuntime):
         try:
             return fn()
         except Exception as exc:  # DistBackendError, gloo/NCCL timeouts and connection resets
-            raise DistributedError(
+            raise CollectiveFailed(
                 f"process {self.rank}/{self.world_size}: {what} failed ({type(exc).__name__}: "
                 f"{str(exc).splitlines()[0][:200] if str(exc) else ''}). Another process died, or the main "
                 f"process was busy for more than run.collective_timeout_s={self.timeout_s} s (a teacher call, "

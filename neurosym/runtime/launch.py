@@ -8,6 +8,14 @@ killing it kills the job) with ``python -m neurosym.runtime.launch TORCHRUN-ARGS
 that code in the file named by ``NEUROSYM_LAUNCH_EXIT_FILE``, which only this launcher sets, in the
 environment it hands to its own new image (our process's ``os.environ`` is never written).
 
+Exit status of the job: 0 done, 2 bad input, 130 stopped and saved (the main process's own code, as one
+process gives), 1 a crash or a failed exchange between processes, and ``128 + S`` when a process was
+killed by signal ``S`` (137 for SIGKILL: out of memory, a node or a scheduler ending it), with a message
+naming the process and the signal. 128 + S is what a shell, Kubernetes and SLURM report for one process
+killed by S, so a scheduler reads a killed job as killed (retry it) and never as a user error (2);
+torchrun alone says 1 for all of these. A process killed by a signal is the cause even when the
+others then failed too (they lost the dead one, or were stopped by the launcher).
+
 Ctrl-C in a terminal reaches every process of the job at once. torchrun would pass its own SIGINT on
 to the workers, a second SIGINT for them ("abort now, without a checkpoint"); here the launcher
 passes SIGTERM instead, which for a worker means the same as the first Ctrl-C: stop after this step
@@ -59,6 +67,47 @@ def _status(exitcode: int) -> int:
     return 128 - exitcode if exitcode < 0 else exitcode
 
 
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def killed_process(failures: dict) -> tuple[int, int] | None:
+    """(rank, signal) of the first process of a failed job that a signal killed, or None.
+    ``failures``: torchrun's ``{rank: ProcessFailure}`` (``exitcode`` < 0: killed by ``-exitcode``).
+    Failures seen at once share a timestamp (whole seconds); among those, one killed by SIGTERM comes
+    last: that is how torchrun stops the other processes once one has failed."""
+    killed = sorted((f.timestamp, -f.exitcode == signal.SIGTERM, rank, -f.exitcode)
+                    for rank, f in failures.items() if f.exitcode < 0)
+    return (killed[0][2], killed[0][3]) if killed else None
+
+
+def job_status(failures: dict | None, stopped_by: int | None, main_code: int | None) -> tuple[int, str | None]:
+    """The job's exit status and a message for the user (None: the processes said it themselves).
+
+    ``failures``: torchrun's failed processes (None: none failed); ``stopped_by``: the signal that
+    stopped the launcher (Ctrl-C, SIGTERM), if any; ``main_code``: what the main process exited with
+    (None if it left no code: it crashed or was killed)."""
+    if stopped_by is not None:  # 130 if the main process stopped and saved, 0 if it had finished
+        return (main_code if main_code is not None else 128 + stopped_by), None
+    if failures:
+        killed = killed_process(failures)
+        if killed is not None:
+            rank, signum = killed
+            name = _signal_name(signum)
+            return 128 + signum, (
+                f"error: process {rank} of the job was killed by {name} (signal {signum}); exit status "
+                f"{128 + signum} (128+{signum}). This is no error in the input: the machine or a scheduler ended "
+                f"the process{' (SIGKILL: often out of memory)' if signum == signal.SIGKILL else ''}. Checkpoints "
+                "are only ever written whole: continue with `neurosym resume RUN_DIR` (on any number of processes).")
+        first = min(failures.items(), key=lambda kv: (kv[1].timestamp, kv[0]))[1]
+        # the main process's own verdict (2 for a user error, 130 stopped, 1 a failed exchange) first
+        return (main_code or _status(first.exitcode)), None
+    return 0, None
+
+
 def _read_and_remove(exit_file: Path | None) -> int | None:
     """The main process's exit code (None if it left none: it crashed or was killed); the file goes."""
     if exit_file is None:
@@ -86,21 +135,20 @@ def main(argv: list) -> int:
         raise SignalException(f"process {os.getpid()} got SIGINT", sigval=signal.SIGTERM)
 
     signal.signal(signal.SIGINT, on_sigint)
-    failure, stopped_by = None, None
+    failures, stopped_by = None, None
     try:
         run(parse_args(argv))
     except ChildFailedError as exc:
-        failure = _status(exc.get_first_failure()[1].exitcode)  # a crash (1), or killed by a signal
+        failures = exc.failures  # a crash (1), a user error (2), or a process killed by a signal
     except SignalException as exc:
         stopped_by = received[0] if received else int(exc.sigval)
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         main_code = _read_and_remove(exit_file)
-    if stopped_by is not None:  # 130 if the main process stopped and saved, 0 if it had finished
-        return main_code if main_code is not None else 128 + stopped_by
-    if failure is not None:  # the main process's own verdict (2 for a user error, 130 stopped) first
-        return main_code or failure
-    return 0
+    status, message = job_status(failures, stopped_by, main_code)
+    if message:
+        print(message, file=sys.stderr, flush=True)
+    return status
 
 
 if __name__ == "__main__":

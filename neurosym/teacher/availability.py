@@ -12,6 +12,7 @@
   ``symbolic.on_teacher_down: stop`` the outcome asks the loop to stop.
 * any other :class:`~.errors.TeacherError` (timeouts, 5xx, malformed bodies, ...): after
   ``symbolic.down_after_failures`` in a row, paused for ``symbolic.down_for_steps`` steps.
+* a call aborted by a stop (kind ``aborted``): no fault of the teacher's, counted nowhere.
 
 Plain state (``state_dict``) so a checkpoint saves it and a resume carries on.
 """
@@ -69,6 +70,8 @@ class TeacherAvailability:
             then = ("stopping the run (symbolic.on_teacher_down: stop)" if stop else
                     "continuing with LoRA steps only; set symbolic.on_teacher_down: stop to stop instead")
             return Outcome(f"TEACHER DOWN at step {step}: {error} - {then}", stop=stop, permanent=True)
+        if getattr(error, "kind", None) == "aborted":  # our stop, not the teacher's failure
+            return Outcome()
         if not isinstance(error, TeacherError):
             raise TypeError(f"not a teacher failure: {type(error).__name__}: {error}") from error
         self.failures_in_row += 1

@@ -3,6 +3,8 @@
 A subclass implements :meth:`CachedTeacher._request` (messages + sampling params -> text and token
 counts). :meth:`CachedTeacher.complete` wraps it: cache lookup (a hit is free and counted), budget
 check, a concurrency limit of ``teacher.max_concurrency``, usage recording, cache store.
+:meth:`CachedTeacher.abort` (a stop: SIGTERM, Ctrl-C) makes calls in flight end at once; it is safe
+to call from a signal handler (:class:`AbortFlag` takes no lock).
 """
 from __future__ import annotations
 
@@ -24,6 +26,33 @@ from .tg import load_textgrad, route_textgrad_log
 EngineLM = load_textgrad().engine.EngineLM
 
 SAMPLING_PARAMS = ("temperature", "max_tokens", "top_p", "seed", "stop")
+
+
+class AbortFlag:
+    """A flag that a signal handler may set: unlike ``threading.Event.set`` it takes no lock, so a
+    handler that runs while its own thread holds the lock cannot deadlock. Waiters poll it every
+    ``POLL_S`` (a stop is seen within ~20 ms)."""
+
+    POLL_S = 0.02
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep up to ``timeout`` seconds, waking when the flag is set; returns whether it is."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        while not self._set:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            time.sleep(min(self.POLL_S, left))
+        return self._set
 
 
 @dataclass(frozen=True)
@@ -71,6 +100,19 @@ class CachedTeacher(EngineLM):
         self.price: ResolvedPrice = resolve_price(cfg)
         self.usage = usage or TeacherUsage(self.price.input, self.price.output, cfg.budget_usd)
         self._slots = threading.BoundedSemaphore(cfg.max_concurrency)
+        self._aborted = AbortFlag()
+
+    def abort(self) -> None:
+        """End every call in flight at once (within ~50 ms, retry waits included) with
+        ``TeacherUnavailable(kind="aborted")``, and every later call too. For a prompt stop (SIGTERM,
+        Ctrl-C): jobs in flight are saved with the checkpoint and submitted again on resume. Safe in a
+        signal handler. A backend that cannot be interrupted (``provider: local``) ends its current
+        call first."""
+        self._aborted.set()
+
+    def _check_aborted(self) -> None:
+        if self._aborted.is_set():
+            raise TeacherUnavailable(f"teacher {self.model_string!r}: call aborted (shutting down)", kind="aborted")
 
     # -- TextGrad's interface ---------------------------------------------------------------------
     def generate(self, prompt: Union[str, list], system_prompt: Optional[str] = None, **kwargs: Any) -> str:
@@ -128,6 +170,7 @@ class CachedTeacher(EngineLM):
             if hit is not None:
                 return hit
             self.usage.check_budget()
+            self._check_aborted()
             t0 = time.monotonic()
             out = self._request(messages, params)
             latency = time.monotonic() - t0
@@ -201,4 +244,4 @@ class CachedTeacher(EngineLM):
         raise TypeError(f"{type(self).__name__} cannot be pickled (it holds a client and its key)")
 
 
-__all__ = ["CachedTeacher", "Completion", "TeacherReply", "UsageMeter", "EngineLM", "teacher_dir"]
+__all__ = ["AbortFlag", "CachedTeacher", "Completion", "TeacherReply", "UsageMeter", "EngineLM", "teacher_dir"]

@@ -12,14 +12,29 @@ the body is read by us, chunk by chunk, so that:
   ``malformed_response`` fault, retried like a 5xx - never an uncaught exception;
 * token counts are untrusted (see :meth:`CachedTeacher._sane_usage`).
 
-Retries are ours:
+What the openai client does, and what we add. The client sends the request, parses error bodies
+into its exception classes (``APIStatusError`` with the status, ``APITimeoutError``,
+``APIConnectionError``) and applies per-operation timeouts of its HTTP library (connect, each read);
+we use all of that. Its own retry loop (``max_retries``, jittered backoff, ``Retry-After`` up to
+2 min in openai 3.x) is switched off (``max_retries=0``) because it cannot do what a training loop
+needs, and ours is only that:
 
-* 429: wait ``Retry-After`` (or ``retry-after-ms``) when given, else jittered exponential backoff;
-  a 429 ``insufficient_quota`` is not retried;
-* 5xx, 408, 409, timeouts, connection errors and malformed bodies: jittered exponential backoff;
-* up to ``teacher.max_retries`` retries, then :class:`TeacherUnavailable`;
-* 401/403/404 raise :class:`TeacherDown` at once (``permanent``; also a ``TeacherConfigError``);
-  other 4xx :class:`TeacherUnavailable`.
+* a **total deadline**: each attempt within ``timeout_s`` (a per-read timeout lets a trickling body
+  run on forever), the whole call within ``timeout_s * (max_retries + 1)``, and a wait (backoff or
+  ``Retry-After``) that would pass it is not taken - the client sleeps what it is told (up to 2 min
+  a retry) with no overall bound;
+* **abort** from another thread (a stop: SIGTERM, Ctrl-C), retry waits included - the client's
+  waits and reads cannot be interrupted;
+* **fault classes** the client does not make: a body that is not a chat completion is a retried
+  ``malformed_response`` (the client never retries a 200), a 429
+  ``insufficient_quota`` is not retried (the client retries every 429), 401/403/404 raise
+  :class:`TeacherDown` at once (``permanent``; also a ``TeacherConfigError``), other 4xx
+  :class:`TeacherUnavailable`; each failure is counted by kind (``teacher.usage.failures``);
+* ``Retry-After`` / ``retry-after-ms`` honoured as given, never shortened (one longer than
+  ``Backoff.max_retry_after_s`` fails the call instead); read from the response by
+  :func:`~.protocol.retry_after_s`, since the client's parser is private;
+* 5xx, 408, 409, timeouts, connection errors and malformed bodies: jittered exponential backoff, up
+  to ``teacher.max_retries`` retries, then :class:`TeacherUnavailable`.
 
 The key is read from the environment once and only handed to the client; it never appears in a
 message, log line or repr, and the environment is never written. Credentials inside
@@ -37,7 +52,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import httpx
 import openai
 
 from neurosym.config.schema import TeacherConfig, redact_url, url_secrets
@@ -45,7 +59,8 @@ from neurosym.config.schema import TeacherConfig, redact_url, url_secrets
 from .apikey import read_api_key, redact
 from .base import CachedTeacher, Completion
 from .errors import TeacherDown, TeacherUnavailable
-from .protocol import OPENAI_URL, _check_saved_url, _client, error_detail, is_model_not_found, retry_after_s
+from .protocol import (OPENAI_URL, _check_saved_url, _client, error_detail, is_model_not_found, retry_after_s,
+                       timeout as http_timeout, transport_errors)
 
 log = logging.getLogger("neurosym.teacher")
 
@@ -102,8 +117,7 @@ class OpenAITeacher(CachedTeacher):
         super().__init__(cfg, run_dir, **kw)
         self.base_url = redact_url(cfg.base_url or OPENAI_URL)   # what messages and logs show
         self.backoff = backoff or Backoff()
-        self._aborted = threading.Event()
-        self._sleep = sleep or self._aborted.wait
+        self._sleep = sleep or self._aborted.wait   # wakes up on abort()
         self._rng = random.Random(seed)
         self._rng_lock = threading.Lock()
         self._client = _client(cfg.base_url, api_key, cfg.timeout_s)
@@ -112,12 +126,6 @@ class OpenAITeacher(CachedTeacher):
         self._redact: Callable[[str], str] = lambda text, _s=tuple(secrets): _scrub(text, _s)
 
     # -- the call ---------------------------------------------------------------------------------
-    def abort(self) -> None:
-        """End every call in flight at once (within ~50 ms, retry waits included) with
-        ``TeacherUnavailable(kind="aborted")``, and every later call too. For a prompt stop
-        (SIGTERM, Ctrl-C): jobs in flight are saved with the checkpoint and resubmitted on resume."""
-        self._aborted.set()
-
     def _request(self, messages: list[dict], params: dict[str, Any]) -> Completion:
         attempts = self.cfg.max_retries + 1
         overall = time.monotonic() + self.cfg.timeout_s * attempts
@@ -149,10 +157,6 @@ class OpenAITeacher(CachedTeacher):
             f"teacher {self.model_string!r} at {self.base_url} unavailable after {attempt + 1} attempt(s): {last} "
             "(raise teacher.max_retries / teacher.timeout_s, or check the server)", kind=kind)
 
-    def _check_aborted(self) -> None:
-        if self._aborted.is_set():
-            raise TeacherUnavailable(f"teacher {self.model_string!r}: call aborted (shutting down)", kind="aborted")
-
     def _attempt(self, messages: list[dict], params: dict[str, Any], deadline: float) -> Completion:
         """One request under ``deadline``; raises :class:`_Fault` on failure.
 
@@ -164,7 +168,7 @@ class OpenAITeacher(CachedTeacher):
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise _Fault("deadline", "no time left under the call's deadline")
-        timeout = httpx.Timeout(remaining, connect=min(5.0, remaining))
+        timeout = http_timeout(remaining, min(5.0, remaining))
         cancel, done, box = threading.Event(), threading.Event(), {}
 
         def fetch() -> None:
@@ -195,15 +199,16 @@ class OpenAITeacher(CachedTeacher):
             # classified here, outside any except block: our exceptions carry no __context__,
             # whose message (the server's body) may echo the key
             raise self._classify(error)
-        if isinstance(error, openai.APITimeoutError) or isinstance(error, httpx.TimeoutException):
+        timeouts, transport = transport_errors()   # httpx2's under openai>=3, httpx's before
+        if isinstance(error, (openai.APITimeoutError, *timeouts)):
             raise _Fault("timeout", f"no answer within teacher.timeout_s={self.cfg.timeout_s}s")
         if isinstance(error, openai.APIConnectionError):
             raise _Fault("connection", f"cannot connect ({self._redact(str(error.__cause__ or error))})")
-        if isinstance(error, (httpx.HTTPError, OSError)):
+        if isinstance(error, (*transport, OSError)):
             raise _Fault("connection", f"connection broke while reading ({type(error).__name__})")
         raise error  # a bug, not a server fault: let it surface
 
-    def _fetch(self, messages: list[dict], params: dict[str, Any], timeout: httpx.Timeout,
+    def _fetch(self, messages: list[dict], params: dict[str, Any], timeout: Any,
                cancel: threading.Event) -> bytes:
         """The response body (helper thread): read chunk by chunk, stopping on ``cancel`` or at the
         size cap (``too_large``, with what arrived billed to the budget by the caller)."""

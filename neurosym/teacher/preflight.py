@@ -74,10 +74,9 @@ def _connect_reason(exc: BaseException) -> str:
 
 
 def _preflight_openai(cfg: TeacherConfig, timeout_s: Optional[float]) -> PreflightResult:
-    import httpx
     import openai
 
-    from .protocol import OPENAI_URL
+    from .protocol import OPENAI_URL, timeout as http_timeout, transport_errors
 
     from neurosym.config.schema import redact_url, url_secrets
 
@@ -97,7 +96,7 @@ def _preflight_openai(cfg: TeacherConfig, timeout_s: Optional[float]) -> Preflig
 
     env = f"${cfg.api_key_env}" if cfg.api_key_env else "(no key: teacher.api_key_env is empty)"
     read_timeout = timeout_s or cfg.timeout_s
-    timeout = httpx.Timeout(read_timeout, connect=min(CONNECT_TIMEOUT_S, read_timeout))
+    timeout = http_timeout(read_timeout, min(CONNECT_TIMEOUT_S, read_timeout))
     t0 = time.monotonic()
     try:
         client = _client(cfg.base_url, key, timeout)
@@ -117,7 +116,7 @@ def _preflight_openai(cfg: TeacherConfig, timeout_s: Optional[float]) -> Preflig
     except openai.APIStatusError as exc:
         status_error = exc
         problem = ""
-    except (ValueError, TypeError, KeyError, AttributeError, httpx.HTTPError) as exc:  # a body we cannot read
+    except (ValueError, TypeError, KeyError, AttributeError, *transport_errors()[1]) as exc:  # a body we cannot read
         problem = (f"teacher.base_url {url} answered with something that is not an OpenAI chat completion "
                    f"({type(exc).__name__}); check that it is the API root of an OpenAI-compatible server "
                    "(usually ending in /v1)")

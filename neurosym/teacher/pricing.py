@@ -1,24 +1,25 @@
-"""The teacher's price per 1k tokens: the config's, else the one LiteLLM's bundled cost map knows.
+"""The teacher's price per 1k tokens: the config's, else the one LiteLLM's cost map knows.
 
-LiteLLM (installed with TextGrad) ships ``model_prices_and_context_window_backup.json``. It is read
-here as a plain JSON file, offline, without importing litellm (slow) and without touching
-``os.environ``. ``resolve_price(cfg)`` returns a :class:`ResolvedPrice` saying where the price came
-from; a model the map does not know is priced 0 and ``enforceable`` is False (a ``budget_usd`` then
-cannot bite, and :func:`resolve_price` logs a warning saying so).
+The map is LiteLLM's public ``litellm.model_cost`` (``{model: {"input_cost_per_token": ...}}``),
+read, never written; LiteLLM comes with TextGrad. LiteLLM fills it when it is imported: with
+``LITELLM_LOCAL_MODEL_COST_MAP=True`` (or ``LITELLM_OFFLINE_MODE=true``) in the environment from its
+bundled copy, offline; otherwise it first tries to fetch a newer map from the network (a few seconds
+of retries on a machine without one, then the bundled copy). neurosym never sets these variables (it
+does not write the environment): export one for offline runs. TextGrad imports LiteLLM anyway, so
+reading the map costs no import of its own once a teacher engine exists.
+
+``resolve_price(cfg)`` returns a :class:`ResolvedPrice` saying where the price came from; a model
+the map does not know (or no usable LiteLLM) is priced 0 and ``enforceable`` is False (a
+``budget_usd`` then cannot bite, and :func:`resolve_price` logs a warning saying so).
 """
 from __future__ import annotations
 
 import functools
-import importlib.util
-import json
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 log = logging.getLogger("neurosym.teacher")
-
-COST_MAP_FILE = "model_prices_and_context_window_backup.json"
 
 
 @dataclass(frozen=True)
@@ -40,22 +41,19 @@ class ResolvedPrice:
 
 @functools.lru_cache(maxsize=1)
 def _cost_map() -> dict:
-    spec = importlib.util.find_spec("litellm")
-    if spec is None or not spec.submodule_search_locations:
+    """``litellm.model_cost``, or {} when LiteLLM is missing or broken (prices are then unknown)."""
+    try:
+        import litellm
+    except Exception as exc:  # noqa: BLE001 - an install without (a working) litellm: no prices
+        log.warning("LiteLLM's cost map is unavailable (%s: %s); teacher prices are unknown unless "
+                    "teacher.price_per_1k_tokens is set", type(exc).__name__, exc)
         return {}
-    for folder in spec.submodule_search_locations:
-        path = Path(folder) / COST_MAP_FILE
-        if path.is_file():
-            try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):  # pragma: no cover - a damaged install
-                return {}
-            return data if isinstance(data, dict) else {}
-    return {}
+    table = getattr(litellm, "model_cost", None)
+    return table if isinstance(table, dict) else {}
 
 
 def litellm_price(model: str) -> Optional[tuple[float, float, str]]:
-    """(input, output USD per 1k tokens, map key) for ``model`` in LiteLLM's bundled cost map, or
+    """(input, output USD per 1k tokens, map key) for ``model`` in LiteLLM's cost map, or
     ``None``. ``openai/gpt-4o-mini`` and ``gpt-4o-mini`` both find the ``gpt-4o-mini`` entry."""
     table = _cost_map()
     candidates = [model]

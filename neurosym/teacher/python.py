@@ -10,13 +10,26 @@ or for a simulated teacher (``experiments/testbed/teacher.py``). The module is i
 It is an ordinary :class:`~neurosym.teacher.base.CachedTeacher`: same response cache, usage metering,
 budget cap and TextGrad engine path as ``openai`` and ``local``. Token counts are the callable's own
 when it returns ``(text, prompt_tokens, completion_tokens)``, else estimated at ~4 characters a token
-(so a price in ``teacher.price_per_1k_tokens`` gives a comparable cost). An exception raised by the
-callable becomes :class:`~neurosym.teacher.errors.TeacherUnavailable` (the batch takes a LoRA step);
-a :class:`~neurosym.teacher.errors.TeacherError` it raises passes through unchanged.
+(so a price in ``teacher.price_per_1k_tokens`` gives a comparable cost).
+
+What the callable does cannot end the run or hold it:
+
+* anything it raises becomes :class:`~neurosym.teacher.errors.TeacherUnavailable` (the batch takes a
+  LoRA step) with a message naming the callable, ``SystemExit`` (``sys.exit(3)``),
+  ``KeyboardInterrupt`` and other ``BaseException`` included (kind ``callable_error``); a
+  :class:`~neurosym.teacher.errors.TeacherError` it raises passes through unchanged;
+* it runs on a daemon thread of its own while the caller waits at most ``teacher.timeout_s`` (the
+  same total deadline as an HTTP teacher's attempt; kind ``timeout``) or until :meth:`abort` (a stop:
+  SIGTERM, Ctrl-C; kind ``aborted``), whichever comes first. A Python function cannot be stopped from
+  outside, so one given up on runs on in the background (a daemon thread never holds the process's
+  exit) and its answer is dropped; the callable must therefore be thread-safe, as it must be with
+  ``teacher.max_concurrency`` above 1 anyway.
 """
 from __future__ import annotations
 
 import inspect
+import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -61,14 +74,7 @@ class PythonTeacher(CachedTeacher):
         if self._accepts is not None:
             kwargs = {k: v for k, v in kwargs.items() if k in self._accepts}
         sent = [dict(m) for m in messages]  # the callable cannot alter what is cached or metered
-        try:
-            out = self.fn(sent, **kwargs)
-        except TeacherError:
-            raise
-        except Exception as exc:
-            self.usage.record_failure("callable_error")
-            raise TeacherUnavailable(f"teacher.callable {self.cfg.callable or self.name} raised "
-                                     f"{type(exc).__name__}: {exc}", kind="callable_error") from exc
+        out = self._call(sent, kwargs)
         if isinstance(out, tuple) and len(out) == 3:
             text, p_tok, c_tok = out
         else:
@@ -81,6 +87,42 @@ class PythonTeacher(CachedTeacher):
             p_tok = _estimate_tokens("".join(str(m.get("content", "")) for m in messages))
             c_tok = _estimate_tokens(text)
         return Completion(text, int(p_tok), int(c_tok))
+
+    def _call(self, sent: list[dict], kwargs: dict[str, Any]) -> Any:
+        """``fn(sent, **kwargs)`` on a daemon thread, waited for until ``teacher.timeout_s`` or :meth:`abort`."""
+        name = self.cfg.callable or self.name
+        done, box = threading.Event(), {}
+
+        def call() -> None:
+            try:
+                box["out"] = self.fn(sent, **kwargs)
+            except BaseException as exc:  # noqa: BLE001 - SystemExit, KeyboardInterrupt too: handed to the caller
+                box["error"] = exc
+            finally:
+                done.set()
+
+        deadline = time.monotonic() + self.cfg.timeout_s
+        threading.Thread(target=call, name="teacher-callable", daemon=True).start()
+        while not done.wait(max(0.0, min(0.05, deadline - time.monotonic()))):
+            if self._aborted.is_set():
+                self.usage.record_failure("aborted")
+                raise TeacherUnavailable(f"teacher.callable {name}: call aborted (shutting down); it runs on in "
+                                         "the background and its answer is dropped", kind="aborted")
+            if time.monotonic() >= deadline:
+                self.usage.record_failure("timeout")
+                raise TeacherUnavailable(
+                    f"teacher.callable {name} did not return within teacher.timeout_s={self.cfg.timeout_s:g}s; it "
+                    "runs on in the background and its answer is dropped (raise teacher.timeout_s, or make the "
+                    "callable return sooner)", kind="timeout")
+        error = box.get("error")
+        if error is None:
+            return box["out"]
+        if isinstance(error, TeacherError):
+            raise error
+        self.usage.record_failure("callable_error")
+        what = f"{type(error).__name__}({error})" if isinstance(error, SystemExit) else \
+            f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        raise TeacherUnavailable(f"teacher.callable {name} raised {what}", kind="callable_error") from error
 
     def __repr__(self) -> str:
         return f"PythonTeacher(callable={self.cfg.callable!r}, model={self.model_string!r})"

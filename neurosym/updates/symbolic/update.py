@@ -136,8 +136,12 @@ class SymbolicUpdate(Update):
 
         done = []
         while self.inflight and due(*self.inflight[0]):
-            job, fut = self.inflight.pop(0)
-            done.append(Landing(job.batch, job.decision, self._land(fut.result(), step), job.submitted_step))
+            job, fut = self.inflight[0]
+            landed = fut.result()
+            if getattr(landed.error, "kind", None) == "aborted":  # a stop ended its calls: it stays in flight,
+                break                                              # saved with the checkpoint, submitted on resume
+            self.inflight.pop(0)
+            done.append(Landing(job.batch, job.decision, self._land(landed, step), job.submitted_step))
         return done
 
     def _work(self, job: Job, student) -> Landed:
