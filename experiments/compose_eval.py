@@ -147,7 +147,7 @@ class Bench:
         self.device, self.max_new, self.seed, self.reps = device, max_new, seed, reps
         render = Renderer(tokenizer, max_length=128)
         texts = [render.prompt_text(Example((("user", p),), "")) for p in prompts]
-        self.prompt_ids = [render._prompt_ids(t) for t in texts]
+        self.prompt_ids = [render._prompt_ids(t, render.max_length) for t in texts]
         self.sample_prompts = [self.prompt_ids[i % len(self.prompt_ids)] for i in range(samples)]
 
     def _batch(self, prompts):

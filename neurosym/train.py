@@ -76,7 +76,7 @@ def train(cfg: Config, resume: bool = False, quiet: Optional[bool] = None, chang
             # the handlers stay through the final save: a launcher passes a stop on to its processes
             # (SIGTERM) after they got it from the terminal, and that copy must not kill the save
             with StopFlag(launched=run.runtime.world_size > 1, speaks=run.runtime.is_main,
-                          on_stop=lambda: abort_teacher_calls(run)) as stop:
+                          on_stop=run.abort) as stop:
                 while run.state.step < run.total_steps and not run.should_stop(stop.requested):
                     train_step(run)
                     run.after_step()                        # evaluate and save on their schedules
@@ -123,15 +123,6 @@ def last_eval(run: Run) -> dict:
     from neurosym.observe.events import read_events
     evals = [e for e in read_events(run.dir.events) if e.get("kind") == "eval"]
     return evals[-1] if evals else {}
-
-
-def abort_teacher_calls(run: Run) -> None:
-    """A stop ends teacher calls in flight at once (a landing wait too): their jobs stay in flight, are
-    saved with the checkpoint and submitted again on resume. Safe in a signal handler (no lock taken)."""
-    for update in run.updates.values():
-        abort = getattr(getattr(update, "teacher", None), "abort", None)
-        if abort is not None:
-            abort()
 
 
 class StopFlag:

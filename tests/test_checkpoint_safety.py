@@ -173,15 +173,15 @@ def test_a_state_json_of_before_the_stop_was_saved_still_loads(tmp_path, stopped
 # ---------------------------------------------------------------------------------- the last step, once
 
 def test_the_last_checkpoint_is_written_once(tmp_path, tiny_model_dir, monkeypatch):
-    import neurosym.persist.checkpoint as checkpoint
+    import neurosym.persist.serialization as serialization  # what the checkpoint writes its trees with
     written = []
-    real = checkpoint.save_tree
+    real = serialization.save_tree
 
     def save_tree(obj, stem):
         if stem.name == "optimizer":
             written.append(stem.parent.name.split("-")[2])  # .tmp-step-N-pid -> N
         return real(obj, stem)
-    monkeypatch.setattr(checkpoint, "save_tree", save_tree)
+    monkeypatch.setattr(serialization, "save_tree", save_tree)
     cfg = load_config(write_config(tmp_path, tiny_model_dir, train={"max_steps": 4, "save_every": 2, "eval_every": 2}))
     assert train(cfg, quiet=True).state.step == 4
     assert written == ["2", "4"]

@@ -397,7 +397,7 @@ def test_a_killed_worker_ends_the_job_with_128_plus_the_signal_and_a_message(tmp
 def test_the_jobs_exit_status_names_a_killed_process_and_keeps_the_main_verdict_otherwise():
     from types import SimpleNamespace as F
 
-    from neurosym.launch import job_status
+    from neurosym.runtime.launch import job_status
 
     killed = {0: F(exitcode=1, timestamp=10), 1: F(exitcode=-9, timestamp=10)}   # 0 lost 1, then exited 1
     status, message = job_status(killed, None, 1)
@@ -420,7 +420,7 @@ def test_a_failed_exchange_between_processes_is_no_input_error(tmp_path, tiny_mo
                                                                  error, status):
     """Another process died (or the main one was stuck): said as a message, exit 1; a setting that
     several processes cannot run (a batch too small to shard) stays bad input, exit 2."""
-    import neurosym.distributed as distributed
+    import neurosym.runtime.accelerate as distributed
     import neurosym.train
     from neurosym.cli import main
 

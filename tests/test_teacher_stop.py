@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from neurosym.checkpoint import latest_checkpoint
-from neurosym.config import TeacherConfig
-from neurosym.events import read_events
+from neurosym.persist.checkpoint import latest_checkpoint
+from neurosym.config.schema import TeacherConfig
+from neurosym.observe.events import read_events
 from neurosym.teacher import TeacherUnavailable, make_teacher
 from tests.support.jobs import write_config
 
@@ -105,7 +105,7 @@ def test_abort_from_a_signal_handler_takes_no_lock(tmp_path):
 
 
 def test_an_aborted_call_is_no_teacher_failure():
-    from neurosym.config import SymbolicConfig
+    from neurosym.config.schema import SymbolicConfig
     from neurosym.teacher import TeacherAvailability
 
     avail = TeacherAvailability(SymbolicConfig(down_after_failures=1))

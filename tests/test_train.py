@@ -93,7 +93,7 @@ def test_wandb_offline_files(tmp_path, tiny_model_dir, monkeypatch):
 
 
 def test_crash_during_save_leaves_previous_checkpoint(tmp_path, tiny_model_dir, monkeypatch):
-    import neurosym.persist.checkpoint as ck
+    import neurosym.persist.serialization as ck  # the checkpoint writes its trees with it
     cfg = load_config(write_config(tmp_path, tiny_model_dir, train={"max_steps": 6, "save_every": 2}))
     real, calls = ck.save_tree, {"n": 0}
 

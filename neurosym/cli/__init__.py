@@ -302,10 +302,3 @@ def _process_label() -> str:
     from neurosym.runtime import launched
     rank = os.environ.get("RANK", "0") if launched() else "0"
     return "" if rank == "0" else f"[process {rank}] "
-
-
-if __name__ == "__main__":
-    # Run the imported module's main, not this __main__ copy: verbs defined elsewhere raise
-    # neurosym.cli.UserError, which must be the class main() catches.
-    from neurosym.cli import main as _main
-    sys.exit(_main())

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from neurosym.observe.events import read_events
-from neurosym.persist.checkpoint import latest_checkpoint
+from neurosym.persist.checkpoint import STATE_FILE, latest_checkpoint
 from neurosym.persist.rundir import RunDir
 
 
@@ -68,10 +68,10 @@ def run_events(run_dir: Path) -> list[dict]:
 
 def _state_prompts(run_dir: Path, ckpt: Optional[Path] = None) -> tuple[list[dict], Optional[str]]:
     ckpt = latest_checkpoint(Path(run_dir)) if ckpt is None else Path(ckpt)
-    if ckpt is None or not (ckpt / "state.json").exists():
+    if ckpt is None or not (ckpt / STATE_FILE).exists():
         return [], None
     try:
-        state = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
+        state = json.loads((ckpt / STATE_FILE).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return [], None
     prompts = (state.get("components") or {}).get("prompts") or {}
@@ -159,9 +159,9 @@ def learned_prompt(run_dir: str | Path, checkpoint: str | Path | None = None) ->
     ``None`` when the run has no system prompt at all."""
     run_dir = Path(run_dir)
     ckpt = Path(checkpoint) if checkpoint is not None else latest_checkpoint(run_dir)
-    if ckpt is not None and (ckpt / "state.json").exists():
+    if ckpt is not None and (ckpt / STATE_FILE).exists():
         try:
-            state = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
+            state = json.loads((ckpt / STATE_FILE).read_text(encoding="utf-8"))
             prompts = (state.get("components") or {}).get("prompts")
         except (OSError, ValueError, AttributeError):
             prompts = None

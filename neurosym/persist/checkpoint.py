@@ -36,9 +36,10 @@ from neurosym.persist.state import TrainState
 
 log = logging.getLogger(__name__)
 MARKER = "COMPLETE"
+STATE_FILE = "state.json"  # the run's counters and components (neurosym.persist.state.TrainState)
 _STEP = re.compile(r"^step-(\d+)$")
 FILES = ("adapter_model.safetensors", "adapter_config.json", "optimizer.json", "optimizer.safetensors",
-         "rng.json", "rng.safetensors", "state.json", MARKER)
+         "rng.json", "rng.safetensors", STATE_FILE, MARKER)
 
 
 class CheckpointDamaged(RuntimeError):
@@ -110,7 +111,7 @@ def save_checkpoint(run_dir: Path, model, optimizer, state: TrainState, keep_las
             atomic_write_text(tmp / "system_prompt.txt", system_prompt)
         save_tree(optimizer.state_dict(), tmp / "optimizer")
         save_tree(rng_state(), tmp / "rng")
-        state.save(tmp / "state.json")
+        state.save(tmp / STATE_FILE)
         atomic_write_text(tmp / MARKER, f"step {state.step}\n")
         _fsync_dir(tmp)
     except Exception as exc:
@@ -175,7 +176,7 @@ def _holds(ckpt: Path, model, state: TrainState, model_card: str, system_prompt:
     from neurosym.persist.serialization import load_tree
     from safetensors.torch import load_file
     try:
-        if json.loads((ckpt / "state.json").read_text()) != json.loads(json.dumps(asdict(state))):
+        if json.loads((ckpt / STATE_FILE).read_text()) != json.loads(json.dumps(asdict(state))):
             return False
         for name, text in (("README.md", model_card), ("system_prompt.txt", system_prompt)):
             f = ckpt / name
@@ -274,7 +275,7 @@ def read_checkpoint(ckpt: Path, device: str = "cpu") -> LoadedCheckpoint:
         adapter = load_file(str(ckpt / "adapter_model.safetensors"), device=device)
         optimizer = load_tree(ckpt / "optimizer")
         rng = load_tree(ckpt / "rng")
-        state = TrainState.load(ckpt / "state.json")
+        state = TrainState.load(ckpt / STATE_FILE)
     except Exception as exc:  # any parse error of any file: this checkpoint is unusable
         raise CheckpointDamaged(f"{ckpt}: {type(exc).__name__}: {str(exc)[:200]}") from None
     if not isinstance(state.step, int) or ckpt.name != f"step-{state.step}":

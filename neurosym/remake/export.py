@@ -85,7 +85,7 @@ def export_view(run_dir: str | Path, attempts: int = 3) -> ExportView:
     """The newest complete checkpoint of ``run_dir``, read once: its prompt and the rows it recorded
     (see the module doc). A checkpoint deleted while read (``keep_last_n`` of a live run) is replaced
     by the next newest."""
-    from neurosym.persist.checkpoint import latest_checkpoint
+    from neurosym.persist.checkpoint import STATE_FILE, latest_checkpoint
     from neurosym.observe.prompt_history import learned_prompt
 
     run_dir = Path(run_dir)
@@ -94,7 +94,7 @@ def export_view(run_dir: str | Path, attempts: int = 3) -> ExportView:
         if ckpt is None:
             return ExportView(None, learned_prompt(run_dir))
         try:
-            state = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
+            state = json.loads((ckpt / STATE_FILE).read_text(encoding="utf-8"))
         except FileNotFoundError:
             continue  # deleted since it was listed
         except (OSError, ValueError):

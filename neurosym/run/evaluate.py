@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from neurosym.persist.checkpoint import find_checkpoint
+from neurosym.persist.checkpoint import STATE_FILE, find_checkpoint
 from neurosym.config.schema import Config
 from neurosym.data import Renderer, load_examples
 from neurosym.model.load import load_with_adapter
@@ -18,7 +18,7 @@ def evaluate_checkpoint(cfg: Config, run_dir: Path, checkpoint: str | None = Non
     examples, report = load_examples(split, cfg.data)
     model, tokenizer, device, dtype = load_with_adapter(cfg, run_dir.parent / ".models", ckpt)
     from neurosym.persist.state import TrainState
-    state = TrainState.load(ckpt / "state.json")
+    state = TrainState.load(ckpt / STATE_FILE)
     prompt = state.components.get("prompts", {}).get("current", cfg.data.system_prompt)
     renderer = Renderer(tokenizer, cfg.data.max_length, prompt, cfg.data.train_on)
     runtime = make_runtime(device, dtype)

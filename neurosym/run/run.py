@@ -467,6 +467,12 @@ class Run:
         ckpt = latest_checkpoint(self.dir.path)
         return ckpt.name if ckpt else None
 
+    def abort(self) -> None:
+        """A stop was asked: updates end their work in flight at once (a landing wait too); it stays in
+        flight, is saved with the checkpoint and submitted again on resume. Safe in a signal handler."""
+        for update in self.updates.values():
+            update.abort()
+
     def close(self) -> None:
         for update in self.updates.values():
             update.close()

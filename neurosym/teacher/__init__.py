@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .accounting import TeacherUsage, UsageMeter
-from .availability import Outcome, TeacherAvailability
+from .availability import AvailabilityNote, TeacherAvailability
 from .cache import ResponseCache, cache_key
 from .errors import BudgetExhausted, TeacherConfigError, TeacherDown, TeacherError, TeacherUnavailable
 from .preflight import PreflightResult, check_teacher, preflight
@@ -62,7 +62,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "make_teacher", "preflight", "PreflightResult", "check_teacher", "load_textgrad", "route_textgrad_log",
-    "resolve_price", "ResolvedPrice", "TeacherAvailability", "Outcome",
+    "resolve_price", "ResolvedPrice", "TeacherAvailability", "AvailabilityNote",
     "TeacherError", "TeacherUnavailable", "TeacherDown", "BudgetExhausted", "TeacherConfigError",
     "TeacherUsage", "UsageMeter", "ResponseCache", "cache_key",
     "OpenAITeacher", "LocalTeacher", "PythonTeacher", "CachedTeacher", "TeacherReply", "Backoff",

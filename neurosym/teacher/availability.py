@@ -25,7 +25,7 @@ from .errors import BudgetExhausted, TeacherConfigError, TeacherError
 
 
 @dataclass(frozen=True)
-class Outcome:
+class AvailabilityNote:
     """What the loop should do after an update: log ``message`` (if any) as a warning; stop if ``stop``."""
     message: Optional[str] = None
     stop: bool = False
@@ -51,35 +51,35 @@ class TeacherAvailability:
             return f"teacher down: paused until step {self.paused_until}"
         return None
 
-    def note(self, error: Optional[BaseException], step: int) -> Outcome:
+    def note(self, error: Optional[BaseException], step: int) -> AvailabilityNote:
         """Record an update's outcome (``error``: the exception it raised, None on success)."""
         if error is None:
             self.failures_in_row = 0
-            return Outcome()
+            return AvailabilityNote()
         if isinstance(error, BudgetExhausted):
             if self.closed_reason:
-                return Outcome()
+                return AvailabilityNote()
             self.closed_reason = "budget spent"
-            return Outcome(f"teacher budget spent: symbolic route closed for the rest of the run ({error})")
+            return AvailabilityNote(f"teacher budget spent: symbolic route closed for the rest of the run ({error})")
         if getattr(error, "permanent", False) or isinstance(error, TeacherConfigError):
             first = self.closed_reason is None
             self.closed_reason = f"teacher down for good: {str(error)[:300]}"
             stop = self.on_teacher_down == "stop"
             if not first and not stop:
-                return Outcome(permanent=True)
+                return AvailabilityNote(permanent=True)
             then = ("stopping the run (symbolic.on_teacher_down: stop)" if stop else
                     "continuing with LoRA steps only; set symbolic.on_teacher_down: stop to stop instead")
-            return Outcome(f"TEACHER DOWN at step {step}: {error} - {then}", stop=stop, permanent=True)
+            return AvailabilityNote(f"TEACHER DOWN at step {step}: {error} - {then}", stop=stop, permanent=True)
         if getattr(error, "kind", None) == "aborted":  # our stop, not the teacher's failure
-            return Outcome()
+            return AvailabilityNote()
         if not isinstance(error, TeacherError):
             raise TypeError(f"not a teacher failure: {type(error).__name__}: {error}") from error
         self.failures_in_row += 1
         if self.failures_in_row < self.down_after_failures:
-            return Outcome()
+            return AvailabilityNote()
         self.paused_until = step + self.down_for_steps
         self.failures_in_row = 0
-        return Outcome(f"teacher failed {self.down_after_failures} times in a row ({error}); symbolic route paused "
+        return AvailabilityNote(f"teacher failed {self.down_after_failures} times in a row ({error}); symbolic route paused "
                        f"until step {self.paused_until} (symbolic.down_after_failures / symbolic.down_for_steps)")
 
     def state_dict(self) -> dict:
@@ -92,4 +92,4 @@ class TeacherAvailability:
         self.paused_until = int(state.get("paused_until", -1))
 
 
-__all__ = ["TeacherAvailability", "Outcome"]
+__all__ = ["TeacherAvailability", "AvailabilityNote"]

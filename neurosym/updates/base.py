@@ -122,5 +122,9 @@ class Update(ABC):
     def load_state_dict(self, state: Optional[dict]) -> None:
         """Restore from a checkpoint; ``None``: a start from step 0 (drop what a killed attempt left)."""
 
+    def abort(self) -> None:
+        """End work in flight at once (a stop was asked); what it was doing must be in the checkpoint
+        and be submitted again on resume. Called from a signal handler: take no lock."""
+
     def close(self) -> None:
         pass

@@ -210,10 +210,13 @@ class SymbolicUpdate(Update):
             self._submit(Job(j["submitted_step"], [Example.from_state(e) for e in j["batch"]], j["system_prompt"],
                              Decision.from_dict(j["decision"]) if j["decision"] else None))
 
-    def close(self) -> None:
-        abort = getattr(self.teacher, "abort", None)  # HTTP calls in flight end now (their jobs are in the
-        if abort is not None:                         # checkpoint and are submitted again on resume)
+    def abort(self) -> None:
+        abort = getattr(self.teacher, "abort", None)  # teacher calls in flight end now (their jobs stay in
+        if abort is not None:                         # flight: in the checkpoint, submitted again on resume)
             abort()
+
+    def close(self) -> None:
+        self.abort()
         if self.pool is not None:
             self.pool.shutdown(wait=False, cancel_futures=True)
 
