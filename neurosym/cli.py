@@ -15,6 +15,9 @@ from pathlib import Path
 from neurosym.errors import UserError, is_user_error
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+# choices of `eval` (the names of neurosym.config's Literals; kept here so --help imports no pydantic model)
+DATA_FORMATS = ("auto", "prompt_response", "prompt_completion", "alpaca", "chat", "sharegpt")
+REWARD_KINDS = ("exact_match", "numeric_match", "regex", "neg_loss", "function")
 
 # What `neurosym resume RUN --set KEY=VALUE` may change (and applies); anything else is refused,
 # because it would make the checkpoint describe another job. Prefixes end with a dot.
@@ -159,9 +162,18 @@ def cmd_preview(args) -> int:
 
 def cmd_eval(args) -> int:
     from neurosym.evaluate import evaluate_checkpoint
-    cfg = _run_config(args.run_dir)
-    result = evaluate_checkpoint(cfg, Path(args.run_dir), args.checkpoint)
+    from neurosym.safe_output import OutputError
+    cfg = _run_config(args.run_dir, check_files=args.data is None)
+    try:
+        result = evaluate_checkpoint(cfg, Path(args.run_dir), args.checkpoint, data=args.data, reward=args.reward,
+                                     out=args.out, overwrite=args.overwrite, fmt=args.format,
+                                     pattern=args.pattern, max_new_tokens=args.max_new_tokens)
+    except OutputError as exc:
+        raise UserError(str(exc)) from None
     print(json.dumps(result, indent=1))
+    failed = f", {result['failed']} of {result['examples']} wrong" if result.get("failed") is not None else ""
+    print(f"{result['reward']} {result['reward_mean']:.4f}{failed}; each row's generation and score: "
+          f"{result['rows']}", file=sys.stderr)
     return 0
 
 
@@ -220,10 +232,23 @@ def build_parser() -> argparse.ArgumentParser:
     nproc(q)
     q.set_defaults(func=cmd_resume)
 
-    q = _parser(sub, "eval", "Loss and perplexity of a checkpoint on the eval split.",
-                "neurosym eval runs/tiny --checkpoint step-40")
+    q = _parser(sub, "eval", "Loss, perplexity and the job's reward of a checkpoint on the eval split or any data "
+                "file; each row's prompt, reference, generation and score go to a JSONL (RUN/eval/ by default).",
+                "neurosym eval runs/tiny --checkpoint step-40 --data data/test.jsonl --reward numeric_match")
     q.add_argument("run_dir")
     q.add_argument("--checkpoint", help="step-N (default: newest complete)")
+    q.add_argument("--data", metavar="FILE", help="a data file or folder in any layout training accepts, or a hub "
+                   "id (default: the config's data.eval, else data.train)")
+    q.add_argument("--format", choices=DATA_FORMATS, help="record format of --data (default auto: detected per "
+                   "record; the training file's data.format is not applied)")
+    q.add_argument("--reward", choices=REWARD_KINDS, help="score generations with this reward (default: the "
+                   "job's reward.kind)")
+    q.add_argument("--pattern", metavar="REGEX", help="with --reward regex: the pattern (default reward.pattern)")
+    q.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
+                   help="generation length (default symbolic.max_new_tokens)")
+    q.add_argument("--out", metavar="FILE", help="write the per-row JSONL here instead of RUN/eval/"
+                   "<checkpoint>-<data>.jsonl (never inside a run directory)")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     q.set_defaults(func=cmd_eval)
 
     q = _parser(sub, "validate", "Check a config, its data and its teacher without loading a model.",
