@@ -119,8 +119,11 @@ def _report(outcome) -> int:
 def cmd_validate(args) -> int:
     from neurosym.data import load_examples
     cfg = _load(args.config, args.set)
+    if cfg.model.source_problem():  # what train would meet at load: a local path that is not there
+        raise UserError(f"{args.config}: {cfg.model.source_problem()}")
     print(f"config OK: {args.config}")
-    print(f"  model      {cfg.model.name_or_path} (quantization {cfg.model.quantization}, dtype {cfg.model.dtype})")
+    hub = f"; hub id: no local folder {cfg.model.local_tried()}" if cfg.model.local_tried() else ""
+    print(f"  model      {cfg.model.name_or_path} (quantization {cfg.model.quantization}, dtype {cfg.model.dtype}{hub})")
     print(f"  lora       r={cfg.lora.r} alpha={cfg.lora.alpha} dropout={cfg.lora.dropout} "
           f"targets={cfg.lora.target_modules}")
     steps = f"max_steps={cfg.train.max_steps}" if cfg.train.max_steps else f"epochs={cfg.train.epochs}"

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union, get_args
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator,
-                      model_validator)
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, ValidationError,
+                      field_validator, model_validator)
 
 from classifiers.config import RouterConfig
 from neurosym.errors import UserError
@@ -53,11 +53,28 @@ class RunConfig(_Section):
 
 
 class ModelConfig(_Section):
-    name_or_path: str = Field(..., description="Hub id, local directory, or tiny://llama for a local tiny model.")
+    name_or_path: str = Field(..., description="Local folder (relative to the config file's folder; a local "
+                              "folder wins over a hub id of the same name), hub id, or tiny://llama for a local "
+                              "tiny model.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     quantization: Literal["none", "4bit"] = "none"
     trust_remote_code: bool = False
     revision: Optional[str] = None
+    # the local folder load_config looked for when name_or_path is kept as a hub id (for the error
+    # that follows when the hub cannot be reached either)
+    _local_tried: Optional[str] = PrivateAttr(None)
+
+    def source_problem(self) -> Optional[str]:
+        """Why ``name_or_path`` cannot be loaded, when that is known without the hub: a path (not a hub
+        id) whose folder does not exist. None otherwise."""
+        name = self.name_or_path
+        if "://" in name or Path(name).exists() or looks_like_hub_id(name):
+            return None
+        return (f"model.name_or_path: no local folder {name}, and it is not a hub id (org/name). Paths are "
+                f"relative to the config file's folder.")
+
+    def local_tried(self) -> Optional[str]:
+        return self._local_tried
 
 
 class LoraConfig(_Section):
@@ -557,10 +574,14 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple = (), chec
     reward = raw.get("reward")
     if isinstance(reward, dict) and isinstance(reward.get("probe"), str):
         reward["probe"] = _resolve(reward["probe"], base)
+    model, tried = raw.get("model"), None
+    if isinstance(model, dict) and isinstance(model.get("name_or_path"), str):
+        model["name_or_path"], tried = resolve_model_path(model["name_or_path"], base)
     try:
         cfg = Config.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(f"invalid config {path}:\n" + _format_errors(err, str(path), lines, overridden)) from None
+    cfg.model._local_tried = tried
     if check_files:
         paths = [("train", s.path) for s in cfg.data.sources("train")]
         paths += [("eval", s.path) for s in cfg.data.sources("eval")] + [("probe", cfg.reward.probe)]
@@ -592,6 +613,30 @@ _FILE_SUFFIXES = (".jsonl", ".json", ".gz", ".parquet", ".csv", ".txt", ".bz2", 
 def looks_like_dataset_id(value: str) -> bool:
     """`org/name` or `name` with no data-file suffix: a hub id for `datasets.load_dataset`."""
     return bool(_DATASET_ID.match(value)) and not value.lower().endswith(_FILE_SUFFIXES)
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+
+
+def looks_like_hub_id(value: str) -> bool:
+    """``org/name`` or ``name`` as the hub spells a repository id (no ``./``, ``..``, ``~`` or absolute path)."""
+    return bool(_HUB_ID.match(value)) and ".." not in value and not value.endswith(".")
+
+
+def resolve_model_path(value: str, base: Path) -> tuple[str, Optional[str]]:
+    """``model.name_or_path`` by the rule every path of a config follows: relative to the config file's
+    folder ``base``. A local folder there wins (made absolute); else a hub id stays a hub id, and the
+    local path that was tried is returned beside it (for the error if the hub cannot be reached
+    either); else (a path that does not exist) the absolute path, for the error to name.
+    ``tiny://``/``testbed://`` names pass unchanged."""
+    if "://" in value or not value.strip():
+        return value, None
+    local = _resolve(value, base)
+    if Path(local).exists():
+        return local, None
+    if looks_like_hub_id(value):
+        return value, local
+    return local, local
 
 
 def _resolve_sources(value, base: Path):

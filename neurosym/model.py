@@ -29,6 +29,11 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def model_source(model_cfg, cache_dir: Path) -> str:
+    """What ``from_pretrained`` loads: a local folder, a hub id, or the built tiny model. A path whose
+    folder does not exist is refused here, before transformers turns it into a hub error."""
+    problem = model_cfg.source_problem() if hasattr(model_cfg, "source_problem") else None
+    if problem:
+        raise ModelError(problem)
     return resolve_tiny(model_cfg.name_or_path, cache_dir)
 
 
@@ -40,14 +45,18 @@ def load_tokenizer(model_cfg, cache_dir: Path):
         tok = AutoTokenizer.from_pretrained(src, trust_remote_code=model_cfg.trust_remote_code,
                                             revision=model_cfg.revision)
     except (OSError, ValueError) as exc:
-        raise ModelError(_load_hint(model_cfg.name_or_path, exc)) from None
+        raise ModelError(_load_hint(model_cfg, exc)) from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
 
 
-def _load_hint(name: str, exc: Exception) -> str:
-    return (f"could not load model.name_or_path={name!r}: {str(exc).splitlines()[0]}\n"
+def _load_hint(model_cfg, exc: Exception) -> str:
+    name = model_cfg.name_or_path
+    tried = model_cfg.local_tried() if hasattr(model_cfg, "local_tried") else None
+    local = (f"  No local folder {tried} (paths are relative to the config file's folder), so it was taken as a "
+             f"hub id.\n" if tried else "")
+    return (f"could not load model.name_or_path={name!r}: {str(exc).splitlines()[0]}\n{local}"
             f"  No network or no access to the Hugging Face hub? Use a local folder, or run the offline "
             f"example: neurosym train experiments/tiny.yaml")
 
@@ -65,7 +74,7 @@ def load_base_model(model_cfg, cache_dir: Path, device: torch.device):
     try:
         model = AutoModelForCausalLM.from_pretrained(src, **kwargs)
     except (OSError, ValueError) as exc:
-        raise ModelError(_load_hint(model_cfg.name_or_path, exc)) from None
+        raise ModelError(_load_hint(model_cfg, exc)) from None
     if model_cfg.quantization == "4bit":
         from peft import prepare_model_for_kbit_training
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
