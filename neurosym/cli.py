@@ -121,6 +121,8 @@ def cmd_validate(args) -> int:
     cfg = _load(args.config, args.set)
     if cfg.model.source_problem():  # what train would meet at load: a local path that is not there
         raise UserError(f"{args.config}: {cfg.model.source_problem()}")
+    from neurosym.tracking import active_backends, check_tracking
+    check_tracking(cfg)  # a tracker whose package is missing: what train refuses before the model loads
     print(f"config OK: {args.config}")
     hub = f"; hub id: no local folder {cfg.model.local_tried()}" if cfg.model.local_tried() else ""
     print(f"  model      {cfg.model.name_or_path} (quantization {cfg.model.quantization}, dtype {cfg.model.dtype}{hub})")
@@ -129,7 +131,8 @@ def cmd_validate(args) -> int:
     steps = f"max_steps={cfg.train.max_steps}" if cfg.train.max_steps else f"epochs={cfg.train.epochs}"
     print(f"  train      batch {cfg.train.batch_size} x accum {cfg.train.grad_accum}, lr {cfg.train.lr}, "
           f"{cfg.train.scheduler}, {steps}")
-    print(f"  router     {cfg.router.kind}; tracking {cfg.tracking.resolved_mode()}; run dir {cfg.run_dir}")
+    print(f"  router     {cfg.router.kind}; tracking {cfg.tracking.resolved_mode()} "
+          f"({', '.join(active_backends(cfg)) or 'no backend'}); run dir {cfg.run_dir}")
     for split in ("train", "eval"):
         path = getattr(cfg.data, split)
         if not path:

@@ -221,12 +221,30 @@ class TrainConfig(_Section):
         return self
 
 
+TRACKING_BACKENDS = ("wandb", "tensorboard", "mlflow")
+
+
 class TrackingConfig(_Section):
+    backends: list[Literal["wandb", "tensorboard", "mlflow"]] = Field(
+        ["wandb"], description="Where metrics go, behind the same recorder: wandb (W&B: online or offline "
+        "files, see mode), tensorboard (event files in RUN/tensorboard), mlflow (a SQLite store RUN/mlflow.db, "
+        "or mlflow_uri). mode: disabled turns them all off.")
     mode: Optional[Literal["disabled", "offline", "online"]] = Field(
-        None, description="Default: $WANDB_MODE, else online when WANDB_API_KEY is set, else offline.")
-    project: Optional[str] = None
+        None, description="disabled: no tracker at all. offline/online is W&B's mode. Default: $WANDB_MODE, "
+        "else online when WANDB_API_KEY is set, else offline.")
+    project: Optional[str] = Field(None, description="W&B project and MLflow experiment (default neurosym).")
     entity: Optional[str] = None
     tags: list[str] = []
+    mlflow_uri: Optional[str] = Field(
+        None, description="MLflow tracking URI (a server http://..., or sqlite:///...). Default: "
+        "$MLFLOW_TRACKING_URI, else sqlite:///RUN/mlflow.db with artifacts in RUN/mlartifacts.")
+
+    @field_validator("backends")
+    @classmethod
+    def _unique(cls, v: list) -> list:
+        if len(set(v)) != len(v):
+            raise ValueError("tracking.backends names a backend twice")
+        return v
 
     def resolved_mode(self) -> str:
         if self.mode:

@@ -1,4 +1,5 @@
-"""One recorder for everything a run reports: events.jsonl, W&B and the progress bar/lines.
+"""One recorder for everything a run reports: events.jsonl, the trackers (W&B, TensorBoard, MLflow:
+:mod:`neurosym.tracking`) and the progress bar/lines.
 
 Written by the main process only. Tables that summarise the run (router decisions, prompt versions)
 are rebuilt from events.jsonl at the end, so no in-memory list has to survive a restart.
@@ -26,7 +27,7 @@ class Recorder:
                  quiet: Optional[bool]):
         self.run_dir, self.routes = run_dir, tuple(routes)
         self.events = EventLog(run_dir.events, keep_through)
-        self.tracker = Tracker(cfg, run_dir.path)
+        self.tracker = Tracker(cfg, run_dir.path, start_step)
         self.progress = Progress(total_steps, start_step, cfg.train.log_every, quiet)
 
     @property
