@@ -60,6 +60,10 @@ class ModelConfig(_Section):
     quantization: Literal["none", "4bit"] = "none"
     trust_remote_code: bool = False
     revision: Optional[str] = None
+    attn_implementation: Optional[Literal["sdpa", "eager", "flash_attention_2"]] = Field(
+        None, description="Attention kernel passed to from_pretrained (default: transformers' choice, sdpa where "
+        "supported). flash_attention_2 needs a CUDA GPU and the flash-attn package; packed rows "
+        "(data.packing) then take its varlen path.")
     # the local folder load_config looked for when name_or_path is kept as a hub id (for the error
     # that follows when the hub cannot be reached either)
     _local_tried: Optional[str] = PrivateAttr(None)
@@ -77,6 +81,19 @@ class ModelConfig(_Section):
         return self._local_tried
 
 
+# lora.init -> PEFT's init_lora_weights ("default" is PEFT's True: B = 0, the adapter starts as a no-op)
+LORA_INITS = ("default", "gaussian", "pissa", "olora", "orthogonal", "loftq")
+LORA_INITS_REFUSED = {
+    "eva": "EVA initialises from activations of a pass over the data (peft.initialize_lora_eva_weights), "
+           "which neurosym does not run; use pissa or default",
+    "corda": "CorDA needs a covariance pass over the data (peft preprocess_corda), which neurosym does not run; "
+             "use pissa or default",
+    "pissa_niter": "fast PiSSA (randomized SVD) is redone differently when a checkpoint loads, so the adapter "
+                   "would not reload to the model that was trained; use pissa (full SVD)",
+    "false": "random A and B make the adapter change the model before training; use gaussian or default",
+}
+
+
 class LoraConfig(_Section):
     """The trained adapter (section name kept for old configs): LoRA, with DoRA/rsLoRA flags, or (IA)3."""
     method: Literal["lora", "ia3"] = Field("lora", description="lora (also DoRA/rsLoRA via the flags) or ia3.")
@@ -86,12 +103,29 @@ class LoraConfig(_Section):
     target_modules: Union[Literal["all-linear"], list[str]] = Field("all-linear", min_length=1)
     use_dora: bool = Field(False, description="DoRA: weight-decomposed LoRA (PEFT's use_dora).")
     use_rslora: bool = Field(False, description="rsLoRA: scale by alpha/sqrt(r) instead of alpha/r.")
+    init: str = Field(
+        "default", description="LoRA weight initialisation, PEFT's init_lora_weights: default (B = 0), gaussian, "
+        "pissa, olora, orthogonal, or loftq (needs bitsandbytes; model.quantization: none). pissa/olora "
+        "start from the base's principal directions (PEFT redoes that at load, so checkpoints load as usual).")
+    loftq_bits: int = Field(4, ge=2, le=8, description="lora.init: loftq only: bits of LoftQ's quantization.")
     feedforward_modules: Optional[list[str]] = Field(
         None, description="ia3 only: modules whose input (not output) is rescaled; default: PEFT's choice "
                           "for the architecture (e.g. down_proj on Llama).")
 
+    @field_validator("init")
+    @classmethod
+    def _known_init(cls, v: str) -> str:
+        if v in LORA_INITS:
+            return v
+        key = "pissa_niter" if v.startswith("pissa_niter") else str(v).lower()
+        if key in LORA_INITS_REFUSED:
+            raise ValueError(f"lora.init {v} cannot run here: {LORA_INITS_REFUSED[key]}")
+        raise ValueError(f"lora.init must be one of {', '.join(LORA_INITS)}")
+
     @model_validator(mode="after")
     def _method_knobs(self):
+        if self.method == "ia3" and self.init != "default":
+            raise ValueError("lora.init is a LoRA initialisation; with lora.method: ia3 remove it")
         if self.method == "ia3":
             bad = [k for k in ("use_dora", "use_rslora") if getattr(self, k)]
             if bad:

@@ -66,6 +66,8 @@ def load_base_model(model_cfg, cache_dir: Path, device: torch.device):
 
     dtype = resolve_dtype(model_cfg.dtype, device)
     kwargs = dict(trust_remote_code=model_cfg.trust_remote_code, revision=model_cfg.revision, dtype=dtype)
+    if getattr(model_cfg, "attn_implementation", None):
+        kwargs["attn_implementation"] = model_cfg.attn_implementation
     if model_cfg.quantization == "4bit":
         kwargs["quantization_config"] = qlora_config(dtype)
         # the process's own GPU (several processes: accelerate made it the current device of each)
@@ -83,8 +85,35 @@ def load_base_model(model_cfg, cache_dir: Path, device: torch.device):
     return model, dtype
 
 
+def check_attention(model_cfg) -> None:
+    """Fail early (before any download) when ``model.attn_implementation`` cannot run on this machine."""
+    if getattr(model_cfg, "attn_implementation", None) != "flash_attention_2":
+        return
+    if not torch.cuda.is_available():
+        raise ModelError("model.attn_implementation: flash_attention_2 needs a CUDA GPU (flash-attn has no CPU "
+                         "kernels). Use sdpa (or eager), or run on a machine with a GPU.")
+    import importlib.util
+    if importlib.util.find_spec("flash_attn") is None:
+        raise ModelError("model.attn_implementation: flash_attention_2 needs the flash-attn package: "
+                         "pip install flash-attn --no-build-isolation. Or use sdpa.")
+
+
+def check_lora_init(lora_cfg, model_cfg) -> None:
+    """Fail early when ``lora.init`` cannot run as configured here (LoftQ: bitsandbytes, no 4-bit base)."""
+    if getattr(lora_cfg, "init", "default") != "loftq":
+        return
+    if model_cfg.quantization == "4bit":
+        raise ModelError("lora.init: loftq quantizes the base itself: set model.quantization: none (PEFT's LoftQ "
+                         "must be given the unquantized model)")
+    import importlib.util
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelError("lora.init: loftq needs bitsandbytes (PEFT's LoftQ quantizes with it): "
+                         "pip install 'neurosym[qlora]'. Or use lora.init: pissa")
+
+
 def check_quantization(model_cfg) -> None:
-    """Fail early (before any download) when 4-bit cannot work on this machine."""
+    """Fail early (before any download) when 4-bit, or the attention kernel, cannot work on this machine."""
+    check_attention(model_cfg)
     if model_cfg.quantization != "4bit":
         return
     if not torch.cuda.is_available():
@@ -122,6 +151,7 @@ def add_lora(model, lora_cfg):
 def load_for_training(cfg, cache_dir: Path):
     """Base model + fresh LoRA adapter, on the best device. The LoRA init uses the torch RNG."""
     check_quantization(cfg.model)
+    check_lora_init(cfg.lora, cfg.model)
     device = pick_device()
     tokenizer = load_tokenizer(cfg.model, cache_dir)
     model, dtype = load_base_model(cfg.model, cache_dir, device)
@@ -168,6 +198,7 @@ def load_with_adapter(cfg, cache_dir: Path, adapter_dir: Path, trainable: bool =
     from peft import PeftModel
 
     check_quantization(cfg.model)
+    check_lora_init(cfg.lora, cfg.model)  # PEFT redoes a LoftQ/PiSSA/OLoRA initialisation when it loads
     device = pick_device()
     tokenizer = load_tokenizer(cfg.model, cache_dir)
     model, dtype = load_base_model(cfg.model, cache_dir, device)
