@@ -160,7 +160,8 @@ class DataSource(_Section):
     path: str = Field(..., description="JSONL/JSON(.gz), .parquet, a dataset folder, or a hub id (org/name).")
     weight: float = Field(1.0, gt=0, allow_inf_nan=False, description="Mixing weight among data.train sources.")
     format: Optional[DataFormat] = Field(None, description="Default: data.format.")
-    fields: Optional[DataFields] = Field(None, description="Default: data.fields.")
+    fields: Optional[DataFields] = Field(None, description="Default: data.fields when the source takes data.format, "
+                                         "else the default field names.")
     split: Optional[str] = Field(None, description="For dataset folders / hub ids (default: train).")
     subset: Optional[str] = Field(None, description="Dataset configuration name (datasets' `name`).")
     revision: Optional[str] = None
@@ -208,14 +209,18 @@ class DataConfig(_Section):
         return self.resolve(getattr(self, split))
 
     def resolve(self, value) -> list[DataSource]:
-        """A path, a source or a list of them, as sources; unset format/fields come from this section."""
+        """A path, a source or a list of them, as sources. A source without its own format takes this
+        section's format and fields; one that names another format takes the default field names unless
+        it names its own fields (``data.fields`` describe the records of ``data.format``: a chat eval file
+        beside a renamed training file must not be read with the training file's names)."""
         if value is None:
             return []
         out = []
         for item in value if isinstance(value, list) else [value]:
             src = DataSource(path=str(item)) if isinstance(item, (str, os.PathLike)) else item
-            out.append(src.model_copy(update={"format": src.format or self.format,
-                                              "fields": src.fields or self.fields}))
+            own_format = src.format is not None and src.format != self.format
+            fields = src.fields or (DataFields() if own_format else self.fields)
+            out.append(src.model_copy(update={"format": src.format or self.format, "fields": fields}))
         return out
 
 
