@@ -201,6 +201,27 @@ def cmd_merge(args) -> int:
 
 # ---------------------------------------------------------------------------------------- parser
 
+def _add_eval(sub) -> None:
+    q = _parser(sub, "eval", "Loss, perplexity and the job's reward of a checkpoint on the eval split or any data "
+                "file; each row's prompt, reference, generation and score go to a JSONL (RUN/eval/ by default).",
+                "neurosym eval runs/tiny --checkpoint step-40 --data data/test.jsonl --reward numeric_match")
+    q.add_argument("run_dir")
+    q.add_argument("--checkpoint", help="step-N (default: newest complete)")
+    q.add_argument("--data", metavar="FILE", help="a data file or folder in any layout training accepts, or a hub "
+                   "id (default: the config's data.eval, else data.train)")
+    q.add_argument("--format", choices=DATA_FORMATS, help="record format of --data (default auto: detected per "
+                   "record; the training file's data.format is not applied)")
+    q.add_argument("--reward", choices=REWARD_KINDS, help="score generations with this reward (default: the "
+                   "job's reward.kind)")
+    q.add_argument("--pattern", metavar="REGEX", help="with --reward regex: the pattern (default reward.pattern)")
+    q.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
+                   help="generation length (default symbolic.max_new_tokens)")
+    q.add_argument("--out", metavar="FILE", help="write the per-row JSONL here instead of RUN/eval/"
+                   "<checkpoint>-<data>.jsonl (never inside a run directory)")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    q.set_defaults(func=cmd_eval)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from neurosym import __version__
     p = argparse.ArgumentParser(prog="neurosym", description=(__doc__ or "").split("\n\nEach verb")[0],
@@ -238,24 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     nproc(q)
     q.set_defaults(func=cmd_resume)
 
-    q = _parser(sub, "eval", "Loss, perplexity and the job's reward of a checkpoint on the eval split or any data "
-                "file; each row's prompt, reference, generation and score go to a JSONL (RUN/eval/ by default).",
-                "neurosym eval runs/tiny --checkpoint step-40 --data data/test.jsonl --reward numeric_match")
-    q.add_argument("run_dir")
-    q.add_argument("--checkpoint", help="step-N (default: newest complete)")
-    q.add_argument("--data", metavar="FILE", help="a data file or folder in any layout training accepts, or a hub "
-                   "id (default: the config's data.eval, else data.train)")
-    q.add_argument("--format", choices=DATA_FORMATS, help="record format of --data (default auto: detected per "
-                   "record; the training file's data.format is not applied)")
-    q.add_argument("--reward", choices=REWARD_KINDS, help="score generations with this reward (default: the "
-                   "job's reward.kind)")
-    q.add_argument("--pattern", metavar="REGEX", help="with --reward regex: the pattern (default reward.pattern)")
-    q.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
-                   help="generation length (default symbolic.max_new_tokens)")
-    q.add_argument("--out", metavar="FILE", help="write the per-row JSONL here instead of RUN/eval/"
-                   "<checkpoint>-<data>.jsonl (never inside a run directory)")
-    q.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    q.set_defaults(func=cmd_eval)
+    _add_eval(sub)
 
     q = _parser(sub, "validate", "Check a config, its data and its teacher without loading a model.",
                 "neurosym validate experiments/tiny.yaml")

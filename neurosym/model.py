@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -132,6 +134,16 @@ def qlora_config(compute_dtype: torch.dtype):
                               bnb_4bit_compute_dtype=compute_dtype if compute_dtype != torch.float32 else torch.bfloat16)
 
 
+@contextmanager
+def peft_on_new_transformers():
+    """PEFT wrapping a model reads ``model.is_gradient_checkpointing``, which transformers 5 deprecated
+    (renamed ``is_activation_checkpointing``): the FutureWarning is PEFT's, raised by our call, and
+    says nothing a user can act on. Only that warning is hidden, only around the wrapping."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
 def add_lora(model, lora_cfg):
     from peft import get_peft_model
 
@@ -139,7 +151,8 @@ def add_lora(model, lora_cfg):
 
     config = build_peft_config(lora_cfg, model)
     try:
-        return get_peft_model(model, config)
+        with peft_on_new_transformers():
+            return get_peft_model(model, config)
     except ValueError as exc:
         if "target" not in str(exc).lower():
             raise
@@ -157,7 +170,10 @@ def load_for_training(cfg, cache_dir: Path):
     model, dtype = load_base_model(cfg.model, cache_dir, device)
     if cfg.train.gradient_checkpointing:
         # recompute activations in backward: memory for time; inputs must require grad for PEFT's frozen base
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x; the old name warns
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     model = add_lora(model, cfg.lora)
     return model, tokenizer, device, dtype
@@ -202,5 +218,6 @@ def load_with_adapter(cfg, cache_dir: Path, adapter_dir: Path, trainable: bool =
     device = pick_device()
     tokenizer = load_tokenizer(cfg.model, cache_dir)
     model, dtype = load_base_model(cfg.model, cache_dir, device)
-    model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
+    with peft_on_new_transformers():
+        model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
     return model, tokenizer, device, dtype
