@@ -27,17 +27,16 @@ EVAL_DIR = "eval"
 MATCH_REWARDS = ("exact_match", "numeric_match", "regex")  # 1 right, 0 wrong: "failed" counts the zeros
 
 
-def data_source(cfg: Config, data: Optional[str], fmt: Optional[str] = None) -> DataSource:
-    """The source an eval reads: ``data`` (a path from the cwd, or a hub id) with its own format, else
-    the config's eval split (else its train split)."""
+def data_sources(cfg: Config, data: Optional[str], fmt: Optional[str] = None) -> list[DataSource]:
+    """The sources an eval reads: ``data`` (a path from the cwd, or a hub id) with its own format, else
+    the config's eval split (else its train split, every source of it)."""
     if data is None:
         split = cfg.data.sources("eval") or cfg.data.sources("train")
-        src = split[0]
-        return src if fmt is None else src.model_copy(update={"format": fmt})
+        return split if fmt is None else [s.model_copy(update={"format": fmt}) for s in split]
     path = Path(data).expanduser()
     if not path.exists() and not looks_like_dataset_id(data):
         raise ConfigError(f"--data {data}: no such file or folder (looked for {path.resolve()})")
-    return DataSource(path=str(path.resolve()) if path.exists() else data, format=fmt or "auto")
+    return [DataSource(path=str(path.resolve()) if path.exists() else data, format=fmt or "auto")]
 
 
 def reward_config(cfg: Config, kind: Optional[str], pattern: Optional[str] = None) -> RewardConfig:
@@ -86,13 +85,13 @@ def evaluate_checkpoint(cfg: Config, run_dir: Path, checkpoint: Optional[str] = 
 
     run_dir = Path(run_dir)
     ckpt = find_checkpoint(run_dir, checkpoint)
-    src = data_source(cfg, data, fmt)
+    sources = data_sources(cfg, data, fmt)
     scorer = make_reward(reward_config(cfg, reward, pattern))
     target = None
     if out is not None:  # checked before the model loads: a refused --out costs nothing
-        protect = protected_paths(cfg, run_dir) + ([src.path] if Path(src.path).exists() else [])
+        protect = protected_paths(cfg, run_dir) + [s.path for s in sources if Path(s.path).exists()]
         target = OutputTarget(out, kind="file", overwrite=overwrite, protect=protect)
-    examples, report = load_examples(src, cfg.data)
+    examples, report = load_examples(sources, cfg.data)
     model, tokenizer, device, dtype = load_with_adapter(cfg, run_dir.parent / ".models", ckpt)
     prompt = learned_prompt(run_dir, ckpt)
     renderer = Renderer(tokenizer, cfg.data.max_length, prompt, cfg.data.train_on)
@@ -130,7 +129,7 @@ def evaluate_checkpoint(cfg: Config, run_dir: Path, checkpoint: Optional[str] = 
         from neurosym.safe_output import atomic_write_text as write_target
         rows_path = write_target(target, text)
     else:
-        rows_path = default_out(run_dir, ckpt, src)
+        rows_path = default_out(run_dir, ckpt, sources[0])
         atomic_write_text(rows_path, text)
     mean = sum(scores) / len(scores) if scores else float("nan")
     return {"checkpoint": str(ckpt), "split": report.path, "examples": len(examples), "skipped": len(skipped),
