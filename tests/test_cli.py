@@ -22,7 +22,7 @@ def test_every_verb_has_help_with_an_example(verb, capsys):
 
 
 def test_validate_checks_data_without_loading_a_model(tmp_path, capsys):
-    cfg = write_config(tmp_path, tmp_path / "no-such-model")  # a model that does not exist: never loaded
+    cfg = write_config(tmp_path, "org/no-such-model")  # a hub id that is not there: never loaded
     assert main(["validate", str(cfg)]) == 0
     out = capsys.readouterr().out
     assert "config OK" in out and "data.train 24 examples" in out and "0 skipped" in out

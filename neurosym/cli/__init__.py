@@ -15,6 +15,9 @@ from pathlib import Path
 from neurosym.errors import UserError, is_user_error
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+# choices of `eval` (the names of neurosym.config.schema's Literals; kept here so --help imports no pydantic model)
+DATA_FORMATS = ("auto", "prompt_response", "prompt_completion", "alpaca", "chat", "sharegpt")
+REWARD_KINDS = ("exact_match", "numeric_match", "regex", "neg_loss", "function")
 
 # What `neurosym resume RUN --set KEY=VALUE` may change (and applies); anything else is refused,
 # because it would make the checkpoint describe another job. Prefixes end with a dot.
@@ -119,6 +122,10 @@ def _report(outcome) -> int:
 def cmd_validate(args) -> int:
     from neurosym.data import DataError, load_examples
     cfg = _load(args.config, args.set)
+    if cfg.model.source_problem():  # what train would meet at load: a local path that is not there
+        raise UserError(f"{args.config}: {cfg.model.source_problem()}")
+    from neurosym.observe.tracking import active_backends, check_tracking
+    check_tracking(cfg)  # a tracker whose package is missing: what train refuses before the model loads
     loaded, bad = {}, []
     for split in ("train", "eval"):  # every split read before a word is said: one error names every bad source
         path = getattr(cfg.data, split)
@@ -131,13 +138,15 @@ def cmd_validate(args) -> int:
     if bad:
         raise DataError("\n".join(bad))
     print(f"config OK: {args.config}")
-    print(f"  model      {cfg.model.name_or_path} (quantization {cfg.model.quantization}, dtype {cfg.model.dtype})")
+    hub = f"; hub id: no local folder {cfg.model.local_tried()}" if cfg.model.local_tried() else ""
+    print(f"  model      {cfg.model.name_or_path} (quantization {cfg.model.quantization}, dtype {cfg.model.dtype}{hub})")
     print(f"  lora       r={cfg.lora.r} alpha={cfg.lora.alpha} dropout={cfg.lora.dropout} "
           f"targets={cfg.lora.target_modules}")
     steps = f"max_steps={cfg.train.max_steps}" if cfg.train.max_steps else f"epochs={cfg.train.epochs}"
     print(f"  train      batch {cfg.train.batch_size} x accum {cfg.train.grad_accum}, lr {cfg.train.lr}, "
           f"{cfg.train.scheduler}, {steps}")
-    print(f"  router     {cfg.router.kind}; tracking {cfg.tracking.resolved_mode()}; run dir {cfg.run_dir}")
+    print(f"  router     {cfg.router.kind}; tracking {cfg.tracking.resolved_mode()} "
+          f"({', '.join(active_backends(cfg)) or 'no backend'}); run dir {cfg.run_dir}")
     for split, (examples, report) in loaded.items():
         kinds = ", ".join(f"{k} {v}" for k, v in sorted(report.formats.items()))
         print(f"  data.{split:<5} {len(examples)} examples ({kinds}), {report.skipped} skipped: {report.path}")
@@ -169,9 +178,18 @@ def cmd_preview(args) -> int:
 
 def cmd_eval(args) -> int:
     from neurosym.run.evaluate import evaluate_checkpoint
-    cfg = _run_config(args.run_dir)
-    result = evaluate_checkpoint(cfg, Path(args.run_dir), args.checkpoint)
+    from neurosym.persist.safe_output import OutputError
+    cfg = _run_config(args.run_dir, check_files=args.data is None)
+    try:
+        result = evaluate_checkpoint(cfg, Path(args.run_dir), args.checkpoint, data=args.data, reward=args.reward,
+                                     out=args.out, overwrite=args.overwrite, fmt=args.format,
+                                     pattern=args.pattern, max_new_tokens=args.max_new_tokens)
+    except OutputError as exc:
+        raise UserError(str(exc)) from None
     print(json.dumps(result, indent=1))
+    failed = f", {result['failed']} of {result['examples']} wrong" if result.get("failed") is not None else ""
+    print(f"{result['reward']} {result['reward_mean']:.4f}{failed}; each row's generation and score: "
+          f"{result['rows']}", file=sys.stderr)
     return 0
 
 
@@ -192,6 +210,27 @@ def cmd_merge(args) -> int:
 
 
 # ---------------------------------------------------------------------------------------- parser
+
+def _add_eval(sub) -> None:
+    q = _parser(sub, "eval", "Loss, perplexity and the job's reward of a checkpoint on the eval split or any data "
+                "file; each row's prompt, reference, generation and score go to a JSONL (RUN/eval/ by default).",
+                "neurosym eval runs/tiny --checkpoint step-40 --data data/test.jsonl --reward numeric_match")
+    q.add_argument("run_dir")
+    q.add_argument("--checkpoint", help="step-N (default: newest complete)")
+    q.add_argument("--data", metavar="FILE", help="a data file or folder in any layout training accepts, or a hub "
+                   "id (default: the config's data.eval, else data.train)")
+    q.add_argument("--format", choices=DATA_FORMATS, help="record format of --data (default auto: detected per "
+                   "record; the training file's data.format is not applied)")
+    q.add_argument("--reward", choices=REWARD_KINDS, help="score generations with this reward (default: the "
+                   "job's reward.kind)")
+    q.add_argument("--pattern", metavar="REGEX", help="with --reward regex: the pattern (default reward.pattern)")
+    q.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
+                   help="generation length (default symbolic.max_new_tokens)")
+    q.add_argument("--out", metavar="FILE", help="write the per-row JSONL here instead of RUN/eval/"
+                   "<checkpoint>-<data>.jsonl (never inside a run directory)")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    q.set_defaults(func=cmd_eval)
+
 
 def build_parser() -> argparse.ArgumentParser:
     from neurosym import __version__
@@ -230,11 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     nproc(q)
     q.set_defaults(func=cmd_resume)
 
-    q = _parser(sub, "eval", "Loss and perplexity of a checkpoint on the eval split.",
-                "neurosym eval runs/tiny --checkpoint step-40")
-    q.add_argument("run_dir")
-    q.add_argument("--checkpoint", help="step-N (default: newest complete)")
-    q.set_defaults(func=cmd_eval)
+    _add_eval(sub)
 
     q = _parser(sub, "validate", "Check a config, its data and its teacher without loading a model.",
                 "neurosym validate experiments/tiny.yaml")

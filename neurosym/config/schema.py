@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union, get_args
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator,
-                      model_validator)
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, ValidationError,
+                      field_validator, model_validator)
 
 from classifiers.config import RouterConfig
 from neurosym.errors import UserError
@@ -53,11 +53,45 @@ class RunConfig(_Section):
 
 
 class ModelConfig(_Section):
-    name_or_path: str = Field(..., description="Hub id, local directory, or tiny://llama for a local tiny model.")
+    name_or_path: str = Field(..., description="Local folder (relative to the config file's folder; a local "
+                              "folder wins over a hub id of the same name), hub id, or tiny://llama for a local "
+                              "tiny model.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     quantization: Literal["none", "4bit"] = "none"
     trust_remote_code: bool = False
     revision: Optional[str] = None
+    attn_implementation: Optional[Literal["sdpa", "eager", "flash_attention_2"]] = Field(
+        None, description="Attention kernel passed to from_pretrained (default: transformers' choice, sdpa where "
+        "supported). flash_attention_2 needs a CUDA GPU and the flash-attn package; packed rows "
+        "(data.packing) then take its varlen path.")
+    # the local folder load_config looked for when name_or_path is kept as a hub id (for the error
+    # that follows when the hub cannot be reached either)
+    _local_tried: Optional[str] = PrivateAttr(None)
+
+    def source_problem(self) -> Optional[str]:
+        """Why ``name_or_path`` cannot be loaded, when that is known without the hub: a path (not a hub
+        id) whose folder does not exist. None otherwise."""
+        name = self.name_or_path
+        if "://" in name or Path(name).exists() or looks_like_hub_id(name):
+            return None
+        return (f"model.name_or_path: no local folder {name}, and it is not a hub id (org/name). Paths are "
+                f"relative to the config file's folder.")
+
+    def local_tried(self) -> Optional[str]:
+        return self._local_tried
+
+
+# lora.init -> PEFT's init_lora_weights ("default" is PEFT's True: B = 0, the adapter starts as a no-op)
+LORA_INITS = ("default", "gaussian", "pissa", "olora", "orthogonal", "loftq")
+LORA_INITS_REFUSED = {
+    "eva": "EVA initialises from activations of a pass over the data (peft.initialize_lora_eva_weights), "
+           "which neurosym does not run; use pissa or default",
+    "corda": "CorDA needs a covariance pass over the data (peft preprocess_corda), which neurosym does not run; "
+             "use pissa or default",
+    "pissa_niter": "fast PiSSA (randomized SVD) is redone differently when a checkpoint loads, so the adapter "
+                   "would not reload to the model that was trained; use pissa (full SVD)",
+    "false": "random A and B make the adapter change the model before training; use gaussian or default",
+}
 
 
 class LoraConfig(_Section):
@@ -69,12 +103,29 @@ class LoraConfig(_Section):
     target_modules: Union[Literal["all-linear"], list[str]] = Field("all-linear", min_length=1)
     use_dora: bool = Field(False, description="DoRA: weight-decomposed LoRA (PEFT's use_dora).")
     use_rslora: bool = Field(False, description="rsLoRA: scale by alpha/sqrt(r) instead of alpha/r.")
+    init: str = Field(
+        "default", description="LoRA weight initialisation, PEFT's init_lora_weights: default (B = 0), gaussian, "
+        "pissa, olora, orthogonal, or loftq (needs bitsandbytes; model.quantization: none). pissa/olora "
+        "start from the base's principal directions (PEFT redoes that at load, so checkpoints load as usual).")
+    loftq_bits: int = Field(4, ge=2, le=8, description="lora.init: loftq only: bits of LoftQ's quantization.")
     feedforward_modules: Optional[list[str]] = Field(
         None, description="ia3 only: modules whose input (not output) is rescaled; default: PEFT's choice "
                           "for the architecture (e.g. down_proj on Llama).")
 
+    @field_validator("init")
+    @classmethod
+    def _known_init(cls, v: str) -> str:
+        if v in LORA_INITS:
+            return v
+        key = "pissa_niter" if v.startswith("pissa_niter") else str(v).lower()
+        if key in LORA_INITS_REFUSED:
+            raise ValueError(f"lora.init {v} cannot run here: {LORA_INITS_REFUSED[key]}")
+        raise ValueError(f"lora.init must be one of {', '.join(LORA_INITS)}")
+
     @model_validator(mode="after")
     def _method_knobs(self):
+        if self.method == "ia3" and self.init != "default":
+            raise ValueError("lora.init is a LoRA initialisation; with lora.method: ia3 remove it")
         if self.method == "ia3":
             bad = [k for k in ("use_dora", "use_rslora") if getattr(self, k)]
             if bad:
@@ -109,7 +160,8 @@ class DataSource(_Section):
     path: str = Field(..., description="JSONL/JSON(.gz), .parquet, a dataset folder, or a hub id (org/name).")
     weight: float = Field(1.0, gt=0, allow_inf_nan=False, description="Mixing weight among data.train sources.")
     format: Optional[DataFormat] = Field(None, description="Default: data.format.")
-    fields: Optional[DataFields] = Field(None, description="Default: data.fields.")
+    fields: Optional[DataFields] = Field(None, description="Default: data.fields when the source takes data.format, "
+                                         "else the default field names.")
     split: Optional[str] = Field(None, description="For dataset folders / hub ids (default: train).")
     subset: Optional[str] = Field(None, description="Dataset configuration name (datasets' `name`).")
     revision: Optional[str] = None
@@ -157,14 +209,18 @@ class DataConfig(_Section):
         return self.resolve(getattr(self, split))
 
     def resolve(self, value) -> list[DataSource]:
-        """A path, a source or a list of them, as sources; unset format/fields come from this section."""
+        """A path, a source or a list of them, as sources. A source without its own format takes this
+        section's format and fields; one that names another format takes the default field names unless
+        it names its own fields (``data.fields`` describe the records of ``data.format``: a chat eval file
+        beside a renamed training file must not be read with the training file's names)."""
         if value is None:
             return []
         out = []
         for item in value if isinstance(value, list) else [value]:
             src = DataSource(path=str(item)) if isinstance(item, (str, os.PathLike)) else item
-            out.append(src.model_copy(update={"format": src.format or self.format,
-                                              "fields": src.fields or self.fields}))
+            own_format = src.format is not None and src.format != self.format
+            fields = src.fields or (DataFields() if own_format else self.fields)
+            out.append(src.model_copy(update={"format": src.format or self.format, "fields": fields}))
         return out
 
 
@@ -204,12 +260,30 @@ class TrainConfig(_Section):
         return self
 
 
+TRACKING_BACKENDS = ("wandb", "tensorboard", "mlflow")
+
+
 class TrackingConfig(_Section):
+    backends: list[Literal["wandb", "tensorboard", "mlflow"]] = Field(
+        ["wandb"], description="Where metrics go, behind the same recorder: wandb (W&B: online or offline "
+        "files, see mode), tensorboard (event files in RUN/tensorboard), mlflow (a SQLite store RUN/mlflow.db, "
+        "or mlflow_uri). mode: disabled turns them all off.")
     mode: Optional[Literal["disabled", "offline", "online"]] = Field(
-        None, description="Default: $WANDB_MODE, else online when WANDB_API_KEY is set, else offline.")
-    project: Optional[str] = None
+        None, description="disabled: no tracker at all. offline/online is W&B's mode. Default: $WANDB_MODE, "
+        "else online when WANDB_API_KEY is set, else offline.")
+    project: Optional[str] = Field(None, description="W&B project and MLflow experiment (default neurosym).")
     entity: Optional[str] = None
     tags: list[str] = []
+    mlflow_uri: Optional[str] = Field(
+        None, description="MLflow tracking URI (a server http://..., or sqlite:///...). Default: "
+        "$MLFLOW_TRACKING_URI, else sqlite:///RUN/mlflow.db with artifacts in RUN/mlartifacts.")
+
+    @field_validator("backends")
+    @classmethod
+    def _unique(cls, v: list) -> list:
+        if len(set(v)) != len(v):
+            raise ValueError("tracking.backends names a backend twice")
+        return v
 
     def resolved_mode(self) -> str:
         if self.mode:
@@ -557,10 +631,14 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple = (), chec
     reward = raw.get("reward")
     if isinstance(reward, dict) and isinstance(reward.get("probe"), str):
         reward["probe"] = _resolve(reward["probe"], base)
+    model, tried = raw.get("model"), None
+    if isinstance(model, dict) and isinstance(model.get("name_or_path"), str):
+        model["name_or_path"], tried = resolve_model_path(model["name_or_path"], base)
     try:
         cfg = Config.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(f"invalid config {path}:\n" + _format_errors(err, str(path), lines, overridden)) from None
+    cfg.model._local_tried = tried
     if check_files:
         # (section, key, index in a list of sources or None, path)
         paths = [("data", split, i if isinstance(getattr(cfg.data, split), list) else None, s.path)
@@ -598,6 +676,30 @@ _FILE_SUFFIXES = (".jsonl", ".json", ".gz", ".parquet", ".csv", ".txt", ".bz2", 
 def looks_like_dataset_id(value: str) -> bool:
     """`org/name` or `name` with no data-file suffix: a hub id for `datasets.load_dataset`."""
     return bool(_DATASET_ID.match(value)) and not value.lower().endswith(_FILE_SUFFIXES)
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+
+
+def looks_like_hub_id(value: str) -> bool:
+    """``org/name`` or ``name`` as the hub spells a repository id (no ``./``, ``..``, ``~`` or absolute path)."""
+    return bool(_HUB_ID.match(value)) and ".." not in value and not value.endswith(".")
+
+
+def resolve_model_path(value: str, base: Path) -> tuple[str, Optional[str]]:
+    """``model.name_or_path`` by the rule every path of a config follows: relative to the config file's
+    folder ``base``. A local folder there wins (made absolute); else a hub id stays a hub id, and the
+    local path that was tried is returned beside it (for the error if the hub cannot be reached
+    either); else (a path that does not exist) the absolute path, for the error to name.
+    ``tiny://``/``testbed://`` names pass unchanged."""
+    if "://" in value or not value.strip():
+        return value, None
+    local = _resolve(value, base)
+    if Path(local).exists():
+        return local, None
+    if looks_like_hub_id(value):
+        return value, local
+    return local, local
 
 
 def _resolve_sources(value, base: Path):

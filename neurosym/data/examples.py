@@ -237,7 +237,11 @@ def _load_one(src, on_error: str, report: LoadReport) -> list[Example]:
         except DataError as exc:
             msg = f"{loc}: {exc}"
             if on_error == "raise":
-                raise _BadRecord(msg) from None
+                # each source may carry its own format/fields; data.format/data.fields are only the default
+                named = (f"\n  (read as format: {src.format}; a source takes its own format and fields, e.g. "
+                         f"data.eval: {{path: ..., format: auto}}, data.format being only the default)"
+                         if src.format != "auto" else "")
+                raise _BadRecord(msg + named) from None
             skipped += 1
             if len(report.errors) < 20:
                 report.errors.append(msg)

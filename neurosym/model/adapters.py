@@ -20,9 +20,15 @@ def build_peft_config(lora_cfg, model=None):
     if method == "lora":
         from peft import LoraConfig
 
+        init = getattr(lora_cfg, "init", "default")
+        extra = {}
+        if init == "loftq":
+            from peft import LoftQConfig
+            extra["loftq_config"] = LoftQConfig(loftq_bits=lora_cfg.loftq_bits)
         return LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
                           target_modules=lora_cfg.target_modules, use_dora=lora_cfg.use_dora,
-                          use_rslora=lora_cfg.use_rslora, task_type="CAUSAL_LM")
+                          use_rslora=lora_cfg.use_rslora, task_type="CAUSAL_LM",
+                          init_lora_weights=peft_init(init), **extra)
     if method == "ia3":
         from peft import IA3Config
 
@@ -40,6 +46,39 @@ def build_peft_config(lora_cfg, model=None):
                                  f"target_modules or remove them from feedforward_modules")
         return IA3Config(target_modules=target, feedforward_modules=ff, task_type="CAUSAL_LM")
     raise ValueError(f"lora.method must be one of {ADAPTER_KINDS}, got {method!r}")
+
+
+def peft_init(init: str):
+    """PEFT's ``init_lora_weights`` for ``lora.init``, refused (naming the key) when the installed PEFT
+    does not know it."""
+    if init == "default":
+        return True
+    from peft import LoraConfig
+
+    known = _literal_names(LoraConfig)
+    if known and init not in known:
+        import peft
+
+        from neurosym.config.schema import ConfigError
+        raise ConfigError(f"lora.init {init}: the installed PEFT {peft.__version__} does not know it "
+                         f"(it knows {', '.join(sorted(known))}); upgrade peft or choose another")
+    return init
+
+
+def _literal_names(cls) -> set:
+    """The string values of the ``init_lora_weights`` annotation of a PEFT config class."""
+    import typing
+
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:  # noqa: BLE001 - an annotation this Python cannot evaluate: no check
+        return set()
+    found, todo = set(), [hints.get("init_lora_weights")]
+    while todo:
+        t = todo.pop()
+        for arg in typing.get_args(t):
+            (found.add(arg) if isinstance(arg, str) else todo.append(arg))
+    return found
 
 
 def peft_kind(peft_config) -> str:

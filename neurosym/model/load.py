@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -29,6 +31,11 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def model_source(model_cfg, cache_dir: Path) -> str:
+    """What ``from_pretrained`` loads: a local folder, a hub id, or the built tiny model. A path whose
+    folder does not exist is refused here, before transformers turns it into a hub error."""
+    problem = model_cfg.source_problem() if hasattr(model_cfg, "source_problem") else None
+    if problem:
+        raise ModelError(problem)
     return resolve_tiny(model_cfg.name_or_path, cache_dir)
 
 
@@ -40,14 +47,18 @@ def load_tokenizer(model_cfg, cache_dir: Path):
         tok = AutoTokenizer.from_pretrained(src, trust_remote_code=model_cfg.trust_remote_code,
                                             revision=model_cfg.revision)
     except (OSError, ValueError) as exc:
-        raise ModelError(_load_hint(model_cfg.name_or_path, exc)) from None
+        raise ModelError(_load_hint(model_cfg, exc)) from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
 
 
-def _load_hint(name: str, exc: Exception) -> str:
-    return (f"could not load model.name_or_path={name!r}: {str(exc).splitlines()[0]}\n"
+def _load_hint(model_cfg, exc: Exception) -> str:
+    name = model_cfg.name_or_path
+    tried = model_cfg.local_tried() if hasattr(model_cfg, "local_tried") else None
+    local = (f"  No local folder {tried} (paths are relative to the config file's folder), so it was taken as a "
+             f"hub id.\n" if tried else "")
+    return (f"could not load model.name_or_path={name!r}: {str(exc).splitlines()[0]}\n{local}"
             f"  No network or no access to the Hugging Face hub? Use a local folder, or run the offline "
             f"example: neurosym train experiments/tiny.yaml")
 
@@ -57,6 +68,8 @@ def load_base_model(model_cfg, cache_dir: Path, device: torch.device):
 
     dtype = resolve_dtype(model_cfg.dtype, device)
     kwargs = dict(trust_remote_code=model_cfg.trust_remote_code, revision=model_cfg.revision, dtype=dtype)
+    if getattr(model_cfg, "attn_implementation", None):
+        kwargs["attn_implementation"] = model_cfg.attn_implementation
     if model_cfg.quantization == "4bit":
         kwargs["quantization_config"] = qlora_config(dtype)
         # the process's own GPU (several processes: accelerate made it the current device of each)
@@ -65,7 +78,7 @@ def load_base_model(model_cfg, cache_dir: Path, device: torch.device):
     try:
         model = AutoModelForCausalLM.from_pretrained(src, **kwargs)
     except (OSError, ValueError) as exc:
-        raise ModelError(_load_hint(model_cfg.name_or_path, exc)) from None
+        raise ModelError(_load_hint(model_cfg, exc)) from None
     if model_cfg.quantization == "4bit":
         from peft import prepare_model_for_kbit_training
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
@@ -74,8 +87,35 @@ def load_base_model(model_cfg, cache_dir: Path, device: torch.device):
     return model, dtype
 
 
+def check_attention(model_cfg) -> None:
+    """Fail early (before any download) when ``model.attn_implementation`` cannot run on this machine."""
+    if getattr(model_cfg, "attn_implementation", None) != "flash_attention_2":
+        return
+    if not torch.cuda.is_available():
+        raise ModelError("model.attn_implementation: flash_attention_2 needs a CUDA GPU (flash-attn has no CPU "
+                         "kernels). Use sdpa (or eager), or run on a machine with a GPU.")
+    import importlib.util
+    if importlib.util.find_spec("flash_attn") is None:
+        raise ModelError("model.attn_implementation: flash_attention_2 needs the flash-attn package: "
+                         "pip install flash-attn --no-build-isolation. Or use sdpa.")
+
+
+def check_lora_init(lora_cfg, model_cfg) -> None:
+    """Fail early when ``lora.init`` cannot run as configured here (LoftQ: bitsandbytes, no 4-bit base)."""
+    if getattr(lora_cfg, "init", "default") != "loftq":
+        return
+    if model_cfg.quantization == "4bit":
+        raise ModelError("lora.init: loftq quantizes the base itself: set model.quantization: none (PEFT's LoftQ "
+                         "must be given the unquantized model)")
+    import importlib.util
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelError("lora.init: loftq needs bitsandbytes (PEFT's LoftQ quantizes with it): "
+                         "pip install 'neurosym[qlora]'. Or use lora.init: pissa")
+
+
 def check_quantization(model_cfg) -> None:
-    """Fail early (before any download) when 4-bit cannot work on this machine."""
+    """Fail early (before any download) when 4-bit, or the attention kernel, cannot work on this machine."""
+    check_attention(model_cfg)
     if model_cfg.quantization != "4bit":
         return
     if not torch.cuda.is_available():
@@ -94,6 +134,16 @@ def qlora_config(compute_dtype: torch.dtype):
                               bnb_4bit_compute_dtype=compute_dtype if compute_dtype != torch.float32 else torch.bfloat16)
 
 
+@contextmanager
+def peft_on_new_transformers():
+    """PEFT wrapping a model reads ``model.is_gradient_checkpointing``, which transformers 5 deprecated
+    (renamed ``is_activation_checkpointing``): the FutureWarning is PEFT's, raised by our call, and
+    says nothing a user can act on. Only that warning is hidden, only around the wrapping."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
 def add_lora(model, lora_cfg):
     from peft import get_peft_model
 
@@ -101,7 +151,8 @@ def add_lora(model, lora_cfg):
 
     config = build_peft_config(lora_cfg, model)
     try:
-        return get_peft_model(model, config)
+        with peft_on_new_transformers():
+            return get_peft_model(model, config)
     except ValueError as exc:
         if "target" not in str(exc).lower():
             raise
@@ -113,12 +164,16 @@ def add_lora(model, lora_cfg):
 def load_for_training(cfg, cache_dir: Path):
     """Base model + fresh LoRA adapter, on the best device. The LoRA init uses the torch RNG."""
     check_quantization(cfg.model)
+    check_lora_init(cfg.lora, cfg.model)
     device = pick_device()
     tokenizer = load_tokenizer(cfg.model, cache_dir)
     model, dtype = load_base_model(cfg.model, cache_dir, device)
     if cfg.train.gradient_checkpointing:
         # recompute activations in backward: memory for time; inputs must require grad for PEFT's frozen base
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x; the old name warns
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     model = add_lora(model, cfg.lora)
     return model, tokenizer, device, dtype
@@ -159,8 +214,10 @@ def load_with_adapter(cfg, cache_dir: Path, adapter_dir: Path, trainable: bool =
     from peft import PeftModel
 
     check_quantization(cfg.model)
+    check_lora_init(cfg.lora, cfg.model)  # PEFT redoes a LoftQ/PiSSA/OLoRA initialisation when it loads
     device = pick_device()
     tokenizer = load_tokenizer(cfg.model, cache_dir)
     model, dtype = load_base_model(cfg.model, cache_dir, device)
-    model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
+    with peft_on_new_transformers():
+        model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
     return model, tokenizer, device, dtype

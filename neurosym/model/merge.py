@@ -107,10 +107,15 @@ def set_learned_chat_template(tokenizer, system: Optional[str]) -> str:
 
 
 def model_card(cfg: Config, ckpt: Path, system: Optional[str]) -> str:
-    from neurosym.observe.prompt_history import learned_prompt_card
+    from neurosym.observe.prompt_history import data_system_summary, learned_prompt_card
+    try:  # what system messages the training rows carried (the data may have moved since: then unsaid)
+        from neurosym.data import load_examples
+        data = data_system_summary(load_examples(cfg.data.train, cfg.data, on_error="skip")[0])
+    except Exception:  # noqa: BLE001 - a card without that line rather than no merge
+        data = None
     return (f"# {cfg.run.name} (merged)\n\n"
             f"Base model `{cfg.model.name_or_path}` with the LoRA adapter of neurosym run `{cfg.run.name}` "
-            f"(checkpoint `{ckpt.name}`) merged in (`merge_and_unload`).\n\n" + learned_prompt_card(system))
+            f"(checkpoint `{ckpt.name}`) merged in (`merge_and_unload`).\n\n" + learned_prompt_card(system, data))
 
 
 def protected_paths(cfg: Config, run_dir: Path) -> list[Path]:

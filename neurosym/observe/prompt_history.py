@@ -173,18 +173,53 @@ def learned_prompt(run_dir: str | Path, checkpoint: str | Path | None = None) ->
     return text if isinstance(text, str) and text.strip() else None
 
 
-def learned_prompt_card(text: Optional[str]) -> str:
-    """A Markdown section stating the learned system prompt, for a model card (README.md of a PEFT
-    adapter or a merged model): the adapter was trained under this prompt and expects it."""
-    if not text:
-        return ("## System prompt\n\nThis run trained without a system prompt; use none at inference.\n")
+def data_system_summary(examples) -> dict:
+    """What system messages the training rows carried themselves: how many rows, how many with their
+    own system message, how many distinct ones, and the first of them."""
+    own = [ex.system for ex in examples if ex.system is not None]
+    distinct = list(dict.fromkeys(own))
+    return {"rows": len(examples), "with_system": len(own), "distinct": len(distinct),
+            "first": distinct[0] if distinct else None}
+
+
+def _fenced(text: str) -> str:
     fence = "```"
     while fence in text:
         fence += "`"
-    return ("## System prompt\n\n"
-            "This adapter was trained under the system prompt below (learned by neurosym's symbolic route); "
-            "give it as the system message at inference. `system_prompt.txt` holds the same text.\n\n"
-            f"{fence}text\n{text}\n{fence}\n")
+    return f"{fence}text\n{text}\n{fence}\n"
+
+
+def learned_prompt_card(text: Optional[str], data: Optional[dict] = None) -> str:
+    """A Markdown section stating the system prompt(s) the adapter was trained under, for a model card
+    (README.md of a PEFT adapter or a merged model): the learned one (which a row with its own system
+    message does not get: the row keeps its own) and what the data carried (``data``:
+    :func:`data_system_summary` of the training rows; None when unknown)."""
+    rows, own = (data or {}).get("rows", 0), (data or {}).get("with_system", 0)
+    carried = ""
+    if own:
+        share = "Every training row" if own == rows else f"{own} of {rows} training rows"
+        if data.get("distinct") == 1:
+            carried = (f"{share} carried its own system message, the same in each; "
+                       f"{'they were' if own == rows else 'those rows were'} trained under it:\n\n"
+                       + _fenced(data["first"]) + "\n")
+        else:
+            carried = (f"{share} carried its own system message ({data['distinct']} different ones); each such "
+                       f"row was trained under its own: give a request the system message its kind of data "
+                       f"carries.\n\n")
+    if not text:
+        if own == rows and rows:
+            return "## System prompt\n\nNo task system prompt was set or learned. " + carried
+        rest = (f"The other {rows - own} rows were trained without a system prompt."
+                if own else "This run trained without a system prompt; use none at inference.")
+        return "## System prompt\n\n" + carried + rest + "\n"
+    if own == rows and rows:
+        return ("## System prompt\n\n" + carried + "The task system prompt below (`system_prompt.txt`) was set "
+                "but reached no training row, since each kept its own:\n\n" + _fenced(text))
+    where = f" (the {rows - own} rows without their own)" if own else ""
+    return ("## System prompt\n\n" + carried +
+            f"This adapter was trained{where} under the system prompt below (learned by neurosym's symbolic "
+            "route); give it as the system message at inference. `system_prompt.txt` holds the same text.\n\n"
+            + _fenced(text))
 
 
 def format_prompt_history(history: list[dict], width: int = 100) -> str:
@@ -210,4 +245,4 @@ def format_prompt_history(history: list[dict], width: int = 100) -> str:
 
 
 __all__ = ["prompt_history", "prompt_versions", "format_prompt_history", "run_events", "learned_prompt",
-           "learned_prompt_card", "terminal_safe"]
+           "learned_prompt_card", "data_system_summary", "terminal_safe"]

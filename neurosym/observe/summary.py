@@ -25,6 +25,7 @@ def summary_lines(run_dir: Path, state, stop_reason: Optional[str] = None) -> li
     if len(versions) > 1:
         lines.append(f"  prompt       {len(versions) - 1} new version(s); now v{versions[-1]['version']}: "
                      f"{(versions[-1]['text'] or '')[:100]!r}")
+    lines += update_outcome_lines(events)
     refined = sum(e.get("symbolic", {}).get("accepted", 0) for e in events
                   if e.get("kind") in ("train", "symbolic") and isinstance(e.get("symbolic"), dict))
     if refined:
@@ -34,3 +35,37 @@ def summary_lines(run_dir: Path, state, stop_reason: Optional[str] = None) -> li
         lines.append(f"  warning      {text}")
     lines.append(f"  run directory {run_dir}")
     return lines
+
+
+def update_outcome_lines(events: list) -> list[str]:
+    """Per kind of teacher update (symbolic): how many landed, and what each did to the prompt."""
+    by_route: dict[str, dict] = {}
+    for e in events:
+        if e.get("kind") not in ("train",) and e.get("kind") != e.get("route"):
+            continue
+        for route, fig in e.items():
+            if not isinstance(fig, dict) or ("calls" not in fig and "error_type" not in fig):
+                continue
+            if route in ("decision", "signals", "batch", "validation"):
+                continue
+            tally = by_route.setdefault(route, {"landed": 0, "new": 0, "identical": 0, "refused": {}, "failed": 0,
+                                                "calls": 0})
+            tally["landed"] += 1
+            tally["calls"] += int(fig.get("calls") or 0)
+            reason = fig.get("unchanged_reason")
+            if "error_type" in fig:
+                tally["failed"] += 1
+            elif reason is None:
+                tally["new"] += 1
+            elif reason == "identical":
+                tally["identical"] += 1
+            else:
+                key = reason.split(" (")[0].split(":")[0][:40]
+                tally["refused"][key] = tally["refused"].get(key, 0) + 1
+    out = []
+    for route, t in by_route.items():
+        refused = sum(t["refused"].values())
+        why = f" ({', '.join(f'{k} {n}' for k, n in sorted(t['refused'].items()))})" if refused else ""
+        out.append(f"  {route:<12} {t['landed']} update(s): {t['new']} new prompt, {t['identical']} identical, "
+                   f"{refused} refused{why}, {t['failed']} failed; {t['calls']} teacher calls")
+    return out

@@ -461,7 +461,8 @@ class Run:
             return None
         self.state.components = self.state_dict()
         return save_checkpoint(self.dir.path, self.model, self.optimizer, self.state, self.cfg.train.keep_last_n,
-                               model_card(self.cfg, self.prompts.current, self.state.step), self.prompts.current)
+                               model_card(self.cfg, self.prompts.current, self.state.step, self.train_set),
+                               self.prompts.current)
 
     def last_checkpoint_name(self) -> Optional[str]:
         ckpt = latest_checkpoint(self.dir.path)
@@ -481,11 +482,13 @@ class Run:
         self.runtime.close()
 
 
-def model_card(cfg, system_prompt: Optional[str], step: int) -> str:
-    """The checkpoint's PEFT model card: what base, what data, and the learned system prompt."""
-    from neurosym.observe.prompt_history import learned_prompt_card
+def model_card(cfg, system_prompt: Optional[str], step: int, examples=None) -> str:
+    """The checkpoint's PEFT model card: what base, what data, the learned system prompt and the system
+    messages the training rows carried (``examples``)."""
+    from neurosym.observe.prompt_history import data_system_summary, learned_prompt_card
 
     data = Path(cfg.data.train).name if isinstance(cfg.data.train, str) else "several datasets"
     return (f"---\nbase_model: {cfg.model.name_or_path}\nlibrary_name: peft\ntags: [neurosym]\n---\n\n"
             f"# {cfg.run.name}, step {step}\n\nAdapter trained by neurosym on `{data}` "
-            f"(router `{cfg.router.kind}`).\n\n" + learned_prompt_card(system_prompt))
+            f"(router `{cfg.router.kind}`).\n\n"
+            + learned_prompt_card(system_prompt, data_system_summary(examples) if examples is not None else None))

@@ -1,0 +1,69 @@
+"""What the console says: each symbolic step's outcome in words (new prompt, identical, refused and
+why, failed), the run summary's tally of them, and no deprecation warning our own calls trigger."""
+import warnings
+
+import pytest
+
+from neurosym.config.schema import load_config
+from neurosym.observe.recorder import update_outcome
+from neurosym.observe.summary import update_outcome_lines
+from neurosym.train import train
+from tests.support.hybrid import KEY_ENV, Teacher, hybrid_config
+
+
+def test_each_outcome_in_words():
+    base = {"calls": 7, "cost_usd": 0.0012, "accepted": 0, "rejected": {}}
+    assert update_outcome(base, new_version=3) == "new prompt v3 (7 calls, $0.0012)"
+    assert update_outcome({**base, "unchanged_reason": "identical"}) == "prompt identical (kept) (7 calls, $0.0012)"
+    assert update_outcome({**base, "unchanged_reason": "too_long", "accepted": 2, "rejected": {"answer_leak": 1}}) == \
+        "refused: too_long (prompt kept); 2 example(s) rewritten; rewrites refused: answer_leak 1 (7 calls, $0.0012)"
+    assert update_outcome({**base, "error_type": "TeacherTimeout", "error": "no answer in 3 s"}) == \
+        "failed: TeacherTimeout: no answer in 3 s (7 calls, $0.0012)"
+    assert update_outcome({"submitted_step": 4}) is None  # an asynchronous submission: nothing landed yet
+    assert update_outcome({}) is None  # a LoRA step
+
+
+def test_summary_tallies_the_outcomes():
+    events = [{"kind": "train", "step": 1, "route": "lora"},
+              {"kind": "train", "step": 2, "route": "symbolic", "symbolic": {"calls": 5}},
+              {"kind": "train", "step": 4, "route": "symbolic", "symbolic": {"calls": 4, "unchanged_reason": "identical"}},
+              {"kind": "train", "step": 6, "route": "symbolic", "symbolic": {"calls": 4, "unchanged_reason": "answer_leak"}},
+              {"kind": "train", "step": 8, "route": "lora", "symbolic": {"calls": 1, "error_type": "TeacherError"}},
+              {"kind": "train", "step": 9, "route": "symbolic", "symbolic": {"submitted_step": 9}},
+              {"kind": "symbolic", "step": 10, "route": "symbolic", "symbolic": {"calls": 2, "unchanged_reason": "identical"}}]
+    assert update_outcome_lines(events) == [
+        "  symbolic     5 update(s): 1 new prompt, 2 identical, 1 refused (answer_leak 1), 1 failed; 16 teacher calls"]
+
+
+@pytest.fixture
+def teacher(openai_server, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, openai_server.api_key)
+    openai_server.set_responder(Teacher())
+    return openai_server
+
+
+def test_the_console_says_what_each_symbolic_step_did(tmp_path, tiny_model_dir, teacher, capsys):
+    cfg = load_config(hybrid_config(tmp_path, tiny_model_dir, teacher, train={"max_steps": 4, "save_every": 4,
+                                                                              "eval_every": 0, "log_every": 1}))
+    out = train(cfg, quiet=True)
+    err = capsys.readouterr().err
+    lines = [l for l in err.splitlines() if ": symbolic: " in l]
+    assert [l.split(":")[0] for l in lines] == ["step 2", "step 4"], err
+    assert lines[0].startswith("step 2: symbolic: new prompt v1") and " calls" in lines[0]
+    assert "system prompt v1" not in err  # said once, on the update's line
+    assert "sym_prompts=" in err and "sym_accepted" not in err
+    from neurosym.observe.summary import summary_lines
+    summary = "\n".join(summary_lines(out.run_dir, out.state))
+    assert "symbolic     2 update(s): 2 new prompt" in summary
+
+
+def test_gradient_checkpointing_raises_no_deprecation_warning(tmp_path, tiny_model_dir):
+    from neurosym.model.load import load_for_training
+    from tests.support.jobs import write_config
+    cfg = load_config(write_config(tmp_path, tiny_model_dir, train={"gradient_checkpointing": True}))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model, *_ = load_for_training(cfg, tmp_path / ".models")
+    assert not [w for w in caught if "checkpointing" in str(w.message)], [str(w.message) for w in caught]
+    base = model.get_base_model()
+    assert any(getattr(m, "gradient_checkpointing", False) for m in base.modules())  # it is on
