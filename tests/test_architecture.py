@@ -86,7 +86,8 @@ def test_no_two_public_classes_share_a_name():
 
 # a file name of the run directory, or of a checkpoint folder, and the one module allowed to spell it
 SPELLED_IN = {**{name: "neurosym.persist.rundir" for name in ("config.yaml", "events.jsonl", "remake.sqlite",
-                                                             "wandb_run_id")},
+                                                             "wandb_run_id", "mlflow_run_id", "mlflow.db",
+                                                             "mlartifacts")},
               **{name: "neurosym.persist.checkpoint" for name in ("state.json", "COMPLETE")}}
 OTHER_FILES_OF_THE_SAME_NAME = {("neurosym.data.readers", "state.json")}  # datasets' save_to_disk writes one
 

@@ -6,10 +6,12 @@ from pathlib import Path
 from typing import Optional
 
 from neurosym.observe.events import read_events
+from neurosym.persist.rundir import RunDir
 
 
 def summary_lines(run_dir: Path, state, stop_reason: Optional[str] = None) -> list[str]:
-    events = read_events(Path(run_dir) / "events.jsonl") if (Path(run_dir) / "events.jsonl").exists() else []
+    path = RunDir(run_dir).events
+    events = read_events(path) if path.exists() else []
     routes = []
     for route, n in sorted(state.steps_by_route.items(), key=lambda kv: kv[0] != "lora"):
         ok, failed = state.ok_by_route.get(route, 0), state.failed_by_route.get(route, 0)

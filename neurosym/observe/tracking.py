@@ -27,11 +27,9 @@ from typing import Optional
 
 from neurosym.config.schema import Config, redact
 from neurosym.persist.atomic import atomic_write_text
+from neurosym.persist.rundir import RunDir
 
 log = logging.getLogger(__name__)
-ID_FILE = "wandb_run_id"
-MLFLOW_ID_FILE = "mlflow_run_id"
-TENSORBOARD_DIR = "tensorboard"
 # backend -> (module that must be importable, how to install it)
 PACKAGES = {"wandb": ("wandb", "pip install wandb"),
             "tensorboard": ("tensorboard", "pip install 'neurosym[tensorboard]'  (the tensorboard package)"),
@@ -93,7 +91,7 @@ class WandbBackend:
         import wandb
 
         self.mode = mode
-        id_path = run_dir / ID_FILE
+        id_path = RunDir(run_dir).wandb_id
         run_id = id_path.read_text().strip() if id_path.exists() else secrets.token_hex(6)
         if not id_path.exists():
             atomic_write_text(id_path, run_id + "\n")
@@ -155,7 +153,7 @@ class TensorBoardBackend:
 
         import yaml
 
-        self.dir = run_dir / TENSORBOARD_DIR
+        self.dir = RunDir(run_dir).tensorboard
         # a resume drops what an interrupted run wrote after its checkpoint (the steps are redone)
         self.writer = SummaryWriter(log_dir=str(self.dir), purge_step=start_step + 1 if start_step else None)
         if not start_step:
@@ -189,14 +187,14 @@ class MlflowBackend:
         for noisy in ("mlflow.store.db.utils", "alembic"):  # "Creating initial MLflow database tables..."
             logging.getLogger(noisy).setLevel(logging.WARNING)
         self.uri = cfg.tracking.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or \
-            f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"
+            f"sqlite:///{RunDir(run_dir).mlflow_db.resolve()}"
         local = self.uri.startswith("sqlite:///") and not (cfg.tracking.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI"))
         self.client = MlflowClient(tracking_uri=self.uri)
         name = cfg.tracking.resolved_project()
         exp = self.client.get_experiment_by_name(name)
         exp_id = exp.experiment_id if exp else self.client.create_experiment(
-            name, artifact_location=(run_dir / "mlartifacts").resolve().as_uri() if local else None)
-        id_path = run_dir / MLFLOW_ID_FILE
+            name, artifact_location=RunDir(run_dir).mlflow_artifacts.resolve().as_uri() if local else None)
+        id_path = RunDir(run_dir).mlflow_id
         if id_path.exists():
             self.run_id = id_path.read_text().strip()
             self.client.update_run(self.run_id, status="RUNNING")

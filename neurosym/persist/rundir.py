@@ -6,6 +6,8 @@
     runs/<name>/teacher/           response cache, TextGrad log
     runs/<name>/checkpoints/step-N/
     runs/<name>/wandb/, wandb_run_id
+    runs/<name>/tensorboard/, mlflow.db, mlartifacts/, mlflow_run_id   (tracking.backends)
+    runs/<name>/eval/              neurosym eval's per-row generations and scores
     runs/<name>/.lock              held (flock) by the process training in it
 
 Whoever takes the lock first settles what a save killed mid-way left in ``checkpoints/``.
@@ -37,6 +39,11 @@ class RunDir:
     teacher = property(lambda self: self.path / "teacher")
     checkpoints = property(lambda self: self.path / "checkpoints")
     wandb_id = property(lambda self: self.path / "wandb_run_id")
+    mlflow_id = property(lambda self: self.path / "mlflow_run_id")
+    mlflow_db = property(lambda self: self.path / "mlflow.db")
+    mlflow_artifacts = property(lambda self: self.path / "mlartifacts")
+    tensorboard = property(lambda self: self.path / "tensorboard")
+    evals = property(lambda self: self.path / "eval")  # neurosym eval's per-row files
     lock_file = property(lambda self: self.path / ".lock")
     models_cache = property(lambda self: self.path.parent / ".models")
 

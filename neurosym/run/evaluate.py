@@ -20,10 +20,10 @@ import re
 from pathlib import Path
 from typing import Optional
 
-from neurosym.persist.checkpoint import find_checkpoint
 from neurosym.config.schema import Config, ConfigError, DataSource, RewardConfig, looks_like_dataset_id
+from neurosym.persist.checkpoint import find_checkpoint
+from neurosym.persist.rundir import RunDir
 
-EVAL_DIR = "eval"
 MATCH_REWARDS = ("exact_match", "numeric_match", "regex")  # 1 right, 0 wrong: "failed" counts the zeros
 
 
@@ -62,7 +62,7 @@ def _data_name(src: DataSource) -> str:
 
 
 def default_out(run_dir: Path, ckpt: Path, src: DataSource) -> Path:
-    return Path(run_dir) / EVAL_DIR / f"{ckpt.name}-{_data_name(src)}.jsonl"
+    return RunDir(run_dir).evals / f"{ckpt.name}-{_data_name(src)}.jsonl"
 
 
 def evaluate_checkpoint(cfg: Config, run_dir: Path, checkpoint: Optional[str] = None, data: Optional[str] = None,
