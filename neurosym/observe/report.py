@@ -213,12 +213,13 @@ def summarize(events: list[dict], versions: list[dict]) -> list[str]:
 
 
 def _router_lines(train: list[dict]) -> list[str]:
-    """The gains the router learnt from: how many had a prediction, how many were 0 for free."""
-    points, measured, unpredicted = _gain_points(train)
+    """The gains the router learnt from: how many had no prediction, how many were 0 for free."""
+    _, measured, unpredicted = _gain_points(train)
     if not measured:
         return []
-    predicted = sum(len(xs) for xs, _ in points.values())
-    lines = [f"router gains   {measured} measured, {predicted} with a prediction"]
+    lines = [f"router gains   {measured} measured"]
+    if unpredicted:
+        lines.append(f"  {unpredicted} without a prediction")
     zeros = sum(1 for e in train if _num(e.get("gain")) == 0 and isinstance(e.get("symbolic"), dict)
                 and e["symbolic"].get("unchanged_reason"))
     if zeros:
