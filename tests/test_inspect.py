@@ -135,12 +135,14 @@ def test_report_png_has_every_panel(run, tmp_path, capsys):
     assert vlines == [12, 27, 35]
     # markers coloured by route: 34 LoRA steps with a loss, of which 2 are fallbacks; symbolic steps have none
     loss_legend = [t.get_text() for t in axes["loss"].get_legend().get_texts()]
-    assert {"LoRA", "symbolic → LoRA fallback", "eval loss", "loss EMA"} <= set(loss_legend)
+    assert {"LoRA", "symbolic → LoRA fallback", "eval loss"} <= set(loss_legend)
+    assert "loss EMA, router's view (decay 0.9, from the first loss)" in loss_legend
     assert "symbolic" not in loss_legend
     route_legend = [t.get_text() for t in axes["route"].get_legend().get_texts()]
     assert route_legend[:3] == ["LoRA (34)", "symbolic (4)", "symbolic → LoRA fallback (2)"]
     eval_line = next(line for line in axes["loss"].lines if line.get_label() == "eval loss")
     assert list(eval_line.get_xdata()) == [5, 10, 15, 20, 25, 30, 35, 40]
+    assert eval_line.get_linestyle() == "-"  # 8 evaluations, every 5 steps: a line
     # predicted vs realized gains: one point per measured gain with a prediction
     gain_legend = [t.get_text() for t in axes["gain"].get_legend().get_texts()]
     gained = [r for r in full_events() if r["kind"] == "train" and r["gain"] is not None]
@@ -148,7 +150,8 @@ def test_report_png_has_every_panel(run, tmp_path, capsys):
     assert gain_legend == [f"LoRA ({n_gains - 4})", "symbolic → LoRA fallback (2)", "symbolic (2)",
                            "predicted = realized"]  # symbolic gains at steps 20 and 35, fallbacks at 8 and 16
     assert sum(len(c.get_offsets()) for c in axes["gain"].collections) == n_gains
-    assert any(t.startswith(f"n={n_gains}, r=") for t in texts(axes["gain"]))
+    assert any(t.startswith("the router is learning: its predictions\ntrack realized gains (r = 0.")
+               and t.endswith(f", n = {n_gains})") for t in texts(axes["gain"]))
 
     assert main(["report", str(run), "--out", str(tmp_path / "sub" / "r.png")]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "sub" / "r.png")
@@ -162,8 +165,11 @@ def test_summary_counts_routes_teacher_and_evals(run):
     assert "LoRA         34" in lines and "symbolic     4" in lines and "fallbacks    2" in lines
     assert "2 x teacher_timeout" in lines and "explored     1" in lines
     assert "teacher        12 calls, $0.0500" in lines
-    assert "accepted     8" in lines and "rejected     4\n    4 x duplicate" in lines
-    assert "prompt         3 rewrites, v3 at step 35" in lines
+    assert "example rewrites: 8 kept, 4 refused\n    4 x duplicate" in lines
+    # 4 symbolic updates: 3 new versions (12, 27, 35); the one at step 20 recorded no reason
+    assert ("symbolic       4 updates\n  prompt changed   3\n  prompt unchanged 1\n    1 x no reason recorded"
+            in lines)
+    assert "prompt         v3 at step 35 (3 new)" in lines
     assert "eval loss      1.9000 -> 1.2000" in lines and "best         1.2000 at step 40" in lines
 
 
@@ -209,8 +215,83 @@ def test_report_says_a_flat_router_signal_why_prompts_stayed_and_alerts(tmp_path
     axes = {ax.get_label(): ax for ax in draw_report(run_dir).axes}
     assert any("every realized gain was 0" in t and "no signal" in t for t in texts(axes["gain"]))
     lines = "\n".join(summarize(run_events(run_dir), prompt_versions(run_dir)))
-    assert "prompt kept  3" in lines and "2 x identical" in lines and "1 x elided" in lines
+    # was: "prompt kept  3 / 2 x identical / 1 x elided"
+    assert ("symbolic       3 updates\n  prompt changed   0\n  prompt unchanged 3\n"
+            "    2 x same prompt proposed\n    1 x proposal elided (...)") in lines
+    assert "  3 symbolic = 0 (prompt unchanged)" in lines
     assert "warning        every gain the router learn" in lines
+
+
+def _eval_line(run_dir):
+    axes = {ax.get_label(): ax for ax in draw_report(run_dir).axes}
+    return next(line for line in axes["loss"].lines if line.get_label().startswith("eval loss"))
+
+
+@pytest.mark.parametrize("eval_steps", [[0, 40], [0, 20, 40], [0, 2, 4, 40]])
+def test_sparse_or_far_apart_evaluations_are_markers_not_a_trend_line(tmp_path, eval_steps):
+    """Was: two evaluations (steps 0 and 40) joined by a line, a trend nobody measured."""
+    run_dir, _ = make_run(tmp_path)
+    records = [{"kind": "train", "step": s, "route": "lora", "loss": 3.0 / s} for s in range(1, 41)]
+    records += [{"kind": "eval", "step": s, "eval_loss": 2.0 - s / 40} for s in eval_steps]
+    write_events(run_dir, records)
+    line = _eval_line(run_dir)
+    assert line.get_linestyle() == "None" and line.get_marker() == "s"
+    assert list(line.get_xdata()) == eval_steps
+    assert line.get_label() == f"eval loss ({len(eval_steps)} evaluations)"
+
+
+def test_regular_evaluations_keep_their_line(tmp_path):
+    run_dir, _ = make_run(tmp_path)
+    records = [{"kind": "train", "step": s, "route": "lora", "loss": 3.0 / s} for s in range(1, 41)]
+    records += [{"kind": "eval", "step": s, "eval_loss": 2.0 - s / 40} for s in range(0, 41, 10)]
+    write_events(run_dir, records)
+    assert _eval_line(run_dir).get_linestyle() == "-"
+
+
+def test_the_loss_ema_is_drawn_at_the_step_it_describes_and_says_whose_it_is(tmp_path):
+    """Was: "loss EMA" drawn one step late (each record holds the EMA before its step), lying above
+    every loss point with nothing saying it is the router's slow EMA seeded by the first loss."""
+    run_dir, _ = make_run(tmp_path)
+    records, ema = [], None
+    for s in range(1, 11):
+        loss = 5.0 if s == 1 else 1.0
+        signals = {"step": s - 1, "loss_ema": ema} if ema is not None else {}
+        records.append({"kind": "train", "step": s, "route": "lora", "loss": loss, "signals": signals})
+        ema = loss if ema is None else 0.9 * ema + 0.1 * loss
+    write_events(run_dir, records)
+    axes = {ax.get_label(): ax for ax in draw_report(run_dir).axes}
+    line = next(li for li in axes["loss"].lines if "EMA" in li.get_label())
+    assert line.get_label() == "loss EMA, router's view (decay 0.9, from the first loss)"
+    assert list(line.get_xdata()) == list(range(1, 10))   # the EMA through step k, at step k
+    assert line.get_ydata()[0] == 5.0                      # starts on the first loss point
+
+
+@pytest.mark.parametrize("slope,n,verdict", [
+    (-1.0, 12, "the router is not learning: its predictions\ndo not track realized gains (r = -"),
+    (1.0, 12, "the router is learning: its predictions\ntrack realized gains (r = "),
+    (-1.0, 4, "too few points to tell whether the router is\nlearning (n = 4; it takes 6)"),
+])
+def test_the_router_panel_says_in_words_whether_the_router_is_learning(tmp_path, slope, n, verdict):
+    """Was: "n=16, r=-0.31" and nothing saying that the router was not learning."""
+    run_dir, _ = make_run(tmp_path)
+    records = []
+    for s in range(1, n + 1):
+        predicted = 0.01 * s
+        gain = slope * predicted + 0.002 * math.sin(7 * s)
+        records.append({"kind": "train", "step": s, "route": "lora", "loss": 1.0, "gain": gain,
+                        "decision": {"route": "lora", "predicted": {"lora": predicted, "symbolic": 0.0}}})
+    write_events(run_dir, records)
+    axes = {ax.get_label(): ax for ax in draw_report(run_dir).axes}
+    said = [t for t in axes["gain"].texts if t.get_gid() == "verdict"]
+    assert len(said) == 1 and said[0].get_text().startswith(verdict), said[0].get_text()
+    assert said[0].get_text().endswith(f"n = {n})") or n < 6
+
+
+def test_router_verdict_thresholds():
+    from neurosym.observe.report import router_verdict
+    assert router_verdict(0.31, 16)[0].startswith("the router is learning weakly")
+    assert router_verdict(None, 16)[0].startswith("the router predicted one gain for every update")
+    assert router_verdict(0.9, 5)[0].startswith("too few points")
 
 
 def test_report_without_events_is_a_user_error(tmp_path, capsys):

@@ -1,13 +1,21 @@
-"""Greedy generation for measuring, batched: one ``model.generate`` call per chunk of prompts, left
-padded, with the KV cache. Side-effect free for training: eval mode inside (every submodule's flag
-restored after), no grad, and the Python/numpy/torch RNG states left as they were, so a run measures
-without changing its trajectory. The gain probe and the eval reward use it.
+"""Batched generation: one ``model.generate`` call per chunk of prompts (token ids), left padded, with
+the KV cache.
+
+``generate_batched`` serves `neurosym generate` (greedy, or sampling with a temperature and top-p; an
+optional factory of logits processors per chunk: the CoNN gate) and returns what each prompt's
+continuation is and why it stopped. ``greedy_generate`` and ``answer_examples`` are what a run measures
+with (the gain probe, the eval reward): greedy, decoded and stripped.
+
+Side-effect free for training: eval mode inside (every submodule's flag restored after), no grad, and
+the Python/numpy/torch RNG states left as they were, so a run measures without changing its trajectory
+(sampling draws from a forked RNG, seeded by ``seed``).
 """
 from __future__ import annotations
 
 import random
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -31,29 +39,90 @@ def measuring(model) -> Iterator[None]:
         np.random.set_state(npy)
 
 
+@dataclass(frozen=True)
+class Generated:
+    """One prompt's continuation: its text (special tokens skipped, not stripped), the new token ids
+    (up to and including the end-of-sequence token when one was written) and whether it ended there
+    (``False``: it ran out of ``max_new_tokens``)."""
+    text: str
+    token_ids: tuple
+    ended: bool
+
+    @property
+    def empty(self) -> bool:
+        return not self.text.strip()
+
+
+# per chunk: (index of its first prompt, input_ids, attention_mask) -> the logits processors of that call
+ProcessorFactory = Callable[[int, torch.Tensor, torch.Tensor], list]
+
+
+def _eos_ids(tokenizer, eos_token_id) -> list:
+    ids = eos_token_id if eos_token_id is not None else tokenizer.eos_token_id
+    return [] if ids is None else [int(i) for i in (ids if isinstance(ids, (list, tuple)) else [ids])]
+
+
+def _pad_chunk(chunk: list, pad: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(p) for p in chunk)
+    ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(chunk), width), dtype=torch.long)
+    for j, p in enumerate(chunk):
+        at = slice(width - len(p), width) if left else slice(0, len(p))
+        ids[j, at] = torch.tensor(p, dtype=torch.long)
+        mask[j, at] = 1
+    return ids, mask
+
+
+def _sampling(temperature: float, top_p: float, top_k: int) -> dict:
+    if temperature <= 0:  # greedy; the sampling knobs unset so that generate warns about none of them
+        return dict(do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None)
+    return dict(do_sample=True, num_beams=1, temperature=float(temperature), top_p=float(top_p), top_k=int(top_k))
+
+
+def generate_batched(model, tokenizer, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                     batch_size: int = 16, *, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
+                     seed: Optional[int] = None, eos_token_id=None,
+                     processors: Optional[ProcessorFactory] = None) -> list[Generated]:
+    """The continuation of each prompt (token ids), in order. Greedy when ``temperature`` is 0, else
+    sampled (``top_p``, ``top_k`` 0 = off) from a torch RNG seeded with ``seed`` inside a fork (the
+    caller's RNG is untouched). ``eos_token_id``: an id or a list of ids (default the tokenizer's).
+    A decoder-only model gets its prompts left padded; an encoder-decoder model right padded (they are
+    its encoder input), its continuation is the decoder's output after the start token.
+    An over-long prompt keeps its end (``max_position_embeddings - max_new_tokens`` tokens)."""
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos = _eos_ids(tokenizer, eos_token_id)
+    encoder_decoder = bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
+    ctx = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    out: list[Generated] = []
+    with measuring(model):
+        if seed is not None:
+            torch.manual_seed(seed)
+        for i in range(0, len(prompts), batch_size):
+            chunk = [list(p) for p in prompts[i:i + batch_size]]
+            if ctx and not encoder_decoder:
+                chunk = [p[-(ctx - max_new_tokens):] for p in chunk]  # keep the end of an over-long prompt
+            ids, mask = _pad_chunk(chunk, pad, left=not encoder_decoder)
+            ids, mask = ids.to(device), mask.to(device)
+            extra = {"logits_processor": processors(i, ids, mask)} if processors is not None else {}
+            gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                 **_sampling(temperature, top_p, top_k), pad_token_id=pad,
+                                 eos_token_id=eos[0] if len(eos) == 1 else (eos or None), **extra)
+            start = 1 if encoder_decoder else ids.shape[1]
+            out.extend(_finished(tokenizer, row[start:].tolist(), eos) for row in gen)
+    return out
+
+
+def _finished(tokenizer, new: list, eos: list) -> Generated:
+    end = next((k for k, t in enumerate(new) if t in eos), None)
+    kept = new if end is None else new[:end + 1]
+    return Generated(tokenizer.decode(kept, skip_special_tokens=True), tuple(kept), end is not None)
+
+
 def greedy_generate(model, tokenizer, prompts: Sequence[Sequence[int]], max_new_tokens: int,
                     batch_size: int = 16) -> list[str]:
     """The greedy continuation of each prompt (token ids), decoded, stripped."""
-    device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    ctx = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    out: list[str] = []
-    with measuring(model):
-        for i in range(0, len(prompts), batch_size):
-            chunk = [list(p) for p in prompts[i:i + batch_size]]
-            if ctx:
-                chunk = [p[-(ctx - max_new_tokens):] for p in chunk]  # keep the end of an over-long prompt
-            width = max(len(p) for p in chunk)
-            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for j, p in enumerate(chunk):
-                ids[j, width - len(p):] = torch.tensor(p, dtype=torch.long)
-                mask[j, width - len(p):] = 1
-            gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                 max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, temperature=None,
-                                 top_p=None, top_k=None, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
-            out.extend(tokenizer.decode(row[width:].tolist(), skip_special_tokens=True).strip() for row in gen)
-    return out
+    return [g.text.strip() for g in generate_batched(model, tokenizer, prompts, max_new_tokens, batch_size)]
 
 
 def answer_examples(model, tokenizer, renderer, examples, max_new_tokens: int, batch_size: int = 16) -> list[str]:

@@ -1,10 +1,16 @@
 """One PNG that shows how a run went: `neurosym report runs/<name>`.
 
-Left, over steps: training loss (with its EMA and the eval loss), grad norm, loss slope, and a strip
-with every step's route; each step's marker is coloured by its route (LoRA, symbolic, or a symbolic
-update that fell back to a LoRA step). Dashed vertical lines mark system-prompt versions v1, v2, ...
-Right: the router's predicted gain (``decision.predicted[route]``) against the realized ``gain``, and
-a text summary (route counts, fallback reasons, teacher calls and cost, prompt versions, eval loss).
+Left, over steps: training loss, the router's loss EMA (``signals.loss_ema``: the monitors' EMA as the
+router saw it before each step, drawn at the step it describes and labelled so: it is seeded by the first
+loss and slow, so it lies above a loss that falls fast; it is drawn because it is what the router read,
+not as a trend of the points) and the eval loss (markers alone when evaluations are sparse: fewer than
+:data:`SPARSE_EVALS`, or a gap over a third of the run, where a line would invent a trend), grad norm,
+loss slope, and a strip with every step's route; each step's marker is coloured by its route (LoRA,
+symbolic, or a symbolic update that fell back to a LoRA step). Dashed vertical lines mark system-prompt
+versions v1, v2, ... Right: the router's predicted gain (``decision.predicted[route]``) against the
+realized ``gain``, with the verdict in words (whether the predictions track the gains: Pearson r, judged
+from :data:`MIN_VERDICT_POINTS` points), and a text summary (route counts, fallback reasons, what each
+symbolic update did to the prompt and why, teacher calls and cost, prompt versions, eval loss/reward).
 
 Built on ``matplotlib.figure.Figure`` (no pyplot, no global backend change): safe in a notebook or a
 headless server. Missing signals, nulls and LoRA-only runs give empty panels with a note, never an error.
@@ -129,12 +135,33 @@ def _gain_panel(ax, train: list[dict]) -> None:
     ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], ls="--", color="#999999", lw=1, label="predicted = realized")
     ax.axhline(0, color="#cccccc", lw=0.8, zorder=0)
     r = _pearson(xs_all, ys_all)
-    extra = f"n={len(xs_all)}" + (f", r={r:.2f}" if r is not None else "")
-    if unpredicted:
-        extra += f"; {unpredicted} without prediction"
-    ax.text(0.02, 0.98, extra, transform=ax.transAxes, va="top", fontsize=9)
-    ax.legend(fontsize=8, loc="lower right")
+    verdict, colour = router_verdict(r, len(xs_all))
+    ax.set_title("router: predicted vs realized gain", fontsize=10, pad=30)
+    ax.text(0.5, 1.015, verdict, transform=ax.transAxes, ha="center", va="bottom", fontsize=9, color=colour,
+            fontweight="bold", gid="verdict")
+    ax.legend(fontsize=8, loc="best")
     ax.grid(alpha=0.25)
+
+
+MIN_VERDICT_POINTS = 6  # fewer (prediction, gain) pairs tell nothing about a correlation
+TRACKS, TRACKS_WEAKLY = 0.5, 0.2
+
+
+def router_verdict(r: Optional[float], n: int) -> tuple[str, str]:
+    """Whether the router's predicted gains track the realized ones, in words (and a colour): the
+    Pearson r of the points, judged only from :data:`MIN_VERDICT_POINTS` points on."""
+    if n < MIN_VERDICT_POINTS:
+        return (f"too few points to tell whether the router is\nlearning (n = {n}; it takes {MIN_VERDICT_POINTS})",
+                "#777777")
+    if r is None:
+        return (f"the router predicted one gain for every update:\nit ranks nothing yet (n = {n})", "#b22222")
+    if r >= TRACKS:
+        return f"the router is learning: its predictions\ntrack realized gains (r = {r:.2f}, n = {n})", "#2e7d32"
+    if r >= TRACKS_WEAKLY:
+        return (f"the router is learning weakly: its predictions\ntrack realized gains loosely "
+                f"(r = {r:.2f}, n = {n})", "#b8860b")
+    return (f"the router is not learning: its predictions\ndo not track realized gains (r = {r:.2f}, n = {n})",
+            "#b22222")
 
 
 def _pearson(xs: list, ys: list) -> Optional[float]:
@@ -164,31 +191,12 @@ def summarize(events: list[dict], versions: list[dict]) -> list[str]:
     explored = sum(1 for e in train if isinstance(e.get("decision"), dict) and e["decision"].get("explored"))
     if explored:
         lines.append(f"  explored     {explored}")
-    sym = [e["symbolic"] for e in train if isinstance(e.get("symbolic"), dict)]
-    if sym:
-        calls = sum(int(_num(s.get("calls")) or 0) for s in sym)
-        cost = sum(_num(s.get("cost_usd")) or 0.0 for s in sym)
-        accepted = sum(int(_num(s.get("accepted")) or 0) for s in sym)
-        rejected: Counter = Counter()
-        for s in sym:
-            if isinstance(s.get("rejected"), dict):
-                rejected.update({k: int(_num(v) or 0) for k, v in s["rejected"].items()})
-        malformed = sum(1 for s in sym if s.get("malformed"))
-        lines.append(f"teacher        {calls} calls, ${cost:.4f}")
-        lines.append(f"  accepted     {accepted}")
-        lines.append(f"  rejected     {sum(rejected.values())}")
-        lines.extend(f"    {v} x {k[:28]}" for k, v in rejected.most_common(4))
-        if malformed:
-            lines.append(f"  malformed    {malformed}")
-    unchanged = Counter(r for e in events if isinstance(e.get("symbolic"), dict)
-                        for r in [e["symbolic"].get("unchanged_reason")] if r)
-    if unchanged:
-        lines.append(f"  prompt kept  {sum(unchanged.values())}")
-        lines.extend(f"    {v} x {k[:28]}" for k, v in unchanged.most_common(4))
+    lines.extend(_router_lines(train))
+    lines.extend(_symbolic_lines(train, versions))
     alerts = [e.get("text", "") for e in events if e.get("kind") == "alert"]
     changed = [v for v in versions if v["version"] > 0]
-    lines.append(f"prompt         {len(changed)} rewrite{'s' if len(changed) != 1 else ''}"
-                 + (f", v{changed[-1]['version']} at step {changed[-1]['step']}" if changed else ""))
+    lines.append(f"prompt         v{changed[-1]['version']} at step {changed[-1]['step']} ({len(changed)} new)"
+                 if changed else "prompt         unchanged (v0)")
     if evals:
         first, last = evals[0][1], evals[-1][1]
         best = min(evals, key=lambda p: p[1])
@@ -196,8 +204,70 @@ def summarize(events: list[dict], versions: list[dict]) -> list[str]:
         lines.append(f"  best         {best[1]:.4f} at step {best[0]}")
     else:
         lines.append("eval loss      none recorded")
+    rewards = [r for r in (_num(e.get("eval_reward")) for e in events if e.get("kind") == "eval") if r is not None]
+    if rewards:
+        lines.append(f"eval reward    {rewards[0]:.4f} -> {rewards[-1]:.4f}")
     for text in alerts[:3]:  # teacher down, budget spent, a flat router signal
         lines.append(f"warning        {text[:34]}")
+    return lines
+
+
+def _router_lines(train: list[dict]) -> list[str]:
+    """The gains the router learnt from: how many had no prediction, how many were 0 for free."""
+    _, measured, unpredicted = _gain_points(train)
+    if not measured:
+        return []
+    lines = [f"router gains   {measured} measured"]
+    if unpredicted:
+        lines.append(f"  {unpredicted} without a prediction")
+    zeros = sum(1 for e in train if _num(e.get("gain")) == 0 and isinstance(e.get("symbolic"), dict)
+                and e["symbolic"].get("unchanged_reason"))
+    if zeros:
+        lines.append(f"  {zeros} symbolic = 0 (prompt unchanged)")
+    return lines
+
+
+# why a symbolic update left the prompt as it was (``symbolic.unchanged_reason``), in words
+UNCHANGED_WORDS = {"identical": "same prompt proposed", "malformed": "teacher's answer malformed",
+                   "elided": "proposal elided (...)", "too_long": "proposal too long",
+                   "answer_leak": "proposal states an answer"}
+
+
+def _unchanged_words(reason: str) -> str:
+    if reason in UNCHANGED_WORDS:
+        return UNCHANGED_WORDS[reason]
+    return reason.split(" (")[0][:28]  # "worse on batch + probe (reward / -loss: ...): kept the old prompt"
+
+
+def _symbolic_lines(train: list[dict], versions: list[dict]) -> list[str]:
+    """What the symbolic updates did, in words: how many changed the prompt, why the others did not,
+    and what the teacher's example rewrites came to."""
+    steps = [e for e in train if isinstance(e.get("symbolic"), dict)]
+    if not steps:
+        return []
+    sym = [e["symbolic"] for e in steps]
+    new_at = {v["step"] for v in versions if v["version"] > 0}
+    changed = sum(1 for e in steps if e["step"] in new_at and not e["symbolic"].get("unchanged_reason"))
+    why = Counter(_unchanged_words(str(s["unchanged_reason"])) for s in sym if s.get("unchanged_reason"))
+    untold = len(sym) - changed - sum(why.values())
+    if untold > 0:
+        why["no reason recorded"] += untold
+    lines = [f"symbolic       {len(sym)} update{'s' if len(sym) != 1 else ''}",
+             f"  prompt changed   {changed}", f"  prompt unchanged {sum(why.values())}"]
+    lines.extend(f"    {v} x {k}" for k, v in why.most_common(4))
+    calls = sum(int(_num(s.get("calls")) or 0) for s in sym)
+    cost = sum(_num(s.get("cost_usd")) or 0.0 for s in sym)
+    kept = sum(int(_num(s.get("accepted")) or 0) for s in sym)
+    refused: Counter = Counter()
+    for s in sym:
+        if isinstance(s.get("rejected"), dict):
+            refused.update({k: int(_num(v) or 0) for k, v in s["rejected"].items()})
+    lines.append(f"teacher        {calls} calls, ${cost:.4f}")
+    lines.append(f"  example rewrites: {kept} kept, {sum(refused.values())} refused")
+    lines.extend(f"    {v} x {k[:28]}" for k, v in refused.most_common(4))
+    malformed = sum(1 for s in sym if s.get("malformed"))
+    if malformed:
+        lines.append(f"  malformed answers {malformed}")
     return lines
 
 
@@ -231,7 +301,7 @@ def draw_report(run_dir: str | Path):
     ax_text = right.add_subplot(gs[1], label="summary")
     fig.suptitle(f"neurosym run: {run_dir.resolve().name}", fontsize=13)
 
-    _loss_panel(ax_loss, train, evals)
+    _loss_panel(ax_loss, train, evals, _ema_decay(run_dir))
 
     # -- grad norm, slope
     _metric_panel(ax_gn, train, lambda e: _num(e.get("grad_norm")), "grad norm", "no grad norm logged")
@@ -253,25 +323,65 @@ def draw_report(run_dir: str | Path):
     return fig
 
 
-def _loss_panel(ax_loss, train: list[dict], evals: list[tuple]) -> None:
-    """Training loss by route, with its EMA and the eval loss."""
+def _loss_panel(ax_loss, train: list[dict], evals: list[tuple], ema_decay: Optional[float] = None) -> None:
+    """Training loss by route, the router's loss EMA, and the eval loss (markers alone when sparse)."""
     from matplotlib.ticker import AutoLocator
 
     has_loss = _metric_panel(ax_loss, train, lambda e: _num(e.get("loss")), "loss", "no training loss logged")
-    ema = [(e["step"], _signal(e, "loss_ema")) for e in train]
-    ema = [(s, v) for s, v in ema if v is not None]
+    ema = router_ema(train)
     if ema:
+        decay = f"decay {ema_decay:g}, " if ema_decay is not None else ""
         ax_loss.plot([s for s, _ in ema], [v for _, v in ema], color="#1f77b4", lw=1, alpha=0.6, ls=":",
-                     label="loss EMA", zorder=2)
+                     label=f"loss EMA, router's view ({decay}from the first loss)", zorder=2)
     if evals:
-        ax_loss.plot([s for s, _ in evals], [v for _, v in evals], color=EVAL_COLOUR, lw=1.6, marker="s",
-                     ms=5, label="eval loss", zorder=4)
+        sparse = evals_are_sparse([s for s, _ in evals], [e["step"] for e in train])
+        ax_loss.plot([s for s, _ in evals], [v for _, v in evals], color=EVAL_COLOUR, marker="s",
+                     ls="none" if sparse else "-", lw=1.6, ms=7 if sparse else 5, zorder=4,
+                     label=f"eval loss ({len(evals)} evaluation{'s' if len(evals) != 1 else ''})" if sparse
+                     else "eval loss")
     if has_loss or evals:
         ax_loss.grid(alpha=0.25)
         ax_loss.legend(fontsize=8, loc="upper right", ncol=2)
         if not has_loss:  # eval points only: keep their axis, move the note out of the way
             ax_loss.yaxis.set_major_locator(AutoLocator())
             ax_loss.texts[0].set_position((0.5, 0.06))
+
+
+SPARSE_EVALS = 4  # fewer evaluations than this are drawn as markers: a line through 2 or 3 invents a trend
+
+
+def evals_are_sparse(eval_steps: list, train_steps: list) -> bool:
+    """Too few evaluations, or too far apart (a gap over a third of the run), for a line between them."""
+    steps = sorted(eval_steps)
+    if len(steps) < SPARSE_EVALS:
+        return True
+    span = max([*steps, *train_steps]) - min([*steps, *train_steps])
+    return span > 0 and max(b - a for a, b in zip(steps, steps[1:])) > span / 3
+
+
+def _ema_decay(run_dir: Path) -> Optional[float]:
+    """``monitors.ema`` of the run's resolved config (None when it cannot be read)."""
+    import yaml
+
+    try:
+        doc = yaml.safe_load(RunDir(run_dir).config.read_text(encoding="utf-8"))
+        return _num(((doc or {}).get("monitors") or {}).get("ema"))
+    except (OSError, yaml.YAMLError, AttributeError, UnicodeDecodeError):
+        return None
+
+
+def router_ema(train: list[dict]) -> list[tuple]:
+    """(step, value) of the monitors' loss EMA, at the step it describes. Each step's record holds the
+    EMA as the router saw it before that step (``signals.loss_ema``), which includes the losses up to
+    ``signals.step`` (the previous step): plotted there, not one step late."""
+    out = {}
+    for e in train:
+        value = _signal(e, "loss_ema")
+        if value is None:
+            continue
+        at = _num((e.get("signals") or {}).get("step"))
+        out[int(at) if at is not None else e["step"] - 1] = value
+    return sorted(out.items())
 
 
 def _route_strip(ax_route, train: list[dict]) -> None:
@@ -288,8 +398,9 @@ def _route_strip(ax_route, train: list[dict]) -> None:
     ax_route.set_ylabel("route", rotation=0, ha="right", va="center")
     ax_route.set_xlabel("step")
     ax_route.xaxis.set_major_locator(MaxNLocator(integer=True))
-    handles = [Line2D([], [], color=c, marker=m, ls="", label=f"{lab} ({sum(1 for e in train if step_category(e) == k)})")
-               for k, (lab, c, m) in ROUTES.items()]
+    counts = Counter(step_category(e) for e in train)
+    handles = [Line2D([], [], color=c, marker=m, ls="", label=f"{lab} ({counts[k]})")
+               for k, (lab, c, m) in ROUTES.items() if counts[k] or k == "lora"]
     handles.append(Line2D([], [], color=PROMPT_COLOUR, ls="--", label="new system prompt"))
     ax_route.legend(handles=handles, fontsize=8, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.9), frameon=False)
     if not train:
