@@ -190,3 +190,10 @@ def test_a_prompt_that_makes_the_student_worse_is_not_kept(tmp_path):
     assert [e["text"] for e in runs[True] if e.get("kind") == "prompt"] == ["Answer."]
     assert all("worse on batch + probe" in e["symbolic"]["unchanged_reason"] for e in runs[True] if e.get("kind") == "train")
     assert len([e for e in runs[False] if e.get("kind") == "prompt"]) > 1  # the same teacher, unchecked
+
+
+def test_the_testbed_student_is_found_from_any_working_directory(tmp_path, monkeypatch):
+    """The scheme looks beside the checkout, not only in the cwd (the layout move had it look in neurosym/)."""
+    from neurosym.model import testbed
+    monkeypatch.chdir(tmp_path)
+    assert (Path(testbed.resolve_testbed("testbed://student")) / "config.json").is_file()

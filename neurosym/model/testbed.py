@@ -19,7 +19,7 @@ def resolve_testbed(name: str) -> str:
     if key not in MODELS:
         raise FileNotFoundError(f"unknown testbed model {name!r}; choose one of "
                                 f"{', '.join(TESTBED_SCHEME + k for k in MODELS)}")
-    roots = [Path(__file__).resolve().parent.parent, Path.cwd()]
+    roots = [Path(__file__).resolve().parents[2], Path.cwd()]
     for root in roots:
         folder = root / MODELS[key]
         if (folder / MARKER).exists():
