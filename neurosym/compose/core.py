@@ -20,7 +20,8 @@ from neurosym.compose.checks import RESERVED, check
 from neurosym.compose.registry import Method, get_method, resolve_weights
 from neurosym.compose.sources import (ADAPTER_CONFIG, AdapterSource, BaseRef, ComposeError, file_hashes,
                                       resolve)
-from neurosym.persist.safe_output import OutputError, OutputTarget
+from neurosym.persist.rundir import RunDir
+from neurosym.persist.safe_output import OutputError, OutputTarget, model_paths
 
 log = logging.getLogger(__name__)
 MANIFEST = "composition.yaml"
@@ -102,16 +103,8 @@ def protected_paths(sources: list[AdapterSource], base: BaseRef) -> list[Path]:
     for s in sources:
         paths.append(Path(s.adapter_dir))
         if s.run_dir is not None:
-            paths += [Path(s.run_dir), Path(s.run_dir).parent / ".models"]
-    name = base.name_or_path
-    if name and "://" not in name and Path(name).expanduser().exists():
-        paths.append(Path(name).expanduser())
-    try:
-        from huggingface_hub import constants
-        paths.append(Path(constants.HF_HUB_CACHE))
-    except Exception:  # pragma: no cover - huggingface_hub ships with transformers
-        pass
-    return paths
+            paths += [Path(s.run_dir), RunDir(s.run_dir).models_cache]
+    return paths + model_paths(base.name_or_path)
 
 
 def compose(adapters: list[tuple[str, str]], method: str, out: str | os.PathLike, weights: Optional[dict] = None,

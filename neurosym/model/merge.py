@@ -21,7 +21,8 @@ from typing import NamedTuple, Optional
 from neurosym.persist.checkpoint import find_checkpoint
 from neurosym.config.schema import Config
 from neurosym.model.load import ModelError
-from neurosym.persist.safe_output import OutputTarget
+from neurosym.persist.rundir import RunDir
+from neurosym.persist.safe_output import OutputTarget, model_paths
 
 log = logging.getLogger(__name__)
 
@@ -120,16 +121,7 @@ def model_card(cfg: Config, ckpt: Path, system: Optional[str]) -> str:
 
 def protected_paths(cfg: Config, run_dir: Path) -> list[Path]:
     """What a merge reads: the run directory, the base model folder (a local path), the model caches."""
-    paths = [Path(run_dir), Path(run_dir).parent / ".models"]
-    name = cfg.model.name_or_path
-    if name and Path(name).expanduser().exists():
-        paths.append(Path(name).expanduser())
-    try:
-        from huggingface_hub import constants
-        paths.append(Path(constants.HF_HUB_CACHE))
-    except Exception:  # pragma: no cover - huggingface_hub ships with transformers
-        pass
-    return paths
+    return [Path(run_dir), RunDir(run_dir).models_cache] + model_paths(cfg.model.name_or_path)
 
 
 class Merged(NamedTuple):

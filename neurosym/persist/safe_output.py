@@ -45,6 +45,20 @@ class OutputError(UserError, ValueError):
     """An output path the verb must not write (exists, inside a run, read from...): exit 2."""
 
 
+def model_paths(name_or_path: Optional[str]) -> list[Path]:
+    """What loading the base ``name_or_path`` reads, which no output may replace: its folder (a local
+    path) and the Hugging Face hub cache."""
+    paths = []
+    if name_or_path and "://" not in name_or_path and Path(name_or_path).expanduser().exists():
+        paths.append(Path(name_or_path).expanduser())
+    try:
+        from huggingface_hub import constants
+        paths.append(Path(constants.HF_HUB_CACHE))
+    except Exception:  # pragma: no cover - huggingface_hub ships with transformers
+        pass
+    return paths
+
+
 def is_run_dir(path: Path) -> bool:
     """A folder that looks like a neurosym run directory."""
     return RunDir(path).looks_like_run()
