@@ -47,7 +47,8 @@ def atomic_write_json(path: str | os.PathLike, obj) -> None:
 
 # ------------------------------------------------------------------------------- folders built once
 
-def _remove_tree(path: Path) -> None:
+def remove_temporary(path: Path) -> None:
+    """Remove a temporary file or folder this program created (a link is removed, never followed)."""
     import shutil
     if path.is_symlink() or path.is_file():
         path.unlink(missing_ok=True)
@@ -87,7 +88,7 @@ def build_folder_once(target: str | os.PathLike, build, is_complete) -> Path:
             return target
         tag = f".{target.name}.neurosym-tmp-"
         for stale in parent.glob(f"{tag}*"):  # only the lock holder builds: these are a dead builder's
-            _remove_tree(stale)
+            remove_temporary(stale)
         tmp = parent / f"{tag}{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
@@ -97,10 +98,10 @@ def build_folder_once(target: str | os.PathLike, build, is_complete) -> Path:
             if target.exists() or target.is_symlink():  # incomplete (checked above): replace it
                 old = parent / f"{tag}old-{uuid.uuid4().hex[:8]}"
                 os.rename(target, old)
-                _remove_tree(old)
+                remove_temporary(old)
             os.rename(tmp, target)
         except BaseException:
-            _remove_tree(tmp)
+            remove_temporary(tmp)
             raise
         _fsync_dir(parent)
         return target

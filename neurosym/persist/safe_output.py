@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Literal, Optional
 
 from neurosym.errors import UserError
+from neurosym.persist.atomic import remove_temporary
 from neurosym.persist.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -192,7 +193,7 @@ class OutputTarget:
             yield tmp
             self._commit(tmp)
         except BaseException:
-            _remove(tmp)
+            remove_temporary(tmp)
             raise
 
     def _commit(self, tmp: Path) -> None:
@@ -228,14 +229,6 @@ class OutputTarget:
         if old.exists():
             log.warning("the new %s is in place, but the old one could not be fully removed: delete %s",
                         out, old)
-
-
-def _remove(path: Path) -> None:
-    """Remove a temporary this module created."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
 
 
 def atomic_write_text(target: OutputTarget, text: str) -> Path:
