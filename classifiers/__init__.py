@@ -1,4 +1,4 @@
-"""Routers that decide, batch by batch, between a LoRA step and a symbolic update.
+"""Routers that decide, batch by batch (or row by row: ``bandit``), between a LoRA step and a symbolic update.
 
 The learned router (``reward_router``) imports scikit-learn; it is loaded when a job asks for it
 (``router.kind: reward_classifier``) or when ``classifiers.RewardRouter`` is first read, so a config
@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-from classifiers.base import BATCH_FEATURE_NAMES, ROUTES, BatchStats, Decision, Route, Router
-from classifiers.baselines import Alternate, AlwaysLora, AlwaysSymbolic, PlateauRouter, RandomRouter
+from classifiers.bandit import BanditRouter
+from classifiers.base import BATCH_FEATURE_NAMES, ROUTES, BatchStats, Decision, PartResult, Route, Router, RowStats
+from classifiers.baselines import Alternate, AlwaysLora, AlwaysSymbolic, PlateauRouter, RandomRouter, RandomRowRouter
 from classifiers.config import RouterConfig
 
 
@@ -33,6 +34,8 @@ ROUTERS: dict[str, Callable[[RouterConfig, int, tuple], Router]] = {
     "plateau": lambda cfg, seed, routes: PlateauRouter(routes),
     "random": lambda cfg, seed, routes: RandomRouter(cfg.random_p, seed, routes),
     "reward_classifier": _reward_router,
+    "bandit": lambda cfg, seed, routes: BanditRouter(cfg, seed, routes),
+    "random_rows": lambda cfg, seed, routes: RandomRowRouter(cfg.random_p, seed, routes),
 }
 
 
@@ -56,6 +59,6 @@ def make_router(cfg: RouterConfig, seed: int, routes: tuple = ROUTES,
     return factory(cfg, seed, tuple(routes))
 
 
-__all__ = ["BATCH_FEATURE_NAMES", "ROUTERS", "ROUTES", "Alternate", "AlwaysLora", "AlwaysSymbolic",
-           "BatchStats", "Decision", "PlateauRouter", "RandomRouter", "RewardRouter", "Route", "Router",
-           "make_router"]
+__all__ = ["BATCH_FEATURE_NAMES", "ROUTERS", "ROUTES", "Alternate", "AlwaysLora", "AlwaysSymbolic", "BanditRouter",
+           "BatchStats", "Decision", "PartResult", "PlateauRouter", "RandomRouter", "RandomRowRouter", "RewardRouter",
+           "Route", "Router", "RowStats", "make_router"]

@@ -85,3 +85,24 @@ class RandomRouter(Router):
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
         self.rng.bit_generator.state = state["rng"]
+
+
+class RandomRowRouter(RandomRouter):
+    """The control for a per-row router: each row takes a non-default route with probability ``p``
+    (set it to the learned router's share of rows), whatever the row is; the batch is partitioned as a
+    per-row router partitions it. It reads nothing about the rows, so it costs no inspection."""
+
+    kind = "random_rows"
+
+    def _choose(self, signals: Signals, batch: BatchStats, index: int, available) -> Decision:
+        n, others = max(len(batch.prompts), 1), available[1:]
+        parts: dict[str, list[int]] = {r: [] for r in others + available[:1]}  # the default route last
+        for i in range(n):
+            draw = self.rng.random()
+            route = others[min(int(draw / self.p * len(others)), len(others) - 1)] if draw < self.p else available[0]
+            parts[route].append(i)
+        parts = {r: ix for r, ix in parts.items() if ix}
+        headline = next((r for r in parts if r != available[0]), available[0])
+        return Decision(headline, explored=True, reason=f"random rows (p_non_default={self.p}): "
+                        + ", ".join(f"{len(ix)} -> {r}" for r, ix in parts.items()),
+                        index=index, router=self.kind, parts=parts)

@@ -11,7 +11,8 @@ class RouterConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     kind: str = Field("always_lora", description="A name from classifiers.ROUTERS: always_lora, always_symbolic, "
-                                                 "alternate, plateau, random, reward_classifier; or function.")
+                                                 "alternate, plateau, random, reward_classifier, bandit (per row), "
+                                                 "random_rows (per row, the bandit's control); or function.")
     function: Optional[str] = Field(None, description="kind=function: 'module:factory', a factory "
                                                       "(router_cfg, seed, routes) -> Router of your own.")
     every: int = Field(4, gt=0, description="alternate: a symbolic update every N batches.")
@@ -20,8 +21,18 @@ class RouterConfig(BaseModel):
     epsilon_min: float = Field(0.02, ge=0, le=1)
     warmup: int = Field(4, ge=0, description="Decisions that try both routes before the model is trusted.")
     cost_weight: float = Field(1.0, ge=0, description="lambda in utility = gain - lambda * cost_usd.")
-    random_p: float = Field(0.5, ge=0, le=1, description="random: probability of the symbolic route.")
+    random_p: float = Field(0.5, ge=0, le=1, description="random: probability of the symbolic route (random_rows: "
+                                                         "of each row).")
     hash_features: int = Field(64, gt=0, description="Width of the hashed text features of batch prompts.")
+    # bandit (per-row routing): classifiers/bandit.py
+    discount: float = Field(0.9, gt=0, le=1, description="bandit: every arm's statistics decay by this factor "
+                                                         "per learnt step (gains that rot are forgotten).")
+    call_cost: float = Field(1.0, ge=0, description="bandit: one teacher call's cost in LoRA steps (c).")
+    backoff: int = Field(2, gt=0, description="bandit: decisions a spent route stays closed after its first "
+                                              "saturated result (doubling with each one in a row).")
+    backoff_max: int = Field(64, gt=0, description="bandit: the longest a spent route stays closed, in decisions.")
+    shift_z: float = Field(3.0, gt=0, description="bandit: a batch loss this many standard deviations above its "
+                                                  "discounted mean is a shift that reopens closed routes.")
 
     @field_validator("kind")
     @classmethod

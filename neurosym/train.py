@@ -42,10 +42,10 @@ def train_step(run: Run) -> None:
     signals, unavailable = run.signals(step)                # loss slope, grad norm, plateau, budget; closed routes
     stats = run.batch_stats(batch)                          # losses and reward before (learning routers only)
     decision = run.decide(signals, stats, unavailable, fallback)
-    outcome, gain = run.update(batch, decision, step, stats)  # a LoRA step or a symbolic update (maybe submitted),
-                                                            # its changes applied; the reward after minus before
-    run.learn(decision, outcome, gain)
-    run.record(step, batch, decision, signals, stats, outcome, gain, t0)
+    outcomes, results = run.update(batch, decision, step, stats)  # each part: a LoRA step or a symbolic update
+                                                            # (maybe submitted), its changes applied, its gain and cost
+    run.learn(decision, results)
+    run.record(step, batch, decision, signals, stats, outcomes, results, t0)
 
 
 def train(cfg: Config, resume: bool = False, quiet: Optional[bool] = None, changed_keys=()) -> TrainResult:

@@ -47,8 +47,10 @@ COSTS = (1, 10, 100)
 ROUTERS = {"lora": {"kind": "always_lora"}, "prompt": {"kind": "always_symbolic"},
            "alternate": {"kind": "alternate", "every": 4}, "plateau": {"kind": "plateau"},
            "learned": {"kind": "reward_classifier"}, "random": {"kind": "random"},
+           "bandit": {"kind": "bandit"}, "random_rows": {"kind": "random_rows"},
            "oracle": {"kind": "function", "function": "experiments.testbed.oracle:make_oracle"}}
-ARMS = ("none", "hand_prompt", "lora", "prompt", "alternate", "plateau", "learned", "random", "oracle")
+ARMS = ("none", "hand_prompt", "lora", "prompt", "alternate", "plateau", "learned", "random", "oracle", "bandit",
+        "random_rows")
 
 
 # ---- one run -------------------------------------------------------------------------------------
@@ -76,7 +78,7 @@ def job_config(data: dict[str, Path], arm: str, seed: int, noise: float, steps: 
     cfg["tracking"] = {"mode": "disabled"}
     cfg["teacher"].update(callable="experiments.testbed.teacher:recorded", model=f"simulated?noise={noise}&seed={seed}")
     cfg["router"].update(ROUTERS[arm])
-    if arm == "random":
+    if arm in ("random", "random_rows"):
         cfg["router"]["random_p"] = p_random
     return cfg
 
@@ -104,24 +106,45 @@ def run_arm(data, arm, seed, noise, steps, every, out, p_random=0.5) -> Path:
 
 
 def ledger(run_dir: Path) -> list[dict]:
-    """Per step: cumulative LoRA steps, symbolic updates, teacher calls, probe evaluations, wall time."""
-    rows, lora, sym, calls, probes, wall = [], 0, 0, 0, 0, 0.0
+    """Per step, cumulative: LoRA steps, symbolic updates, teacher calls, probe evaluations, wall time,
+    and, from events that carry them (``compute``: tokens through the model in every forward pass of
+    the step, the probes', inspections' and the student's answers' included), ``token_passes`` =
+    3 x training tokens (forward + backward) + other forward tokens + generated tokens; ``rows_symbolic``:
+    rows a symbolic update was given (per-row routers route a share of each batch)."""
+    rows, lora, sym, calls, probes, wall, passes, rows_sym = [], 0, 0, 0, 0, 0.0, 0, 0
     for line in (run_dir / "events.jsonl").read_text().splitlines():
         r = json.loads(line)
         if r.get("kind") != "train":
             continue
-        lora += r["route"] == "lora"
-        sym += r["route"] == "symbolic"
-        calls += (r.get("symbolic") or {}).get("calls", 0)
+        parts = r.get("parts") or {}
+        lora += r["route"] == "lora" or "lora" in parts
+        sym += r["route"] == "symbolic" or "symbolic" in parts
+        rows_sym += (parts.get("symbolic") or {}).get("rows", 0)
+        calls += sum(p.get("calls", 0) for p in parts.values()) if parts else (r.get("symbolic") or {}).get("calls", 0)
         if (r.get("batch") or {}).get("reward_before") is not None:  # a measured step: before and after
             probes += 2
+        compute = r.get("compute") or {}
+        passes += 3 * compute.get("train_tokens", 0) + compute.get("forward_tokens", 0) + compute.get("generated_tokens", 0)
         wall += r["wall_s"]
         rows.append({"step": r["step"], "lora_steps": lora, "symbolic": sym, "teacher_calls": calls,
-                     "probe_evals": probes, "wall_s": wall})
+                     "probe_evals": probes, "wall_s": wall, "rows_symbolic": rows_sym,
+                     **({"token_passes": passes} if "compute" in r else {})})
     return rows
 
 
+def lora_unit(arm: dict | None) -> float | None:
+    """3 x the mean training tokens of a pure-LoRA step (the LoRA arm's), the unit of cost."""
+    if not arm or not arm["ledger"] or "token_passes" not in arm["ledger"][-1]:
+        return None
+    last = arm["ledger"][-1]
+    return last["token_passes"] / max(last["lora_steps"], 1)
+
+
 def cost(row: dict, c: float) -> float:
+    """In LoRA steps: every forward pass charged (when the run's events count them and the setting's
+    pure-LoRA unit is known: ``unit``), else LoRA steps + probe evaluations; plus c per teacher call."""
+    if row.get("unit") and "token_passes" in row:
+        return row["token_passes"] / row["unit"] + c * row["teacher_calls"]
     return row["lora_steps"] + c * row["teacher_calls"] + row["probe_evals"]
 
 
@@ -182,7 +205,8 @@ def setting(alpha: float, seed: int, noise: float, steps: int, every: int, work:
                                                       base, tok, splits["retention"], W.BASE_PROMPT)),
                                                   "prompt": prompt}},
                                    "eval_s": time.perf_counter() - t0}
-    order = [a for a in ("learned", "lora", "prompt", "alternate", "plateau", "random", "oracle")
+    order = [a for a in ("learned", "bandit", "lora", "prompt", "alternate", "plateau", "random", "random_rows",
+                         "oracle")
              if a in arms and a not in result["arms"]]
     for arm in order:
         p = 0.5
@@ -190,6 +214,9 @@ def setting(alpha: float, seed: int, noise: float, steps: int, every: int, work:
             learned = result["arms"].get("learned")
             n_sym = learned["ledger"][-1]["symbolic"] if learned else steps // 2
             p = matched_p(seed, steps, n_sym)
+        if arm == "random_rows":  # the bandit's share of rows, each row drawn at random
+            bandit = result["arms"].get("bandit")
+            p = bandit["ledger"][-1]["rows_symbolic"] / (steps * 8) if bandit and bandit["ledger"] else 0.25
         T.SENT.clear()
         n, k = (steps * LORA_FACTOR, every * LORA_FACTOR) if arm == "lora" else (steps, every)
         run_dir = run_arm(data, arm, seed, noise, n, k, work / "runs", p)
@@ -197,6 +224,10 @@ def setting(alpha: float, seed: int, noise: float, steps: int, every: int, work:
         result["arms"][arm] = {"ledger": ledger(run_dir), "scores": score_checkpoints(run_dir, splits)}
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # scored; keep events, config, store
     shared.update({arm: result["arms"][arm] for arm in TEACHER_FREE if arm in result["arms"]})
+    unit = lora_unit(result["arms"].get("lora"))  # every arm's forward passes in the LoRA arm's step units
+    for arm in result["arms"].values():
+        for row in arm["ledger"]:
+            row["unit"] = unit
     return result
 
 

@@ -364,7 +364,12 @@ class SymbolicConfig(_Section):
 
 
 class RemakeConfig(_Section):
-    mix_ratio: float = Field(0.25, ge=0, le=1, description="Share of each LoRA batch drawn from refined examples.")
+    mix_ratio: float = Field(0.25, ge=0, le=1, description="placement=add: refined examples added on top of each "
+                                                           "batch's task rows, as a share of the batch (0.25 of 8 rows: 2 more).")
+    placement: Literal["add", "replace_parent"] = Field(
+        "add", description="Where refined examples go: 'add' puts them on top of the task rows (the batch grows); "
+                           "'replace_parent' trains a drawn row in its newest rewritten form instead. Neither takes "
+                           "a task row's slot.")
 
 
 class RewardConfig(_Section):

@@ -36,9 +36,9 @@ class GainProbe:
         examples = list(batch) + ([] if cached else list(self.probe))  # one batched pass for both
         if self.generate:
             scores = self._rewards(examples)
-            losses = self._losses(batch) if with_losses else None
+            losses = self.row_losses(batch) if with_losses else None
         else:
-            losses = self._losses(examples)
+            losses = self.row_losses(examples)
             scores, losses = [-x for x in losses], losses[:len(batch)]
         if not cached:
             self._cache = (version, sum(scores[len(batch):]))
@@ -50,7 +50,7 @@ class GainProbe:
                                   ctx.cfg.train.batch_size * 4)
         return [self.reward(a, ex.response) for a, ex in zip(answers, examples)]
 
-    def _losses(self, examples) -> list[float]:
+    def row_losses(self, examples) -> list[float]:
         ctx, out = self.ctx, []
         if not examples:
             return out

@@ -7,20 +7,24 @@ exactly that. The loop (``neurosym.train``) only calls methods of this object.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import math
 import sys
 import time
 from pathlib import Path
 from typing import Optional
 
-from classifiers import BatchStats, Decision, make_router
+from classifiers import BatchStats, Decision, PartResult, make_router
 from monitors import MonitorSuite
 from neurosym.run.batches import BatchSource
 from neurosym.persist.checkpoint import apply_checkpoint, latest_checkpoint, newest_intact_checkpoint, save_checkpoint
 from neurosym.config.schema import ConfigError
 from neurosym.data import Example, Renderer, load_examples
 from neurosym.errors import ResumeMismatch
+from neurosym.model.compute import ComputeMeter
+from neurosym.run.cost import CostModel
 from neurosym.run.gain import GainProbe
+from neurosym.run.inspect import Inspector, RowVerdicts, gain_by_kind
 from neurosym.model.generation import answer_examples
 from neurosym.plugins import load_object
 from neurosym.model.load import base_identity, identity_mismatch, load_for_training
@@ -53,7 +57,7 @@ def total_steps(cfg, n_train: int, world_size: int = 1) -> int:
 
 
 class Run:
-    SAVED = ("prompts", "monitors", "router", "batches")  # + each kind of update, by its name
+    SAVED = ("prompts", "monitors", "router", "batches", "verdicts", "costs")  # + each kind of update, by its name
 
     def __init__(self, cfg, run_dir, quiet: Optional[bool] = None, runtime=None):
         # data and teacher first (cheap, fail fast), then the student model
@@ -90,7 +94,8 @@ class Run:
         self.state = TrainState(total_steps=self.total_steps, base=base_identity(self.model, cfg.model))
         self.prompts = PromptVersions(cfg.data.system_prompt)
         mix = cfg.remake.mix_ratio if len(self.routes) > 1 else 0.0
-        self.batches = BatchSource(self.train_set, cfg.run.seed, self.per_step, mix)  # the global batch
+        self.batches = BatchSource(self.train_set, cfg.run.seed, self.per_step, mix,  # the global batch
+                                   cfg.remake.placement)
         self.monitors = MonitorSuite(cfg.monitors)
         self.router = make_router(cfg.router, cfg.run.seed, self.routes, router_factory)
         self.recorder = None  # opened once the start point is known (events are cut back to it)
@@ -115,6 +120,13 @@ class Run:
         self.validators = ((GainProbe(probe_set, self.ctx, cfg.symbolic.max_new_tokens),
                             GainProbe(probe_set, self.ctx, cfg.symbolic.max_new_tokens, by_loss=True))
                            if self.validates_prompt else ())
+        # a per-row router: each row's statistics before it decides, each part's gain per row kind
+        self.verdicts = RowVerdicts()  # the teacher's last verdict on each row (correct | form | content)
+        self.inspector = (Inspector(probe_set, self.ctx, self.probe.row_losses, cfg.symbolic.max_new_tokens,
+                                    cfg.reward.gain_from == "loss", self.verdicts)
+                          if self.router.per_row and self.measures_gain else None)
+        self.meter = ComputeMeter(self.model)  # tokens through every forward pass, for the cost of each part
+        self.costs = CostModel(self.per_step, cfg.router.call_cost)
         self.version = 0  # bumped whenever the weights or the prompt change (the probe's cache key)
         self.step_walls: collections.deque = collections.deque(maxlen=20)
         self.stop_reason: Optional[str] = None  # early stopping
@@ -142,6 +154,8 @@ class Run:
 
     def load_state_dict(self, components: dict) -> None:
         self.prompts.load_state_dict(components["prompts"])
+        self.verdicts.load_state_dict(components.get("verdicts"))  # (not in checkpoints before 0.3)
+        self.costs.load_state_dict(components.get("costs"))
         self.renderer.system_prompt = self.prompts.current
         self.monitors.load_state_dict(components["monitors"])
         self.router.load_state_dict(components["router"])
@@ -223,6 +237,8 @@ class Run:
 
     def batch_stats(self, batch) -> BatchStats:
         """What a learning router sees of the batch: per-example losses and the reward before."""
+        if self.inspector is not None:  # a per-row router routes on every batch's rows
+            return self.inspector.batch(batch)
         prompts = tuple(ex.prompt for ex in batch)
         scheduled = self.state.step % self.cfg.reward.gain_every == 0  # every N steps, and whenever the router needs it
         if not self.measures_gain or not (scheduled or self.router.needs_gain):
@@ -238,22 +254,70 @@ class Run:
         return self.runtime.from_main(lambda: self.router.decide(signals, stats, unavailable),
                                       Decision.as_dict, Decision.from_dict)
 
-    def update(self, batch, decision: Decision, step: int, stats: BatchStats) -> tuple[Outcome, Optional[float]]:
-        """The decided update on ``batch`` (a failed one: the default route on the same batch), its
-        changes applied, and the gain it bought (None: not measured this step)."""
-        t0 = time.perf_counter()
-        outcome, gain = self.measure_gain(batch, stats.reward_before,
-                                          lambda: self._apply(decision.route, batch, decision, step))
-        if outcome.failed and not outcome.pending:  # the same batch takes the default route now
-            self.state.count("failed_by_route", outcome.route)
-            failed = outcome
-            outcome, gain = self.measure_gain(batch, stats.reward_before,
-                                              lambda: self._apply(DEFAULT_ROUTE, batch, decision, step))
-            outcome.fallback_from = failed
-        outcome.update_s = time.perf_counter() - t0
-        if not outcome.pending:
-            self.state.count("ok_by_route", outcome.route)
-        return outcome, gain
+    def update(self, batch, decision: Decision, step: int, stats: BatchStats) -> tuple[dict, dict]:
+        """Every part of the decision (route -> its rows; one part: the whole batch) updated in turn, a
+        prompt edit before the LoRA step (which then trains under the prompt the run goes on with), each
+        one's changes applied; a failed part's rows join the default route's part. Returns the outcome
+        and the :class:`~classifiers.PartResult` (gain, cost, saturation) of each part, by route."""
+        parts = list(decision.partition(len(batch)).items())
+        measured = self.measures_gain and (self.state.step % self.cfg.reward.gain_every == 0 or self.router.needs_gain)
+        outcomes, results, spill, failed = {}, {}, [], None
+        while parts:
+            route, ix = parts.pop(0)
+            if route == DEFAULT_ROUTE and spill:
+                ix, spill = sorted(ix + spill), []
+            rows, t0 = [batch[i] for i in ix], time.perf_counter()
+            outcome, result = self._part(route, rows, ix, decision, step, stats, measured)
+            outcome.update_s = time.perf_counter() - t0
+            if outcome.failed and not outcome.pending:  # its rows take the default route, in this step
+                self.state.count("failed_by_route", route)
+                spill = list(ix)
+                if not any(r == DEFAULT_ROUTE for r, _ in parts):
+                    parts.append((DEFAULT_ROUTE, []))
+                failed = outcome
+                continue
+            if route == DEFAULT_ROUTE and failed is not None:
+                outcome.fallback_from, failed = failed, None
+            if not outcome.pending:
+                self.state.count("ok_by_route", route)
+            outcomes[route], results[route] = outcome, result
+        return outcomes, results
+
+    def _part(self, route: str, rows: list, ix: list, decision: Decision, step: int, stats: BatchStats,
+              measured: bool) -> tuple[Outcome, PartResult]:
+        """One part: its update (under the compute meter), its gain and its cost."""
+        answers = (tuple(stats.answers[i] for i in ix) if stats.answers and route != DEFAULT_ROUTE else None)
+        sub = decision if decision.parts is None else dataclasses.replace(decision, route=route, parts=None,
+                                                                          answers=answers)
+        per_row = decision.parts is not None and self.inspector is not None
+        before = (self.inspector.probe_rows(self.version) if per_row and measured else
+                  None if per_row else stats.reward_before)
+        with self.meter.part(training=UPDATES[route].gradient_step) as used:  # the part's own passes
+            outcome, gain = self.measure_gain(rows, None if per_row else before,
+                                              lambda: self._apply(route, rows, sub, step))
+        verdicts = outcome.record.get("row_verdicts") if outcome.record else None
+        if verdicts:
+            self.verdicts.note([ex.prompt for ex in rows], verdicts)
+        by_kind, fixed = {}, None
+        if per_row and not outcome.changed and not outcome.pending and not outcome.failed:  # known: 0 for each
+            by_kind = {stats.rows[i].kind: 0.0 for i in ix if i < len(stats.rows)}     # kind it was given
+        if per_row and before is not None and not outcome.pending and not outcome.failed:
+            (kinds_rows, values) = before
+            after = self.inspector.probe_rows(self.version)[1] if outcome.changed else values
+            kinds = [r.kind for r in kinds_rows]
+            by_kind = gain_by_kind(kinds, values, after)
+            gain = sum(a - b for a, b in zip(after, values)) / max(len(values), 1)
+            if not self.inspector.by_loss and self.reward.needs_generation:  # values are rewards
+                fixed = sum(1 for k, a in zip(kinds, after) if k != "correct" and a >= 1.0)
+        if UPDATES[route].gradient_step and not outcome.failed:
+            self.costs.observe_lora(used["train_tokens"], len(rows))
+        calls = int((outcome.record or {}).get("calls", 0))
+        saturated = None
+        if route != DEFAULT_ROUTE and not outcome.pending and not outcome.failed and not outcome.changed:
+            saturated = (outcome.record or {}).get("unchanged_reason") or "identical"
+        cost = self.costs.cost(used, calls, len(rows), UPDATES[route].gradient_step)
+        return outcome, PartResult(gain=gain, gain_by_kind=by_kind, cost=cost, saturated=saturated, rows=len(rows),
+                                   cost_usd=outcome.cost_usd, calls=calls, fixed=fixed, compute=dict(used))
 
     def _apply(self, name: str, batch, decision: Decision, step: int) -> Outcome:
         update = self.updates[name]
@@ -321,11 +385,11 @@ class Run:
                 break
         return after >= before, before, after
 
-    def learn(self, decision: Decision, outcome: Outcome, gain: Optional[float]) -> None:
-        """The router learns what the update it chose bought (not a fallback's, not another route's)."""
-        if gain is None or decision.router != self.router.kind or outcome.route != decision.route:
+    def learn(self, decision: Decision, results: dict) -> None:
+        """The router learns what each part it chose bought (not a fallback's, not another router's)."""
+        if decision.router != self.router.kind or not self.runtime.is_main:
             return
-        self.router.learn(decision, gain, outcome.cost_usd)
+        self.router.learn_parts(decision, results)
         if getattr(self.router, "flat_gains", False) and not self.flat_gains_reported:
             self.flat_gains_reported = True
             self.recorder.alert(self.state.step, "every gain the router learnt from during its warm-up was the same: "
@@ -338,19 +402,29 @@ class Run:
             for landing in update.land(step, wait):
                 out, batch = landing.outcome, landing.batch
                 proposes = out.changes is not None and out.changes.system_prompt not in (None, self.prompts.current)
-                before = (lambda: self.probe.measure(batch, self.version).reward) if proposes and self.measures_gain \
-                    else None
+                per_row, by_kind = self.inspector is not None and proposes, {}
+                rows_before = self.inspector.probe_rows(self.version) if per_row else None  # before it lands
+                before = (lambda: self.probe.measure(batch, self.version).reward) \
+                    if proposes and self.measures_gain and not per_row else None
                 out, gain = self.measure_gain(batch, before, lambda: self.apply_changes(out, batch, step))
+                if rows_before is not None and not out.failed:
+                    kinds, values = [r.kind for r in rows_before[0]], rows_before[1]
+                    after = self.inspector.probe_rows(self.version)[1] if out.changed else values
+                    gain = sum(a - b for a, b in zip(after, values)) / max(len(values), 1)
+                    by_kind = gain_by_kind(kinds, values, after)
                 record = {"kind": name, "step": step, "route": name, name: out.record}
                 if out.failed:
                     self.state.count("failed_by_route", name)
                     self.batches.push_fallback(batch, f"{type(out.error).__name__}: {out.error}")
                 else:
                     self.state.count("ok_by_route", name)
-                    if gain is not None:
-                        record["gain"] = gain
+                    saturated = None if out.changed else (out.record.get("unchanged_reason") or "identical")
+                    if gain is not None or saturated:
+                        record.update(gain=gain, **({"gain_by_kind": by_kind} if by_kind else {}))
                         if landing.decision is not None:
-                            self.learn(landing.decision, out, gain)
+                            self.learn(landing.decision, {name: PartResult(
+                                gain=gain, gain_by_kind=by_kind, saturated=saturated,
+                                rows=len(batch), cost_usd=out.cost_usd)})
                 self.recorder.landing(record)
         self.share_state()
 
@@ -380,29 +454,36 @@ class Run:
         self.stop_reason = self.runtime.from_main(lambda: self.stop_reason)  # no-op with one process
         return self.runtime.any(requested) or bool(self.stop_reason)
 
-    def record(self, step: int, batch, decision: Decision, signals, stats: BatchStats, outcome: Outcome,
-               gain: Optional[float], t0: float) -> None:
+    def record(self, step: int, batch, decision: Decision, signals, stats: BatchStats, outcomes: dict,
+               results: dict, t0: float) -> None:
         wall = time.perf_counter() - t0
         self.step_walls.append(wall)
         self.state.step = step
         self.state.lr = self.lr
-        self.state.tokens += outcome.tokens
-        self.state.count("steps_by_route", decision.route if outcome.pending else outcome.route)
-        self.monitors.observe(step, outcome.loss, outcome.grad_norm,
-                              not outcome.pending and UPDATES[outcome.route].gradient_step)
-        record = {"kind": "train", "step": step, "route": outcome.route, "loss": outcome.loss,
-                  "grad_norm": outcome.grad_norm, "lr": self.state.lr, "tokens": outcome.tokens, "wall_s": wall,
-                  "update_s": outcome.update_s,
-                  "tokens_per_s": outcome.tokens / wall if wall else 0.0, "time": time.time(),
-                  "prompt_version": self.prompts.version, "gain": gain,
+        lora = next((o for o in outcomes.values() if UPDATES[o.route].gradient_step and not o.pending), None)
+        head = outcomes.get(decision.route) or lora or next(iter(outcomes.values()))
+        route = decision.route if head.pending or decision.parts is not None else head.route
+        tokens = sum(o.tokens for o in outcomes.values())
+        self.state.tokens += tokens
+        self.state.count("steps_by_route", route)
+        main = lora or head
+        self.monitors.observe(step, main.loss, main.grad_norm, lora is not None)
+        record = {"kind": "train", "step": step, "route": route, "loss": main.loss,
+                  "grad_norm": main.grad_norm, "lr": self.state.lr, "tokens": tokens, "wall_s": wall,
+                  "update_s": sum(o.update_s for o in outcomes.values()),
+                  "tokens_per_s": tokens / wall if wall else 0.0, "time": time.time(),
+                  "prompt_version": self.prompts.version, "gain": results.get(route, PartResult()).gain,
                   "refined_in_batch": sum(ex.source.startswith("remake:") for ex in batch),
-                  "fallback": decision.reason[10:] if decision.router == "fallback" else None}
-        if outcome.record:
-            record[outcome.route] = outcome.record
-        if outcome.fallback_from is not None:
-            failed = outcome.fallback_from
-            record[failed.route] = failed.record
-            record["fallback"] = f"{failed.route} failed: {type(failed.error).__name__}: {failed.error}"[:300]
+                  "fallback": decision.reason[10:] if decision.router == "fallback" else None,
+                  "compute": self.meter.take()}
+        for outcome in outcomes.values():
+            if outcome.record:
+                record[outcome.route] = outcome.record
+            if outcome.fallback_from is not None:
+                failed = outcome.fallback_from
+                record[failed.route] = failed.record
+                record["fallback"] = f"{failed.route} failed: {type(failed.error).__name__}: {failed.error}"[:300]
+        record["parts"] = {r: res.as_dict() for r, res in results.items()}  # what each part cost and bought
         if len(self.routes) > 1 and decision.router != "fallback":
             record.update(decision=decision.as_dict(), signals=signals.as_dict(), batch=stats.as_dict())
         self.recorder.step(record)
@@ -412,6 +493,10 @@ class Run:
 
     # ---- evaluation and checkpoints -----------------------------------------------------------------
     def evaluate(self) -> dict:
+        with self.meter.paused():  # measuring the run is not part of what its steps cost
+            return self._evaluate()
+
+    def _evaluate(self) -> dict:
         figures: dict = {}
         if self.eval_set and self.runtime.is_main:
             micro = encode_batches(self.eval_set, self.renderer, self.cfg.train.batch_size, self.pad_id, self.runtime,
@@ -475,6 +560,7 @@ class Run:
             update.abort()
 
     def close(self) -> None:
+        self.meter.close()
         for update in self.updates.values():
             update.close()
         if self.remake is not None:
