@@ -7,6 +7,7 @@ import math
 import shutil
 
 import pytest
+import yaml
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -351,3 +352,48 @@ def test_cli_compose_writes_and_refuses_with_exit_2(tmp_path, mods, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["compose", "--adapter", "no-equals-sign", "--method", "cat", "--out", str(tmp_path / "y")])
     assert exc.value.code == 2 and "expected NAME=PATH" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------- paths: one meaning from any directory
+
+def test_a_composition_made_in_one_directory_loads_the_same_from_another(tmp_path, tiny_model_dir, mods,
+                                                                          monkeypatch):
+    from neurosym.cli import main
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copytree(tiny_model_dir, work / "models" / "tiny")
+    # PEFT folders naming their base as from_pretrained got it: relative to the directory of the job;
+    # the second names none, so --base (also relative) supplies it
+    _edit_config(mods["a"], work / "mods" / "a", base_model_name_or_path="models/tiny")
+    _edit_config(mods["b"], work / "mods" / "b", base_model_name_or_path=None)
+    monkeypatch.chdir(work)
+    rc = main(["compose", "--adapter", "a=mods/a", "--adapter", "b=mods/b", "--base", "models/tiny",
+               "--method", "output_weighted", "--weight", "b=-0.5", "--out", "comp"])
+    assert rc == 0
+    _, doc = read_manifest(work / "comp")
+    assert doc["base"]["name_or_path"] == str((work / "models" / "tiny").resolve())   # not "models/tiny"
+    assert [m["path"] for m in doc["modules"]] == ["../mods/a", "../mods/b"]
+    expected = reference_logits(tiny_model_dir, [mods["a"], mods["b"]], [1, -0.5])
+    monkeypatch.chdir(elsewhere)                                  # where "models/tiny" names nothing
+    torch.testing.assert_close(logits(load(work / "comp", device="cpu")[0]), expected, **TOL)
+
+
+def _set_base(comp, name_or_path):
+    doc = yaml.safe_load((comp / MANIFEST).read_text())
+    doc["base"]["name_or_path"] = name_or_path
+    (comp / MANIFEST).write_text(yaml.safe_dump(doc))
+
+
+def test_a_relative_base_in_a_manifest_is_read_from_the_manifests_folder(tmp_path, tiny_model_dir, mods,
+                                                                        monkeypatch):
+    shutil.copytree(tiny_model_dir, tmp_path / "tree" / "base")
+    out = compose([("a", str(mods["a"]))], "output_sum", tmp_path / "tree" / "comp")
+    _set_base(out, "../base")
+    (tmp_path / "cwd" / "base").mkdir(parents=True)            # a decoy: "../base" from the cwd is empty
+    monkeypatch.chdir(tmp_path / "cwd" / "base")
+    expected = reference_logits(tiny_model_dir, [mods["a"]], [1])
+    torch.testing.assert_close(logits(load(out, device="cpu")[0]), expected, **TOL)
+    _set_base(out, "../no-such-model")
+    from neurosym.model.load import ModelError
+    with pytest.raises(ModelError, match=str(tmp_path / "tree" / "no-such-model")):
+        load(out, device="cpu")

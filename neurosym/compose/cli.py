@@ -34,7 +34,7 @@ def cmd_compose(args) -> int:
     weights = dict(args.weight or [])
     out = compose(args.adapter, args.method, args.out, weights=weights, bake=args.bake, density=args.density,
                   svd_rank=args.svd_rank, seed=args.seed, quantization=args.quantization,
-                  overwrite=args.overwrite, trust_remote_code=args.trust_remote_code)
+                  overwrite=args.overwrite, trust_remote_code=args.trust_remote_code, base=args.base)
     from neurosym.compose.core import read_manifest
     _, doc = read_manifest(out / MANIFEST)
     lambdas = ", ".join(f"{m['name']}={m['weight']:g}" for m in doc["modules"])
@@ -61,6 +61,9 @@ def register(sub) -> None:
     p.add_argument("--density", type=float, default=None, help="ties/dare_*: fraction of values kept (default 0.5)")
     p.add_argument("--svd-rank", type=int, default=None, help="svd: rank of the result (default: largest r_i)")
     p.add_argument("--seed", type=int, default=0, help="seed of dare_*'s random drop (default 0)")
+    p.add_argument("--base", default=None, metavar="NAME_OR_PATH",
+                   help="the base model (hub id or folder) of PEFT adapter folders whose adapter_config.json does "
+                        "not name one; the manifest records a folder relative to itself, so it loads from anywhere")
     p.add_argument("--quantization", choices=("none", "4bit"), default=None,
                    help="load the base this way (default: as the first module's run trained it)")
     p.add_argument("--out", required=True,

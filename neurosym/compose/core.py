@@ -30,10 +30,12 @@ FORMAT = "neurosym-composition/1"
 
 # ------------------------------------------------------------------------------------------ plan
 
-def plan(adapters: list[tuple[str, str]], method: str, weights: Optional[dict] = None, bake: bool = False):
-    """Resolve and check the modules (config files only, no model): (sources, method, lambdas)."""
+def plan(adapters: list[tuple[str, str]], method: str, weights: Optional[dict] = None, bake: bool = False,
+         base: Optional[str] = None):
+    """Resolve and check the modules (config files only, no model): (sources, method, lambdas).
+    ``base``: the base model of PEFT folders whose config does not name one."""
     m = get_method(method)
-    sources = [resolve(name, path) for name, path in adapters]
+    sources = [resolve(name, path, base=base) for name, path in adapters]
     check(sources, m, bake)
     lambdas = resolve_weights(m, [s.name for s in sources], weights or {})
     for s, lam in zip(sources, lambdas):
@@ -110,19 +112,20 @@ def protected_paths(sources: list[AdapterSource], base: BaseRef) -> list[Path]:
 def compose(adapters: list[tuple[str, str]], method: str, out: str | os.PathLike, weights: Optional[dict] = None,
             bake: bool = False, density: Optional[float] = None, svd_rank: Optional[int] = None,
             seed: int = 0, quantization: Optional[str] = None, device=None, overwrite: bool = False,
-            trust_remote_code: bool = False) -> Path:
+            trust_remote_code: bool = False, base: Optional[str] = None) -> Path:
     """Write the composition to ``out``; returns the folder.
 
     ``out`` follows :class:`neurosym.persist.safe_output.OutputTarget` (as ``export`` and ``merge``): an existing
     non-empty folder is refused unless ``overwrite``, and ``overwrite`` replaces only an earlier compose
     output (a folder holding ``composition.yaml``); never a module's folder or run, the base model's
     folder, a model cache or any run directory; written to a temporary sibling and renamed into place.
-    All of it is checked before a model loads.
+    All of it is checked before a model loads. ``base`` (hub id or folder, relative to the working
+    directory): the base model of PEFT folders whose config does not name one.
 
     :raises neurosym.persist.safe_output.OutputError: ``out`` may not be written.
     :raises ComposeError: the modules cannot be composed as asked.
     """
-    sources, m, lambdas = plan(adapters, method, weights, bake)
+    sources, m, lambdas = plan(adapters, method, weights, bake, base=base)
     if m.needs_density and density is None:
         density = 0.5
     base = sources[0].base
@@ -160,7 +163,10 @@ def compose(adapters: list[tuple[str, str]], method: str, out: str | os.PathLike
 def write_manifest(out: Path, base: BaseRef, method: Method, sources, bake: bool, options: dict,
                    result: Optional[dict] = None, at: Optional[Path] = None) -> Path:
     """Write ``out/composition.yaml``; module paths are relative to ``at`` (default ``out``): the folder
-    the manifest will be read from, when ``out`` is a temporary sibling renamed there later."""
+    the manifest will be read from, when ``out`` is a temporary sibling renamed there later, so the
+    composition and its modules can move as a whole. A local base is recorded absolute (the sources
+    resolved it): it usually stays where it is (a models folder) while compositions move. Either way
+    the manifest means the same files from any working directory."""
     out = Path(out)
     home = Path(at if at is not None else out).resolve()
     modules = []
@@ -250,8 +256,14 @@ def _check_manifest(p: Path, doc: dict) -> None:
 
 
 def manifest_base(p: Path, doc: dict) -> BaseRef:
-    """The base a checked manifest names."""
-    return BaseRef(**doc["base"])
+    """The base a checked manifest names. ``compose`` records a local base absolute; a relative one (an
+    edited manifest) is read relative to the manifest's folder, never the working directory: a folder
+    there wins over a hub id of the same spelling, as in a config, and a hub id stays a hub id."""
+    from neurosym.config.schema import resolve_model_path
+
+    fields = dict(doc["base"])
+    fields["name_or_path"], _ = resolve_model_path(fields["name_or_path"], p.parent.resolve())
+    return BaseRef(**fields)
 
 
 def _verify(where: Path, hashes: dict, label: str) -> None:

@@ -64,7 +64,7 @@ def _folder_prompt(folder: Path) -> Optional[TrainedPrompt]:
 
 
 def _composition_prompt(path: Path) -> TrainedPrompt:
-    from neurosym.compose.core import read_manifest
+    from neurosym.compose.core import manifest_base, read_manifest
 
     manifest, doc = read_manifest(path)
     found: dict[str, TrainedPrompt] = {}
@@ -80,12 +80,10 @@ def _composition_prompt(path: Path) -> TrainedPrompt:
         listed = "; ".join(f"{name}: {p.text[:40]!r}" for name, p in found.items())
         return TrainedPrompt(None, f"none: the modules of {manifest} were trained under different system "
                                    f"prompts ({listed}); choose one with --system")
-    base = doc["base"]["name_or_path"]
-    base_dir = (manifest.parent / base) if not os.path.isabs(base) else Path(base)
-    for folder in (Path(base), base_dir):
-        text = _read_text(folder / SYSTEM_PROMPT_FILE) if "://" not in base else None
-        if text is not None:
-            return TrainedPrompt(text, f"{folder / SYSTEM_PROMPT_FILE} (the base of {manifest})")
+    base = manifest_base(manifest, doc).name_or_path
+    text = _read_text(Path(base) / SYSTEM_PROMPT_FILE) if Path(base).is_absolute() else None  # a local folder
+    if text is not None:
+        return TrainedPrompt(text, f"{Path(base) / SYSTEM_PROMPT_FILE} (the base of {manifest})")
     return TrainedPrompt(None, f"none (no module of {manifest} and not its base carries one)")
 
 

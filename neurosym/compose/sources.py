@@ -110,8 +110,19 @@ def _run_model(run_dir: Path) -> BaseRef:
     return BaseRef(m.name_or_path, m.revision, m.quantization, m.dtype, m.trust_remote_code)
 
 
-def resolve(name: str, path: str, weight: float = 1.0) -> AdapterSource:
-    """One module from a run directory (its newest complete checkpoint), a checkpoint or a PEFT folder."""
+def local_first(name_or_path: str) -> str:
+    """A base named on the command line or in an adapter's config, read as ``from_pretrained`` reads it:
+    an existing local path (relative to the working directory) made absolute, so it means the same
+    folder from anywhere; a hub id or ``tiny://`` name unchanged."""
+    if "://" not in name_or_path and name_or_path.strip() and Path(name_or_path).exists():
+        return str(Path(name_or_path).resolve())
+    return name_or_path
+
+
+def resolve(name: str, path: str, weight: float = 1.0, base: Optional[str] = None) -> AdapterSource:
+    """One module from a run directory (its newest complete checkpoint), a checkpoint or a PEFT folder.
+
+    ``base``: the base model (hub id or folder) of a PEFT folder whose config does not name one."""
     from neurosym.persist.checkpoint import latest_checkpoint
 
     if not _NAME.match(name):
@@ -157,11 +168,12 @@ def resolve(name: str, path: str, weight: float = 1.0) -> AdapterSource:
                                f"{' or '.join('null' if t is type(None) else t.__name__ for t in types)}; "
                                f"re-save the adapter with PeftModel.save_pretrained")
     if run_dir is not None:
-        base = _run_model(run_dir)
+        ref = _run_model(run_dir)     # its config's paths are already absolute (load_config resolved them)
     else:
-        if not config.get("base_model_name_or_path"):
+        named = config.get("base_model_name_or_path") or base
+        if not named:
             raise ComposeError(f"{adapter_dir / ADAPTER_CONFIG} does not name its base model "
-                               f"(base_model_name_or_path); pass --base NAME_OR_PATH")
-        base = BaseRef(config["base_model_name_or_path"], config.get("revision"))
-    return AdapterSource(name=name, given=str(path), adapter_dir=adapter_dir, config=config, base=base,
+                               f"(base_model_name_or_path); pass --base NAME_OR_PATH (compose(..., base=...))")
+        ref = BaseRef(local_first(named), config.get("revision"))
+    return AdapterSource(name=name, given=str(path), adapter_dir=adapter_dir, config=config, base=ref,
                          run_dir=run_dir, weight=weight, hashes=file_hashes(adapter_dir))
