@@ -124,7 +124,7 @@ class SymbolicUpdate(Update):
         answers = getattr(decision, "answers", None)  # the router's measurement of this batch, if any
         job = Job(step, batch, self.ctx.prompt(), decision, list(answers) if answers is not None else None)
         if not self.async_:
-            return self._land(self._work(job), step)
+            return self._land(self._work(job, self.student), step)
         self._submit(job)
         return Outcome(self.name, pending=True, record={"submitted_step": step})
 
@@ -132,7 +132,7 @@ class SymbolicUpdate(Update):
         """Answer on this thread (the model is never used from a worker), teacher's part to the pool."""
         if job.answers is None:
             job.answers = self.student.answer_batch(job.batch, job.system_prompt, max_new_tokens=self.cfg.max_new_tokens)
-        self.inflight.append((job, self.pool.submit(self._work, job)))
+        self.inflight.append((job, self.pool.submit(self._work, job, self.student)))
 
     def land(self, step: int, wait: bool = False) -> list[Landing]:
         lag = self.cfg.land_after_steps
@@ -150,14 +150,16 @@ class SymbolicUpdate(Update):
             done.append(Landing(job.batch, job.decision, self._land(landed, step), job.submitted_step))
         return done
 
-    def _work(self, job: Job) -> Landed:
+    def _work(self, job: Job, student) -> Landed:
+        """The update itself (on a worker in async mode: then ``job.answers`` are set and ``student``
+        is not run)."""
         from neurosym.updates.symbolic.textgrad_step import symbolic_update
         from neurosym.teacher import TeacherError
 
         t0 = time.perf_counter()
         with self.teacher.meter() as meter:
             try:
-                result = symbolic_update(job.system_prompt, job.batch, self.student, self.teacher, self.ctx.reward,
+                result = symbolic_update(job.system_prompt, job.batch, student, self.teacher, self.ctx.reward,
                                          self.cfg, self.seen, answers=job.answers)
                 return Landed(job, result=result, usage=meter.as_dict(), wall_s=time.perf_counter() - t0)
             except TeacherError as exc:
