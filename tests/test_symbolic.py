@@ -14,14 +14,13 @@ from neurosym.config.schema import RewardConfig, SymbolicConfig, TeacherConfig
 from neurosym.data import Example
 from neurosym.remake import prompt_key
 from neurosym.reward import make_reward
-from neurosym.updates.symbolic.textgrad_step import EVAL_INSTRUCTION, REWRITE_SYSTEM, symbolic_update
+from neurosym.updates.symbolic.textgrad_step import EVAL_SYSTEM, REWRITE_SYSTEM, symbolic_update
 from neurosym.updates.symbolic.student import make_student_engine
 from neurosym.teacher import BudgetExhausted, TeacherUnavailable, make_teacher
 
 KEY_ENV = "NEUROSYM_TEST_TEACHER_KEY"
 OLD_PROMPT = "Answer the question."
 NEW_PROMPT = "Solve the arithmetic problem step by step, then reply with the final number only."
-EVAL_HEAD = EVAL_INSTRUCTION.split("(")[0]
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +39,17 @@ def student(tiny):
 
 
 class Script:
-    """The teacher's answers, by kind of call; records which kinds were asked."""
+    """The teacher's answers, by kind of call; records which kinds were asked.
+
+    ``verdicts``: the batched evaluation's verdict per question (default ``form``, with ``FEEDBACK``);
+    ``rewrites``: the batched rewrite's reply per question (the text between that row's tags; a
+    question missing from it gets no reply)."""
+
+    FEEDBACK = "Incorrect: the reference answer is a bare number; the student wrote symbols."
 
     def __init__(self):
         self.optimizer = f"<IMPROVED_VARIABLE>{NEW_PROMPT}</IMPROVED_VARIABLE>"
+        self.verdicts: dict[str, str] = {}
         self.rewrites: dict[str, str] = {}
         self.kinds: list[str] = []
         self.texts: dict[str, list[str]] = {}
@@ -51,15 +57,18 @@ class Script:
     def __call__(self, messages):
         system = messages[0]["content"] if messages[0]["role"] == "system" else ""
         user = messages[-1]["content"]
+        rows = re.findall(r"<ROW (\d+)>\s*<QUESTION>(.*?)</QUESTION>", user, re.S)
         if "<IMPROVED_VARIABLE>" in system:
             kind, answer = "optimizer", self.optimizer
         elif "gradient (feedback) engine" in system:
             kind, answer = "backward", "Tell the student to reply with a bare number and nothing else."
-        elif system.startswith(EVAL_HEAD):
-            kind, answer = "eval", "Incorrect: the reference answer is a bare number; the student wrote symbols."
+        elif system == EVAL_SYSTEM:
+            kind = "eval"
+            answer = "\n".join(f"ROW {n}: {self.verdicts.get(q, 'form')} - {self.FEEDBACK}" for n, q in rows)
         elif system == REWRITE_SYSTEM:
-            question = re.search(r"<QUESTION>(.*?)</QUESTION>", user, re.S).group(1)
-            kind, answer = "rewrite", self.rewrites.get(question, "no tags here")
+            kind = "rewrite"
+            answer = "\n".join(f"<REWRITTEN_PROMPT id={n}>{self.rewrites[q]}</REWRITTEN_PROMPT>"
+                               for n, q in rows if q in self.rewrites)
         else:
             kind, answer = "unexpected", "?"
         self.kinds.append(kind)
@@ -98,8 +107,8 @@ def test_prompt_updated_wrong_examples_rewritten_and_guarded(student, script, op
         said = student.generate(right_prompt, system_prompt=OLD_PROMPT)
     batch = [q(1, right_prompt, said), q(2, "What is 17 + 29?", "46"), q(3, "What is 6 * 7?", "42")]
     script.rewrites = {
-        "What is 17 + 29?": "<REWRITTEN_PROMPT>Add 17 and 29. Reply with the number only.</REWRITTEN_PROMPT>",
-        "What is 6 * 7?": "Sure! <REWRITTEN_PROMPT>Multiply 6 by 7 (you should get 42).</REWRITTEN_PROMPT>",
+        "What is 17 + 29?": "Add 17 and 29. Reply with the number only.",
+        "What is 6 * 7?": "Multiply 6 by 7 (you should get 42).",
     }
     seen = {"What is 17 + 29?"}
     cfg = SymbolicConfig(max_new_tokens=6)
@@ -109,7 +118,8 @@ def test_prompt_updated_wrong_examples_rewritten_and_guarded(student, script, op
     assert res.new_system_prompt == NEW_PROMPT and not res.malformed and res.prompt_rejected is None
     assert res.outputs[0] == said and len(res.outputs) == 3
     assert res.rewards_before == [1.0, 0.0, 0.0] and res.wrong == [1, 2]
-    assert "bare number" in res.feedback and len(res.evaluations) == 3
+    assert res.verdicts == ["correct", "form", "form"]  # the right row by the reward, the others by the teacher
+    assert "bare number" in res.feedback and res.evaluations == ["", Script.FEEDBACK, Script.FEEDBACK]
     # accepted rewrite: new prompt, same reference, provenance in meta
     (rw,) = res.rewrites
     assert rw.example.prompt == "Add 17 and 29. Reply with the number only." and rw.example.response == "46"
@@ -117,17 +127,16 @@ def test_prompt_updated_wrong_examples_rewritten_and_guarded(student, script, op
     assert rw.example.meta["parent_prompt"] == "What is 17 + 29?" and "Incorrect" in rw.feedback
     assert res.rejected == {"answer_leak": 1}
     assert prompt_key(rw.example.prompt) in seen
-    # 3k + 1 + r teacher calls: k evaluations, 2k backward, 1 optimizer step, r rewrites (wrong ones only)
-    assert sorted(script.kinds) == sorted(["eval"] * 3 + ["backward"] * 6 + ["optimizer"] + ["rewrite"] * 2)
-    assert len(openai_server.chat_requests) == 12
-    # the evaluation's backward uses TextGrad's "evaluation" prompt, not the chain prompt with an empty
-    # objective (what tg.sum(...).backward() would send)
-    assert sum("Here is an evaluation of the variable" in t for t in script.texts["backward"]) == 3
-    # the optimizer sees the constraints and the batch's feedback in batch order
+    # three teacher calls: the batched evaluation (wrong rows only), one optimizer step, the batched rewrite
+    assert script.kinds == ["eval", "optimizer", "rewrite"] and len(openai_server.chat_requests) == 3
+    (eval_text,) = script.texts["eval"]
+    assert right_prompt not in eval_text and "<ROW 2>" in eval_text and "<ROW 3>" in eval_text
+    assert OLD_PROMPT in eval_text  # the evaluation sees the prompt the answers were given under
+    # the optimizer sees the constraints and the batch's feedback in batch order, with each row's context
     (opt_prompt,) = script.texts["optimizer"]
-    assert "Never state the answer to any example." in opt_prompt
-    positions = [opt_prompt.index(e.prompt) for e in batch]
-    assert positions == sorted(positions)
+    assert "Never state the answer to any example." in opt_prompt and Script.FEEDBACK in opt_prompt
+    positions = [opt_prompt.index(e.prompt) for e in batch[1:]]
+    assert positions == sorted(positions) and right_prompt not in opt_prompt
     # nothing written to $HOME, the cwd (TextGrad's ./logs) or the environment
     assert not home.exists() and not (tmp_path / "logs").exists()
     assert dict(os.environ) == env_before
@@ -149,10 +158,10 @@ def test_malformed_optimizer_answer_leaves_prompt_unchanged(student, script, ope
     res = symbolic_update(OLD_PROMPT, batch, student, teacher, reward, cfg, set())
     assert res.malformed and res.new_system_prompt is None and res.rewrites == []
     assert res.feedback  # the feedback was still computed
-    assert len(openai_server.chat_requests) == 4  # 3k + 1, no rewrites
+    assert len(openai_server.chat_requests) == 2  # the evaluation and the optimizer, no rewrites
     # the unusable answer is not cached: the same update again asks only the optimizer again
     res2 = symbolic_update(OLD_PROMPT, batch, student, teacher, reward, cfg, set())
-    assert res2.malformed and len(openai_server.chat_requests) == 5
+    assert res2.malformed and len(openai_server.chat_requests) == 3
     assert openai_server.chat_requests[-1]["json"]["messages"][0]["content"].count("IMPROVED_VARIABLE") >= 1
     teacher.close()
 
@@ -174,13 +183,12 @@ def test_system_prompt_that_states_an_answer_is_refused(student, script, openai_
 
 def test_a_teacher_that_declines_a_rewrite_is_not_a_fault(student, script, openai_server, tmp_path):
     """The rewrite prompt lets the teacher decline (NO_REWRITE, e.g. a missing fact): counted as declined,
-    not malformed; a reply with neither tags nor NO_REWRITE is still malformed."""
+    not malformed; a row the reply says nothing about is still malformed."""
     from neurosym.updates.symbolic.textgrad_step import REWRITE_INSTRUCTION
     assert "NO_REWRITE" in REWRITE_INSTRUCTION
     teacher = teacher_for(openai_server, tmp_path / "run")
     batch = [q(1, "What is 8 / 2?", "4"), q(2, "What is 9 - 4?", "5")]
-    script.rewrites = {"What is 8 / 2?": "NO_REWRITE: the student lacks nothing a rewording could give.",
-                       "What is 9 - 4?": "Subtract four from nine."}
+    script.rewrites = {"What is 8 / 2?": "NO_REWRITE: the student lacks nothing a rewording could give."}
     res = symbolic_update(OLD_PROMPT, batch, student, teacher, make_reward(RewardConfig(kind="neg_loss")),
                           SymbolicConfig(max_rewrites_per_batch=4, max_new_tokens=4), set())
     assert res.rewrites == [] and res.rejected == {"declined": 1, "malformed": 1}
@@ -192,19 +200,21 @@ def test_rewrite_duplicates_malformed_and_the_per_batch_cap(student, script, ope
     batch = [q(1, "What is 17 + 29?", "46"), q(2, "What is 6 * 7?", "42"), q(3, "What is 9 - 4?", "5"),
              q(4, "What is 8 / 2?", "4"), q(5, "What is 3 + 3?", "6")]
     script.rewrites = {
-        "What is 17 + 29?": "<REWRITTEN_PROMPT>  what IS 17 +\n29? </REWRITTEN_PROMPT>",          # = parent
-        "What is 6 * 7?": "<REWRITTEN_PROMPT>Multiply six by seven. Number only.</REWRITTEN_PROMPT>",  # seen
-        "What is 9 - 4?": "<REWRITTEN_PROMPT>What is 3 + 3?</REWRITTEN_PROMPT>",   # another batch prompt
-        "What is 8 / 2?": "Divide 8 by 2.",                                        # no tags
-        "What is 3 + 3?": "<REWRITTEN_PROMPT>Add 3 and 3.</REWRITTEN_PROMPT>",     # over the cap: never asked
+        "What is 17 + 29?": "  what IS 17 +\n29? ",                # = parent
+        "What is 6 * 7?": "Multiply six by seven. Number only.",   # seen
+        "What is 9 - 4?": "What is 3 + 3?",                        # another batch prompt
+        # "What is 8 / 2?": no reply for its row
+        "What is 3 + 3?": "Add 3 and 3.",                          # over the cap: never asked
     }
     seen = {prompt_key("Multiply six by seven.  Number only.")}
     cfg = SymbolicConfig(max_rewrites_per_batch=4, max_new_tokens=4)
     # neg_loss gives no verdict from text: every example is a candidate, no rewards measured
     res = symbolic_update(OLD_PROMPT, batch, student, teacher, make_reward(RewardConfig(kind="neg_loss")), cfg, seen)
-    assert res.wrong == [0, 1, 2, 3, 4] and res.rewards_before == []
+    assert res.wrong == [0, 1, 2, 3, 4] and res.rewards_before == [] and res.verdicts == ["form"] * 5
     assert res.rewrites == [] and res.rejected == {"duplicate": 3, "malformed": 1}
-    assert script.kinds.count("rewrite") == 4
+    assert script.kinds.count("rewrite") == 1  # one request for the four rows under the cap
+    (rewrite_text,) = script.texts["rewrite"]
+    assert "<ROW 4>" in rewrite_text and "<ROW 5>" not in rewrite_text
     assert len(seen) == 1
     # rewrite_examples: false asks for no rewrite at all
     script.kinds.clear()

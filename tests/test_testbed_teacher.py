@@ -12,7 +12,8 @@ import pytest
 from neurosym.config.schema import ConfigError, SymbolicConfig, TeacherConfig, load_config
 from neurosym.data import Example
 from neurosym.reward import ExactMatch
-from neurosym.updates.symbolic.textgrad_step import symbolic_update
+from neurosym.updates.symbolic.textgrad_step import (EVAL_FORMAT, EVAL_SYSTEM, REWRITE_SYSTEM, parse_verdicts,
+                                                     symbolic_update)
 from neurosym.teacher import (BudgetExhausted, TeacherConfigError, TeacherUnavailable, load_textgrad,
                               make_teacher)
 
@@ -124,6 +125,7 @@ def test_config_requires_callable_for_python(tmp_path):
     ("teal", "TEAL", ("format", ["upper"], [])),
     ("[sky blue]", "SKY_BLUE", ("format", ["upper", "underscore"], ["bracket"])),
     ("yab newol", "LOWEN_BAY", ("format", ["upper", "underscore"], ["reverse"])),
+    ("lowen-bay.", "LOWEN_BAY", ("format", ["upper", "underscore"], [])),  # punctuation, separators
     ("42", "33", ("knowledge", [], [])),
     ("Karsk", "LOWEN_BAY", ("knowledge", [], [])),
 ])
@@ -177,10 +179,13 @@ def test_simulated_teacher_fixes_format_errors_through_textgrad(tmp_path):
     sent = []
     result, batch, teacher = run_update(tmp_path, alpha=0.0, record=sent)
     assert result.new_system_prompt == W.hand_prompt() == "Answer. Use upper case. Use underscores for spaces."
+    assert result.verdicts == ["form"] * len(batch)  # alpha 0: every error is one of format
     assert all("Missing instruction" in e for i, e in enumerate(result.evaluations) if i in result.wrong)
-    assert any(m[0]["content"].startswith("You are part of an optimization system that improves text")
-               for m in sent)  # TextGrad's optimizer prompt
-    assert any("gradient (feedback) engine" in m[0]["content"] for m in sent)  # TextGrad's backward prompts
+    # three requests: the batched evaluation, TextGrad's optimizer (TGD), the batched rewrite
+    assert len(sent) == 3 and sent[0][0]["content"] == EVAL_SYSTEM
+    assert sent[1][0]["content"].startswith("You are part of an optimization system that improves text")
+    assert sent[2][0]["content"] == REWRITE_SYSTEM
+    assert all(ex.prompt in sent[0][1]["content"] for ex in batch)
     assert result.rewrites and all(r.example.prompt.endswith("Use upper case.") or
                                    r.example.prompt.endswith("Use underscores for spaces.")
                                    for r in result.rewrites)
@@ -191,26 +196,48 @@ def test_simulated_teacher_fixes_format_errors_through_textgrad(tmp_path):
 def test_simulated_teacher_says_needs_new_knowledge_and_keeps_prompt(tmp_path):
     result, batch, teacher = run_update(tmp_path, alpha=1.0)
     assert result.new_system_prompt is None and not result.malformed  # nothing to add: prompt kept as is
+    assert result.verdicts == ["content"] * len(batch) and result.unchanged_reason == "no_form_errors"
     assert all(sim.KNOWLEDGE in e for e in result.evaluations)
-    assert not result.rewrites and result.rejected == {"declined": len(result.wrong)}  # a decline, not a fault
-    assert sim.KNOWLEDGE in result.feedback
+    assert not result.rewrites and result.rejected == {}  # no form row: nothing to rewrite, nothing asked
+    assert teacher.usage.calls == 1  # the evaluation alone
     teacher.close()
 
 
+def test_simulated_rewrite_declines_a_knowledge_row_and_skips_one_it_cannot_fix():
+    user = "\n\n".join(f"<ROW {n}>\n<QUESTION>{q}</QUESTION>\n<REFERENCE_ANSWER>X</REFERENCE_ANSWER>\n"
+                       f"<STUDENT_ANSWER>y</STUDENT_ANSWER>\n<EVALUATION>{e}</EVALUATION>\n</ROW {n}>"
+                       for n, q, e in [(1, "Colour of A?", sim.MISSING.format("Use upper case.")),
+                                       (2, "City of B?", sim.KNOWLEDGE), (3, "City of C?", "hmm")])
+    reply = sim.simulated([{"role": "system", "content": REWRITE_SYSTEM}, {"role": "user", "content": user}])
+    assert "<REWRITTEN_PROMPT id=1>Colour of A? Use upper case.</REWRITTEN_PROMPT>" in reply
+    assert "<REWRITTEN_PROMPT id=2>NO_REWRITE" in reply and "id=3" not in reply
+
+
 def test_simulated_teacher_noise_gives_wrong_or_no_diagnoses():
-    def ask(i, model):
-        system = f"You evaluate a student language model's answer ... <REFERENCE_ANSWER>RIVER {i}</REFERENCE_ANSWER>"
-        return sim.simulated([{"role": "system", "content": system}, {"role": "user", "content": f"river {i}"}],
-                             model=model)
-    clean = [ask(i, "simulated") for i in range(400)]
-    noisy = [ask(i, "simulated?noise=0.3&seed=1") for i in range(400)]
-    assert all('Missing instruction: "Use upper case."' in c for c in clean)
+    rows = "\n\n".join(f"<ROW {i + 1}>\n<QUESTION>Where is {i}?</QUESTION>\n<REFERENCE_ANSWER>RIVER {i}"
+                       f"</REFERENCE_ANSWER>\n<STUDENT_ANSWER>river {i}</STUDENT_ANSWER>\n</ROW {i + 1}>"
+                       for i in range(400))
+
+    def ask(model, text=rows):
+        reply = sim.simulated([{"role": "system", "content": EVAL_SYSTEM},
+                               {"role": "user", "content": EVAL_FORMAT.format(prompt="Answer.", rows=text)}],
+                              model=model)
+        return reply.splitlines()
+    clean, noisy = ask("simulated"), ask("simulated?noise=0.3&seed=1")
+    assert len(clean) == len(noisy) == 400
+    assert all(c.startswith(f"ROW {i + 1}: form") and 'Missing instruction: "Use upper case."' in c
+               for i, c in enumerate(clean))
+    # a row's noise depends on that row alone, not on the rest of the batch
+    assert ask("simulated?noise=0.3&seed=1", rows.split("\n\n")[7])[0].split(": ", 1)[1] == \
+        noisy[7].split(": ", 1)[1]
     bad = [n for n, c in zip(noisy, clean) if n != c]
     assert 0.24 < len(bad) / 400 < 0.36  # about 30% of evaluations are wrong or give no diagnosis
     assert any("cannot tell" in b for b in bad) and any("Missing instruction" in b for b in bad)
     assert all('"Use upper case."' not in b for b in bad)  # a wrong edit, never the right one
-    assert noisy == [ask(i, "simulated?noise=0.3&seed=1") for i in range(400)]  # replayable
-    assert noisy != [ask(i, "simulated?noise=0.3&seed=2") for i in range(400)]  # the seed matters
+    assert noisy == ask("simulated?noise=0.3&seed=1")  # replayable
+    assert noisy != ask("simulated?noise=0.3&seed=2")  # the seed matters
+    verdicts = parse_verdicts("\n".join(noisy), range(1, 401))
+    assert 0.08 < (400 - len(verdicts)) / 400 < 0.22  # no diagnosis: about half the noisy rows are unknown
 
 
 def test_teacher_never_sees_eval_or_test_answers(tmp_path):

@@ -11,17 +11,21 @@ phrases in :mod:`world`) and how to compare two strings. It never reads the worl
 hidden error type or any file: every answer is a function of the messages it is sent (and of the noise
 seed), which is also why the response cache can replay it.
 
-* **evaluation** (``TextLoss`` with neurosym's ``EVAL_INSTRUCTION``): compares the student's answer with
-  the reference. Same value, different format: names each missing (or unwanted) instruction. Different
-  value: "NEEDS NEW KNOWLEDGE" (no prompt can supply a fact the student never saw).
-* **backward** (TextGrad's gradient prompts): passes the diagnoses found in the context on as feedback.
+* **evaluation** (neurosym's batched evaluation, ``EVAL_SYSTEM``): one ``ROW n: verdict - feedback`` line
+  per row, comparing the student's answer with the reference. Equal: ``correct``. Same value once case,
+  whitespace, punctuation and separators are normalised (or reversed), different format: ``form``, naming
+  each missing (or unwanted) instruction. Different value: ``content``, "NEEDS NEW KNOWLEDGE" (no prompt
+  can supply a fact the student never saw).
+* **backward** (TextGrad's gradient prompts, if asked): passes the diagnoses found in the context on.
 * **optimizer** (``TGD``): adds the instructions most feedback asks for to the system prompt (in the
   order the student learned them), removes unwanted ones, and answers between the optimizer's tags.
-* **example rewrite** (neurosym's ``REWRITE_SYSTEM``): appends the missing instructions to the question;
-  for a knowledge error it declines (``NO_REWRITE``, no tags), since rewording cannot teach a fact.
+* **example rewrite** (neurosym's ``REWRITE_SYSTEM``, one request for several rows): appends each row's
+  missing instructions to its question; for a knowledge error it declines (``NO_REWRITE``), since
+  rewording cannot teach a fact; a row it sees no fix for gets no reply.
 
-With ``noise=p``, an evaluation is replaced, with probability ``p`` (decided by a hash of the request
-and the seed), by a wrong diagnosis (an instruction that is not missing) or by no diagnosis.
+With ``noise=p``, a row's evaluation is replaced, with probability ``p`` (decided by a hash of that row
+and the seed, so not by the rest of the batch), by a wrong diagnosis (``form`` with an instruction that
+is not missing) or by no diagnosis (a line without a verdict).
 """
 from __future__ import annotations
 
@@ -37,7 +41,7 @@ except ImportError:  # pragma: no cover - script use
     from world import INSTRUCTION, OP_ORDER  # type: ignore
 
 REWRITE_SYSTEM_START = "You rewrite training questions for a small student language model"
-EVAL_START = "You evaluate a student language model's answer"
+EVAL_START = "You evaluate a student language model's answers"
 MISSING = 'Missing instruction: "{}"'
 UNWANTED = 'Unwanted instruction: "{}"'
 KNOWLEDGE = "NEEDS NEW KNOWLEDGE"
@@ -78,7 +82,8 @@ def features(text: str) -> tuple[set, str]:
 
 
 def _canon(value: str) -> str:
-    return value.replace("_", " ").lower().strip()
+    """Case, whitespace, punctuation and separators normalised away."""
+    return " ".join(re.sub(r"[\W_]+", " ", value.lower()).split())
 
 
 def diagnose(answer: str, reference: str) -> tuple[str, list[str], list[str]]:
@@ -101,24 +106,40 @@ def diagnose(answer: str, reference: str) -> tuple[str, list[str], list[str]]:
 
 
 # ---- the four kinds of request --------------------------------------------------------------------
-def evaluate(system: str, answer: str, rng: random.Random, noise: float) -> str:
-    reference = _tag(system, "REFERENCE_ANSWER") or ""
+ROW_RE = re.compile(r"<ROW (\d+)>\s*<QUESTION>(.*?)</QUESTION>\s*<REFERENCE_ANSWER>(.*?)</REFERENCE_ANSWER>\s*"
+                    r"<STUDENT_ANSWER>(.*?)</STUDENT_ANSWER>", re.S)
+
+
+def row_rng(seed: int, system: str, row: tuple) -> random.Random:
+    """The noise of one row: a hash of the seed, the request's instructions and the row alone."""
+    digest = hashlib.sha256("\x00".join([str(seed), system, *row]).encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "big"))
+
+
+def verdict(answer: str, reference: str, rng: random.Random, noise: float) -> str:
+    """One row's ``verdict - feedback`` (or, noisy, a wrong one or none)."""
     kind, missing, unwanted = diagnose(answer, reference)
     if noise and rng.random() < noise:
         if rng.random() < 0.5:
             return "The answer does not look right, but I cannot tell what went wrong."
         wrong = rng.choice([o for o in OP_ORDER if o not in missing])
-        return ("The value is correct but the format differs from the reference answer. "
+        return ("form - The value is correct but the format differs from the reference answer. "
                 + MISSING.format(INSTRUCTION[wrong]))
     if kind == "correct":
-        return "The student's answer is correct and in the same format as the reference answer."
+        return "correct - The student's answer is correct and in the same format as the reference answer."
     if kind == "knowledge":
-        return (f"The value is wrong: the student does not know this fact. {KNOWLEDGE}: no instruction in "
-                "the system prompt can supply a fact the student has never seen.")
-    lines = ["The value is correct but the format differs from the reference answer."]
+        return (f"content - The value is wrong: the student does not know this fact. {KNOWLEDGE}: no instruction "
+                "in the system prompt can supply a fact the student has never seen.")
+    lines = ["form - The value is correct but the format differs from the reference answer."]
     lines += [MISSING.format(INSTRUCTION[o]) for o in missing]
     lines += [UNWANTED.format(INSTRUCTION[o]) for o in unwanted]
     return " ".join(lines)
+
+
+def evaluate(system: str, user: str, seed: int, noise: float) -> str:
+    """The batched evaluation: one ``ROW n: ...`` line per row."""
+    return "\n".join(f"ROW {n}: " + verdict(a.strip(), r.strip(), row_rng(seed, system, (q, r, a)), noise)
+                     for n, q, r, a in ROW_RE.findall(user))
 
 
 def feedback(text: str) -> str:
@@ -153,15 +174,23 @@ def optimize(user: str, start: str, end: str) -> str:
     return f"{start}{new}{end}"
 
 
+REWRITE_ROW_RE = re.compile(r"<ROW (\d+)>\s*<QUESTION>(.*?)</QUESTION>.*?<EVALUATION>(.*?)</EVALUATION>", re.S)
+
+
 def rewrite(user: str) -> str:
-    question = _tag(user, "QUESTION") or ""
-    evaluation = _tag(user, "EVALUATION") or ""
-    missing = [p for p in dict.fromkeys(_MISSING_RE.findall(evaluation)) if p in PHRASE_TO_OP]
-    if KNOWLEDGE in evaluation:  # declines as neurosym's rewrite prompt asks
-        return f"NO_REWRITE. {KNOWLEDGE}: rewording the question cannot teach the student a fact it has never seen."
-    if not missing:
-        return "I cannot see how to make this question clearer."
-    return "<REWRITTEN_PROMPT>" + " ".join([question] + missing) + "</REWRITTEN_PROMPT>"
+    """The batched rewrite: per row, the question plus its missing instructions, a decline for a
+    knowledge error, nothing for a row it sees no fix for."""
+    replies = []
+    for n, question, evaluation in REWRITE_ROW_RE.findall(user):
+        missing = [p for p in dict.fromkeys(_MISSING_RE.findall(evaluation)) if p in PHRASE_TO_OP]
+        if KNOWLEDGE in evaluation:  # declines as neurosym's rewrite prompt asks
+            body = f"NO_REWRITE. {KNOWLEDGE}: rewording the question cannot teach the student a fact it has never seen."
+        elif missing:
+            body = " ".join([question.strip()] + missing)
+        else:
+            continue
+        replies.append(f"<REWRITTEN_PROMPT id={n}>{body}</REWRITTEN_PROMPT>")
+    return "\n".join(replies) or "I cannot see how to make these questions clearer."
 
 
 def simulated(messages: list[dict], *, model: str = "simulated", temperature: float = 0.0,
@@ -170,12 +199,10 @@ def simulated(messages: list[dict], *, model: str = "simulated", temperature: fl
     system = "\n".join(str(m.get("content", "")) for m in messages if m.get("role") == "system")
     user = "\n".join(str(m.get("content", "")) for m in messages if m.get("role") != "system")
     noise, seed = settings(model)
-    digest = hashlib.sha256(f"{seed}\x00{system}\x00{user}".encode()).digest()
-    rng = random.Random(int.from_bytes(digest[:8], "big"))
     if system.startswith(REWRITE_SYSTEM_START):
         return rewrite(user)
     if system.startswith(EVAL_START):
-        return evaluate(system, user, rng, noise)
+        return evaluate(system, user, seed, noise)
     m = re.search(r"between (\S+) \{improved variable\} (\S+) tags", system)
     if m:  # TextGrad's optimizer system prompt names its tags
         return optimize(user, m.group(1), m.group(2))

@@ -3,7 +3,8 @@
 It speaks the chat-completions protocol (``POST /v1/chat/completions``, ``GET /v1/models``,
 ``GET /v1/models/{id}``) over real HTTP, so the product code talks to it exactly as it would to
 OpenAI, vLLM, Ollama or llama.cpp. Answers come from a *responder* (messages -> text) that a test
-can replace; faults are queued with :meth:`OpenAIServer.inject` and consumed one per chat request:
+can replace (and neurosym's batched evaluations, when scripted, from a verdict per row:
+:meth:`OpenAIServer.set_verdicts`); faults are queued with :meth:`OpenAIServer.inject` and consumed one per chat request:
 
 * ``"none"``: no fault for this request (to let earlier requests through before faults start);
 * ``"429"``: rate limited, with a ``Retry-After`` header (``retry_after=0.2`` seconds by default);
@@ -42,6 +43,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Optional
 
 Responder = Callable[[list[dict]], str]
+# a scripted verdict for one row of a batched evaluation: {"n", "question", "reference", "answer"} ->
+# "correct" | "form" | "content" (or anything else, e.g. "" to leave the row out) or (verdict, feedback)
+VerdictFn = Callable[[dict], Any]
 FAULTS = ("none", "429", "500", "hang", "malformed", "401", "403", "404", "bad_json", "no_choices", "wrong_types",
           "trickle", "huge", "usage")
 DEFAULT_MODEL = "teacher-model"
@@ -63,9 +67,41 @@ def count_tokens(text: str) -> int:
     return len(text.split())
 
 
-def default_responder(messages: list[dict]) -> str:
-    """A plausible teacher for TextGrad's three kinds of call.
+_ROW_RE = re.compile(r"<ROW (\d+)>\s*<QUESTION>(.*?)</QUESTION>\s*<REFERENCE_ANSWER>(.*?)</REFERENCE_ANSWER>\s*"
+                     r"<STUDENT_ANSWER>(.*?)</STUDENT_ANSWER>", re.S)
+DEFAULT_FEEDBACK = "The prompt is too vague: ask for the final answer only, as a number."
 
+
+def is_batched_evaluation(messages: list[dict]) -> bool:
+    """Whether ``messages`` are neurosym's batched evaluation (one verdict asked per row)."""
+    from neurosym.updates.symbolic.textgrad_step import EVAL_SYSTEM
+    return any(m.get("role") == "system" and _text(m.get("content")) == EVAL_SYSTEM for m in messages)
+
+
+def evaluation_rows(messages: list[dict]) -> list[dict]:
+    """The rows of a batched evaluation: ``{"n", "question", "reference", "answer"}`` each, in order."""
+    user = "\n".join(_text(m.get("content")) for m in messages if m.get("role") != "system")
+    return [{"n": int(n), "question": q.strip(), "reference": r.strip(), "answer": a.strip()}
+            for n, q, r, a in _ROW_RE.findall(user)]
+
+
+def verdict_reply(messages: list[dict], verdict: VerdictFn) -> str:
+    """The reply to a batched evaluation, one ``ROW n: verdict - feedback`` line per row that
+    ``verdict(row)`` gives a verdict for (a row it answers with anything else is left out)."""
+    lines = []
+    for row in evaluation_rows(messages):
+        got = verdict(row)
+        v, fb = got if isinstance(got, tuple) else (got, DEFAULT_FEEDBACK if got == "form" else "ok")
+        if v in ("correct", "form", "content"):
+            lines.append(f"ROW {row['n']}: {v} - {fb}")
+    return "\n".join(lines)
+
+
+def default_responder(messages: list[dict]) -> str:
+    """A plausible teacher for neurosym's batched evaluation and TextGrad's kinds of call.
+
+    * batched evaluation: every row ``form`` (a wrong answer a prompt can fix), with a fixed piece
+      of criticism as feedback (:meth:`OpenAIServer.set_verdicts` scripts other verdicts);
     * optimizer call (system prompt asks for ``<IMPROVED_VARIABLE>`` tags): returns the variable
       found between ``<VARIABLE>`` tags with " Think step by step." appended, inside the tags;
     * backward (feedback) call: a fixed piece of criticism;
@@ -73,12 +109,14 @@ def default_responder(messages: list[dict]) -> str:
     """
     system = "\n".join(_text(m.get("content")) for m in messages if m.get("role") == "system")
     user = "\n".join(_text(m.get("content")) for m in messages if m.get("role") != "system")
+    if is_batched_evaluation(messages):
+        return verdict_reply(messages, lambda row: "form")
     if _TAG_START in system:
         found = re.search(r"<VARIABLE>(.*?)</VARIABLE>", user, re.S)
         old = found.group(1).strip() if found else "Answer the question."
         return f"{_TAG_START}{old} Think step by step.{_TAG_END}"
     if "gradient (feedback) engine" in system or "feedback" in system.lower():
-        return "The prompt is too vague: ask for the final answer only, as a number."
+        return DEFAULT_FEEDBACK
     words = user.split()
     return "Echo: " + " ".join(words[:12])
 
@@ -237,6 +275,7 @@ class OpenAIServer:
         self.max_inflight = 0
         self._inflight = 0
         self._responder: Responder = responder or default_responder
+        self._verdict: Optional[VerdictFn] = None
         self._faults: deque[tuple[str, dict]] = deque()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -284,6 +323,11 @@ class OpenAIServer:
     def set_responder(self, fn: Optional[Responder]) -> None:
         """Answer chat requests with ``fn(messages) -> str`` (``None`` restores the default)."""
         self._responder = fn or default_responder
+
+    def set_verdicts(self, fn: Optional[VerdictFn]) -> None:
+        """Answer neurosym's batched evaluations with ``fn(row)`` per row (see :data:`VerdictFn`),
+        whatever the responder; ``None`` leaves them to the responder again."""
+        self._verdict = fn
 
     def inject(self, fault: str, times: int = 1, **kw: Any) -> None:
         """Queue ``fault`` for the next ``times`` chat requests (see the module docstring)."""
@@ -334,6 +378,8 @@ class OpenAIServer:
         return _Ctx()
 
     def _respond(self, messages: list[dict]) -> str:
+        if self._verdict is not None and is_batched_evaluation(messages):
+            return verdict_reply(messages, self._verdict)
         return str(self._responder(messages))
 
     def _model_card(self, model: str) -> dict:

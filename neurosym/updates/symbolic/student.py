@@ -3,7 +3,9 @@
 ``engine.generate(prompt, system_prompt=None)`` renders a single-turn example (user = ``prompt``,
 system = ``system_prompt``) with the job's :class:`~neurosym.data.render.Renderer` (so the student
 sees exactly the training layout) and decodes greedily, ``max_new_tokens`` new tokens, on the
-model's device. Measuring must not change training, so each call:
+model's device; ``engine.answer_batch(examples, system_prompt)`` answers a whole batch in one
+batched greedy generation (left padded), with the same answers. Measuring must not change
+training, so each call:
 
 * runs under ``torch.no_grad()`` in eval mode and restores every module's train/eval flag after;
 * leaves the python, numpy, torch CPU (and the model's CUDA device) RNG states as they were;
@@ -107,6 +109,27 @@ class _StudentBase:
                     pad_token_id=pad, eos_token_id=tok.eos_token_id)
             new = out[0, input_ids.shape[1]:].tolist()
         return tok.decode(new, skip_special_tokens=True).strip()
+
+    def answer_batch(self, examples: list[Example], system_prompt: Optional[str] = None,
+                     max_new_tokens: Optional[int] = None, batch_size: Optional[int] = None) -> list[str]:
+        """Greedy answers to ``examples`` under ``system_prompt``, in order: one left-padded
+        ``model.generate`` over the whole batch (chunks of ``batch_size``, default all of them) with
+        :func:`neurosym.model.generation.greedy_generate`. The same answers as :meth:`answer` row by
+        row (same rendering, same truncation of an over-long prompt, same length)."""
+        from neurosym.model.generation import greedy_generate
+
+        if not examples:
+            return []
+        max_new = int(max_new_tokens or getattr(self._local, "max_new_tokens", None) or self.max_new_tokens)
+        with self._lock:
+            self.renderer.system_prompt = system_prompt
+            prompts = [self.renderer.generation_ids(ex) for ex in examples]
+            ctx = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
+            if ctx:
+                max_new = max(1, min(max_new, ctx - 1))
+            with _preserved_rng(_device_of(self.model)):  # the CUDA RNG too, as in answer()
+                return greedy_generate(self.model, self.tokenizer, prompts, max_new,
+                                       batch_size=int(batch_size or len(prompts)))
 
     def __repr__(self) -> str:
         return f"StudentEngine(model={type(self.model).__name__}, max_new_tokens={self.max_new_tokens})"

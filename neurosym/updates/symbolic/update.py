@@ -1,6 +1,11 @@
 """The symbolic update: TextGrad rewrites the task's system prompt (and the batch's example prompts)
 with the teacher's feedback; accepted rewrites become a new prompt version and refined examples.
 
+The student's answers are the router's (``decision.answers``, aligned with the batch) when it
+measured them, else one batched generation (``StudentEngine.answer_batch``); the update then takes
+at most three teacher calls (``textgrad_step``). Its record has the teacher's verdict per row
+(``row_verdicts``: ``correct | form | content | unknown``) and their counts (``verdicts``).
+
 With ``symbolic.async: false`` the update runs inline (and resume stays exact). With ``async: true``
 the student's answers are computed on the loop's thread (the training model is never touched from
 another thread) and the teacher's part runs on a worker pool while the loop keeps taking steps;
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -39,7 +45,7 @@ class Job:
     batch: list[Example]
     system_prompt: Optional[str]
     decision: Any = None
-    answers: dict = field(default_factory=dict)  # (system, prompt) -> student answer (async mode)
+    answers: Optional[list] = None  # the student's answers to batch under system_prompt, in order (None: not yet)
 
 
 @dataclass
@@ -115,7 +121,8 @@ class SymbolicUpdate(Update):
 
     # ---- running updates ------------------------------------------------------------------------
     def apply(self, batch: list, decision, step: int) -> Outcome:
-        job = Job(step, batch, self.ctx.prompt(), decision)
+        answers = getattr(decision, "answers", None)  # the router's measurement of this batch, if any
+        job = Job(step, batch, self.ctx.prompt(), decision, list(answers) if answers is not None else None)
         if not self.async_:
             return self._land(self._work(job, self.student), step)
         self._submit(job)
@@ -123,10 +130,9 @@ class SymbolicUpdate(Update):
 
     def _submit(self, job: Job) -> None:
         """Answer on this thread (the model is never used from a worker), teacher's part to the pool."""
-        with self.student.session(job.batch, self.cfg.max_new_tokens):
-            for ex in job.batch:
-                job.answers[(job.system_prompt, ex.prompt)] = self.student.answer(ex, job.system_prompt)
-        self.inflight.append((job, self.pool.submit(self._work, job, _replaying(self.student, job.answers))))
+        if job.answers is None:
+            job.answers = self.student.answer_batch(job.batch, job.system_prompt, max_new_tokens=self.cfg.max_new_tokens)
+        self.inflight.append((job, self.pool.submit(self._work, job, self.student)))
 
     def land(self, step: int, wait: bool = False) -> list[Landing]:
         lag = self.cfg.land_after_steps
@@ -145,6 +151,8 @@ class SymbolicUpdate(Update):
         return done
 
     def _work(self, job: Job, student) -> Landed:
+        """The update itself (on a worker in async mode: then ``job.answers`` are set and ``student``
+        is not run)."""
         from neurosym.updates.symbolic.textgrad_step import symbolic_update
         from neurosym.teacher import TeacherError
 
@@ -152,7 +160,7 @@ class SymbolicUpdate(Update):
         with self.teacher.meter() as meter:
             try:
                 result = symbolic_update(job.system_prompt, job.batch, student, self.teacher, self.ctx.reward,
-                                         self.cfg, self.seen)
+                                         self.cfg, self.seen, answers=job.answers)
                 return Landed(job, result=result, usage=meter.as_dict(), wall_s=time.perf_counter() - t0)
             except TeacherError as exc:
                 return Landed(job, error=exc, usage=meter.as_dict(), wall_s=time.perf_counter() - t0)
@@ -165,13 +173,15 @@ class SymbolicUpdate(Update):
         record = {"calls": usage.get("calls", 0), "cost_usd": usage.get("cost_usd", 0.0),
                   "tokens": usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0),
                   "submitted_step": landed.job.submitted_step, "wall_s": landed.wall_s,
-                  "accepted": 0, "rejected": {}, "malformed": False}
+                  "accepted": 0, "rejected": {}, "malformed": False,
+                  "verdicts": {}, "row_verdicts": ["unknown"] * len(landed.job.batch)}
         outcome = Outcome(self.name, cost_usd=record["cost_usd"], error=landed.error, record=record)
         if landed.error is not None:
             record.update(outcome.error_dict())
             return outcome
         result = landed.result
-        record.update(accepted=len(result.rewrites), rejected=dict(result.rejected), malformed=result.malformed)
+        record.update(accepted=len(result.rewrites), rejected=dict(result.rejected), malformed=result.malformed,
+                      verdicts=dict(Counter(result.verdicts)), row_verdicts=list(result.verdicts))
         outcome.changes = Changes(system_prompt=result.new_system_prompt, unchanged_reason=result.unchanged_reason,
                                   rewrites=result.rewrites, teacher_model=self.ctx.cfg.teacher.model)
         return outcome
@@ -193,7 +203,7 @@ class SymbolicUpdate(Update):
             "teacher_usage": self.teacher.usage.state_dict(),
             **self.availability.state_dict(), "mean_wall_s": self.mean_wall_s, "n_landed": self.n_landed,
             "inflight": [{"submitted_step": j.submitted_step, "system_prompt": j.system_prompt,
-                          "batch": [ex.to_state() for ex in j.batch],
+                          "batch": [ex.to_state() for ex in j.batch], "answers": j.answers,
                           "decision": j.decision.as_dict() if j.decision is not None else None}
                          for j, _ in self.inflight],
         }
@@ -208,7 +218,8 @@ class SymbolicUpdate(Update):
         from classifiers.base import Decision
         for j in state["inflight"]:
             self._submit(Job(j["submitted_step"], [Example.from_state(e) for e in j["batch"]], j["system_prompt"],
-                             Decision.from_dict(j["decision"]) if j["decision"] else None))
+                             Decision.from_dict(j["decision"]) if j["decision"] else None,
+                             j.get("answers")))  # older checkpoints: answered again on resume
 
     def abort(self) -> None:
         abort = getattr(self.teacher, "abort", None)  # teacher calls in flight end now (their jobs stay in
@@ -220,17 +231,3 @@ class SymbolicUpdate(Update):
         if self.pool is not None:
             self.pool.shutdown(wait=False, cancel_futures=True)
 
-
-def _replaying(student, answers: dict):
-    """A copy of the student engine that returns precomputed answers (for worker threads)."""
-    replay = student.__class__.__new__(student.__class__)
-    replay.__dict__.update(student.__dict__)
-
-    def answer(example, system_prompt=None, max_new_tokens=None):
-        key = (system_prompt, example.prompt)
-        if key not in answers:
-            raise RuntimeError(f"no precomputed student answer for prompt {example.prompt[:60]!r}")
-        return answers[key]
-
-    replay.answer = answer
-    return replay
