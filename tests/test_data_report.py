@@ -69,3 +69,19 @@ def test_validate_and_train_name_every_bad_source_and_validate_says_ok_only_afte
     assert main(["validate", str(cfg), "--set", "data.on_error=skip", "--set", f"data.eval={a}"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("config OK") and "data.train 4 examples" in out
+
+
+def test_load_splits_reads_both_splits_and_names_every_bad_source_of_the_job(tmp_path):
+    from neurosym.data import load_splits
+    good = write_rows(tmp_path / "good.jsonl", arithmetic_rows(3))
+    a = write_rows(tmp_path / "a.jsonl", arithmetic_rows(2) + ["{oops"])
+    e = write_rows(tmp_path / "e.jsonl", [{"prompt": "p", "response": ""}])
+    with pytest.raises(DataError) as err:
+        load_splits(DataConfig(train=str(a), eval=str(e)))
+    msg = str(err.value)
+    assert f"{a}:3: bad JSON" in msg and f"{e}:1: empty response" in msg and msg.count("data.on_error: skip") == 1
+    both = load_splits(DataConfig(train=str(good), eval=str(a), on_error="skip"))
+    assert {k: (len(ex), rep.skipped) for k, (ex, rep) in both.items()} == {"train": (3, 0), "eval": (2, 1)}
+    only = load_splits(DataConfig(train=str(good)))
+    assert list(only) == ["train"] and [ex.prompt for ex in only["train"][0]] == \
+        [ex.prompt for ex in load_examples(str(good), DataConfig(train=str(good)))[0]]

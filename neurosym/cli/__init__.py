@@ -120,23 +120,13 @@ def _report(outcome) -> int:
 
 
 def cmd_validate(args) -> int:
-    from neurosym.data import DataError, load_examples
+    from neurosym.data import load_splits
     cfg = _load(args.config, args.set)
     if cfg.model.source_problem():  # what train would meet at load: a local path that is not there
         raise UserError(f"{args.config}: {cfg.model.source_problem()}")
     from neurosym.observe.tracking import active_backends, check_tracking
     check_tracking(cfg)  # a tracker whose package is missing: what train refuses before the model loads
-    loaded, bad = {}, []
-    for split in ("train", "eval"):  # every split read before a word is said: one error names every bad source
-        path = getattr(cfg.data, split)
-        if not path:
-            continue
-        try:
-            loaded[split] = load_examples(path, cfg.data)
-        except DataError as exc:
-            bad.append(str(exc))  # the message train gives, file:line first
-    if bad:
-        raise DataError("\n".join(bad))
+    loaded = load_splits(cfg.data)  # what the Run loads; every split read before a word is said
     print(f"config OK: {args.config}")
     hub = f"; hub id: no local folder {cfg.model.local_tried()}" if cfg.model.local_tried() else ""
     print(f"  model      {cfg.model.name_or_path} (quantization {cfg.model.quantization}, dtype {cfg.model.dtype}{hub})")

@@ -2,7 +2,7 @@
 
 Collation (tensors, so torch) is loaded on first use: ``validate`` reads and renders data without it."""
 from neurosym.data.errors import DataError
-from neurosym.data.examples import Example, LoadReport, TrainSet, load_examples
+from neurosym.data.examples import Example, LoadReport, TrainSet, load_examples, load_splits
 from neurosym.data.render import Encoded, Renderer
 from neurosym.data.sampler import EpochSampler, MixtureSampler
 
@@ -14,5 +14,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'neurosym.data' has no attribute {name!r}")
 
 
-__all__ = ["DataError", "Example", "LoadReport", "TrainSet", "load_examples", "Encoded", "Renderer",
+__all__ = ["DataError", "Example", "LoadReport", "TrainSet", "load_examples", "load_splits", "Encoded", "Renderer",
            "EpochSampler", "MixtureSampler", "collate", "forward_inputs", "make_micro_batches"]

@@ -22,7 +22,8 @@ from neurosym.data.errors import DataError
 from neurosym.data.readers import iter_rows, source_name
 
 log = logging.getLogger(__name__)
-__all__ = ["DataError", "Example", "LoadReport", "TrainSet", "check_text", "detect_format", "load_examples", "parse_record"]
+__all__ = ["DataError", "Example", "LoadReport", "TrainSet", "check_text", "detect_format", "load_examples", "load_splits",
+           "parse_record"]
 
 
 @dataclass(frozen=True)
@@ -270,6 +271,13 @@ def load_examples(spec, data_cfg, on_error: Optional[str] = None) -> tuple[Train
     it. Every source is read, and one :class:`DataError` names every bad one (not the first per run).
     `validate`, `preview`, `train` and `eval` all read through here, so they agree on what is usable.
     """
+    out, report, bad, records = _read_split(spec, data_cfg, on_error)
+    _raise_bad(bad, records)
+    return out, report
+
+
+def _read_split(spec, data_cfg, on_error: Optional[str]):
+    """(examples, report, messages of the bad sources, whether a bad record is among them)."""
     on_error = on_error or data_cfg.on_error
     sources = data_cfg.resolve(spec)
     report = LoadReport(", ".join(source_name(s) for s in sources))
@@ -284,7 +292,29 @@ def load_examples(spec, data_cfg, on_error: Optional[str] = None) -> tuple[Train
             records = records or isinstance(exc, _BadRecord)
             continue
         out.parts.append((start, len(out), src.weight, source_name(src)))
+    report.loaded = len(out)
+    return out, report, bad, records
+
+
+def _raise_bad(bad: list[str], records: bool) -> None:
     if bad:
         raise DataError("\n".join(bad) + (f"\n  {SKIP_HINT}" if records else ""))
-    report.loaded = len(out)
-    return out, report
+
+
+SPLITS = ("train", "eval")
+
+
+def load_splits(data_cfg, on_error: Optional[str] = None) -> dict[str, tuple[TrainSet, LoadReport]]:
+    """``data.train`` and ``data.eval`` (when set) read as :func:`load_examples` reads each: ``{split:
+    (examples, report)}``. Both splits are read before anything is raised, so one :class:`DataError`
+    names every bad source of the job. ``neurosym validate`` and the Run read through here, so what
+    validate accepts is what training loads."""
+    loaded, bad, records = {}, [], False
+    for split in SPLITS:
+        spec = getattr(data_cfg, split)
+        if spec:
+            out, report, errors, bad_record = _read_split(spec, data_cfg, on_error)
+            loaded[split] = (out, report)
+            bad, records = bad + errors, records or bad_record   # file:line first, as train says it
+    _raise_bad(bad, records)
+    return loaded
