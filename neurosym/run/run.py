@@ -19,7 +19,7 @@ from monitors import MonitorSuite
 from neurosym.run.batches import BatchSource
 from neurosym.persist.checkpoint import apply_checkpoint, latest_checkpoint, newest_intact_checkpoint, save_checkpoint
 from neurosym.config.schema import ConfigError
-from neurosym.data import Example, Renderer, load_examples
+from neurosym.data import Example, Renderer, load_examples, load_splits
 from neurosym.errors import ResumeMismatch
 from neurosym.model.compute import ComputeMeter
 from neurosym.run.cost import CostModel
@@ -62,8 +62,9 @@ class Run:
     def __init__(self, cfg, run_dir, quiet: Optional[bool] = None, runtime=None):
         # data and teacher first (cheap, fail fast), then the student model
         self.cfg, self.dir, self.quiet = cfg, run_dir, quiet
-        self.train_set, report = load_examples(cfg.data.train, cfg.data)
-        self.eval_set = load_examples(cfg.data.eval, cfg.data)[0] if cfg.data.eval else []
+        splits = load_splits(cfg.data)  # both splits read first: one error names every bad source
+        self.train_set, report = splits["train"]
+        self.eval_set = splits["eval"][0] if "eval" in splits else []
         if report.skipped:
             print(f"warning: skipped {report.skipped} bad lines in {report.path} (first: {report.errors[0]})",
                   file=sys.stderr)
