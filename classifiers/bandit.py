@@ -26,6 +26,11 @@ more than ``shift_z`` standard deviations above its discounted mean, or the shar
 route served rising by more than 0.25 over its share when the route closed (e.g. the target format
 changed and ``form`` rows are back).
 
+**Rows cost nothing while every other route is closed**: the batch's rows are inspected (a forward
+pass and a greedy answer each) only while a route besides the default is open, and every
+``ROW_CHECK_EVERY``-th decision while all are closed, enough to see a kind's share rise or the loss
+shift; the other batches go to the default route uninspected.
+
 **Exploration floor**: with probability ``epsilon_min`` a kind's rows take a random available route.
 All randomness comes from one seeded generator; the state is plain JSON.
 """
@@ -41,6 +46,7 @@ from classifiers.config import RouterConfig
 from monitors.signals import Signals
 
 SHARE_RISE = 0.25  # a kind's share of the batch rising this much over its share at closing is a shift
+ROW_CHECK_EVERY = 4  # while every other route is closed, rows are inspected at every 4th decision only
 
 
 class BanditRouter(Router):
@@ -66,6 +72,14 @@ class BanditRouter(Router):
     def needs_gain(self) -> bool:
         """Measure every step until each route was tried on each kind of row that needs fixing."""
         return any(self.arms[f"{k}/{r}"][0] == 0.0 for k in ("form", "content") for r in self.routes)
+
+    @property
+    def wants_rows(self) -> bool:
+        """Inspect the next batch's rows: while a route besides the default is open, and every
+        ``ROW_CHECK_EVERY``-th decision while all are closed (to watch for a shift)."""
+        others = [r for r in self.routes if r != self.default_route]
+        open_ = any(self.n_decisions >= self.closed.get(r, {}).get("until", 0) for r in others)
+        return open_ or self.n_decisions % ROW_CHECK_EVERY == 0
 
     # ------------------------------------------------------------------ deciding
     def decide(self, signals: Signals, batch: BatchStats, unavailable=None) -> Decision:

@@ -238,9 +238,9 @@ class Run:
 
     def batch_stats(self, batch) -> BatchStats:
         """What a learning router sees of the batch: per-example losses and the reward before."""
-        if self.inspector is not None:  # a per-row router routes on every batch's rows
-            return self.inspector.batch(batch)
         prompts = tuple(ex.prompt for ex in batch)
+        if self.inspector is not None:  # a per-row router routes on the batch's rows, when it needs them
+            return self.inspector.batch(batch) if self.router.wants_rows else BatchStats(prompts=prompts)
         scheduled = self.state.step % self.cfg.reward.gain_every == 0  # every N steps, and whenever the router needs it
         if not self.measures_gain or not (scheduled or self.router.needs_gain):
             return BatchStats(prompts=prompts)
@@ -293,9 +293,17 @@ class Run:
         per_row = decision.parts is not None and self.inspector is not None
         before = (self.inspector.probe_rows(self.version) if per_row and measured else
                   None if per_row else stats.reward_before)
+        wall = [0.0]
+
+        def timed() -> Outcome:
+            t0 = time.perf_counter()
+            try:
+                return self._apply(route, rows, sub, step)
+            finally:
+                wall[0] = time.perf_counter() - t0
+
         with self.meter.part(training=UPDATES[route].gradient_step) as used:  # the part's own passes
-            outcome, gain = self.measure_gain(rows, None if per_row else before,
-                                              lambda: self._apply(route, rows, sub, step))
+            outcome, gain = self.measure_gain(rows, None if per_row else before, timed)
         verdicts = outcome.record.get("row_verdicts") if outcome.record else None
         if verdicts:
             self.verdicts.note([ex.prompt for ex in rows], verdicts)
@@ -318,7 +326,8 @@ class Run:
             saturated = (outcome.record or {}).get("unchanged_reason") or "identical"
         cost = self.costs.cost(used, calls, len(rows), UPDATES[route].gradient_step)
         return outcome, PartResult(gain=gain, gain_by_kind=by_kind, cost=cost, saturated=saturated, rows=len(rows),
-                                   cost_usd=outcome.cost_usd, calls=calls, fixed=fixed, compute=dict(used))
+                                   cost_usd=outcome.cost_usd, calls=calls, fixed=fixed, compute=dict(used),
+                                   wall_s=wall[0])
 
     def _apply(self, name: str, batch, decision: Decision, step: int) -> Outcome:
         update = self.updates[name]
