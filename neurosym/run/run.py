@@ -312,12 +312,11 @@ class Run:
             by_kind = {stats.rows[i].kind: 0.0 for i in ix if i < len(stats.rows)}     # kind it was given
         if per_row and before is not None and not outcome.pending and not outcome.failed:
             (kinds_rows, values) = before
-            after = self.inspector.probe_rows(self.version)[1] if outcome.changed else values
+            after_rows, after = self.inspector.probe_rows(self.version) if outcome.changed else before
             kinds = [r.kind for r in kinds_rows]
             by_kind = gain_by_kind(kinds, values, after)
             gain = sum(a - b for a, b in zip(after, values)) / max(len(values), 1)
-            if not self.inspector.by_loss and self.reward.needs_generation:  # values are rewards
-                fixed = sum(1 for k, a in zip(kinds, after) if k != "correct" and a >= 1.0)
+            fixed = sum(1 for b, a in zip(kinds_rows, after_rows) if b.correct is False and a.correct)  # wrong -> right
         if UPDATES[route].gradient_step and not outcome.failed:
             self.costs.observe_lora(used["train_tokens"], len(rows))
         calls = int((outcome.record or {}).get("calls", 0))
