@@ -85,3 +85,23 @@ def test_gradient_checkpointing_raises_no_deprecation_warning(tmp_path, tiny_mod
     assert not [w for w in caught if "checkpointing" in str(w.message)], [str(w.message) for w in caught]
     base = model.get_base_model()
     assert any(getattr(m, "gradient_checkpointing", False) for m in base.modules())  # it is on
+
+
+@pytest.mark.slow
+def test_the_console_of_a_logged_job_has_no_third_party_noise(tmp_path, tiny_model_dir, teacher):
+    """Written to a log (stderr not a terminal), a hybrid job with W&B offline prints our lines only: no
+    weight-loading bar, no W&B Weave advert (openai is imported), no FutureWarning."""
+    import os
+    import subprocess
+    import sys
+
+    cfg = hybrid_config(tmp_path, tiny_model_dir, teacher, tracking={"mode": "offline"},
+                        train={"max_steps": 2, "save_every": 2, "eval_every": 0, "log_every": 1})
+    env = {**os.environ, KEY_ENV: teacher.api_key, "WANDB_MODE": "offline"}
+    proc = subprocess.run([sys.executable, "-m", "neurosym", "train", str(cfg)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    console = proc.stdout + proc.stderr
+    assert "done: 2 steps" in console
+    for noise in ("Loading weights", "Weave", "FutureWarning", "it/s]"):
+        assert noise not in console, console

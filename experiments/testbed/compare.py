@@ -121,7 +121,7 @@ def ledger(run_dir: Path) -> list[dict]:
     3 x training tokens (forward + backward) + other forward tokens + generated tokens; ``rows_symbolic``:
     rows a symbolic update was given (per-row routers route a share of each batch)."""
     rows, lora, sym, calls, probes, wall, passes, rows_sym = [], 0, 0, 0, 0, 0.0, 0, 0
-    accepted, sym_wall, lora_wall = 0, 0.0, 0.0
+    accepted, sym_wall, lora_wall, rows_all = 0, 0.0, 0.0, 0
     for line in (run_dir / "events.jsonl").read_text().splitlines():
         r = json.loads(line)
         if r.get("kind") == "prompt" and r.get("version", 0) > 0:
@@ -134,6 +134,7 @@ def ledger(run_dir: Path) -> list[dict]:
         lora += r["route"] == "lora" or "lora" in parts
         sym += r["route"] == "symbolic" or "symbolic" in parts
         rows_sym += (parts.get("symbolic") or {}).get("rows", 0)
+        rows_all += sum(p.get("rows", 0) for p in parts.values())
         calls += sum(p.get("calls", 0) for p in parts.values()) if parts else (r.get("symbolic") or {}).get("calls", 0)
         if (r.get("batch") or {}).get("reward_before") is not None:  # a measured step: before and after
             probes += 2
@@ -141,7 +142,7 @@ def ledger(run_dir: Path) -> list[dict]:
         passes += 3 * compute.get("train_tokens", 0) + compute.get("forward_tokens", 0) + compute.get("generated_tokens", 0)
         wall += r["wall_s"]
         rows.append({"step": r["step"], "lora_steps": lora, "symbolic": sym, "teacher_calls": calls,
-                     "probe_evals": probes, "wall_s": wall, "rows_symbolic": rows_sym, "accepted": accepted,
+                     "probe_evals": probes, "wall_s": wall, "rows_symbolic": rows_sym, "rows": rows_all, "accepted": accepted,
                      "symbolic_wall_s": sym_wall, "lora_wall_s": lora_wall,
                      **({"token_passes": passes} if "compute" in r else {})})
     return rows
@@ -235,7 +236,8 @@ def setting(alpha: float, seed: int, noise: float, steps: int, every: int, work:
             p = matched_p(seed, steps, n_sym)
         if arm == "random_rows":  # the bandit's share of rows, each row drawn at random
             bandit = result["arms"].get("bandit")
-            p = bandit["ledger"][-1]["rows_symbolic"] / (steps * 8) if bandit and bandit["ledger"] else 0.25
+            last = bandit["ledger"][-1] if bandit and bandit["ledger"] else {}
+            p = last["rows_symbolic"] / max(last.get("rows", steps * 8), 1) if last else 0.25
         T.SENT.clear()
         n, k = (steps * LORA_FACTOR, every * LORA_FACTOR) if arm == "lora" else (steps, every)
         run_dir = run_arm(data, arm, seed, noise, n, k, work / "runs", p)
