@@ -211,6 +211,11 @@ class Router(ABC):
         return self.per_row
 
     @property
+    def wants_row_loss(self) -> bool:
+        """The inspected rows need their reference loss (one more forward pass over the batch)."""
+        return True
+
+    @property
     def default_route(self) -> Route:
         return self.routes[0]
 

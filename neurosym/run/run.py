@@ -240,7 +240,8 @@ class Run:
         """What a learning router sees of the batch: per-example losses and the reward before."""
         prompts = tuple(ex.prompt for ex in batch)
         if self.inspector is not None:  # a per-row router routes on the batch's rows, when it needs them
-            return self.inspector.batch(batch) if self.router.wants_rows else BatchStats(prompts=prompts)
+            return (self.inspector.batch(batch, with_losses=self.router.wants_row_loss) if self.router.wants_rows
+                    else BatchStats(prompts=prompts))
         scheduled = self.state.step % self.cfg.reward.gain_every == 0  # every N steps, and whenever the router needs it
         if not self.measures_gain or not (scheduled or self.router.needs_gain):
             return BatchStats(prompts=prompts)
@@ -308,13 +309,16 @@ class Run:
         if verdicts:
             self.verdicts.note([ex.prompt for ex in rows], verdicts)
         by_kind, fixed = {}, None
+        given = {stats.rows[i].kind for i in ix if i < len(stats.rows)}  # the kinds of row this part was given
         if per_row and not outcome.changed and not outcome.pending and not outcome.failed:  # known: 0 for each
-            by_kind = {stats.rows[i].kind: 0.0 for i in ix if i < len(stats.rows)}     # kind it was given
+            by_kind = dict.fromkeys(given, 0.0)
         if per_row and before is not None and not outcome.pending and not outcome.failed:
             (kinds_rows, values) = before
             after_rows, after = self.inspector.probe_rows(self.version) if outcome.changed else before
             kinds = [r.kind for r in kinds_rows]
-            by_kind = gain_by_kind(kinds, values, after)
+            # credited to the kinds it was given only: a prompt edit for form rows also moves the probe's
+            # content rows, which says nothing about editing the prompt for content rows
+            by_kind = {k: g for k, g in gain_by_kind(kinds, values, after).items() if k in given or not stats.rows}
             gain = sum(a - b for a, b in zip(after, values)) / max(len(values), 1)
             fixed = sum(1 for b, a in zip(kinds_rows, after_rows) if b.correct is False and a.correct)  # wrong -> right
         if UPDATES[route].gradient_step and not outcome.failed:
