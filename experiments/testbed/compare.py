@@ -52,7 +52,7 @@ from experiments.testbed import world as W  # noqa: E402
 COSTS = (1, 10)
 ROUTERS = {"lora": {"kind": "always_lora"}, "prompt": {"kind": "always_symbolic"},
            "alternate": {"kind": "alternate", "every": 4}, "plateau": {"kind": "plateau"},
-           "learned": {"kind": "reward_classifier"}, "random": {"kind": "random"},
+           "learned": {"kind": "reward_classifier", "warmup": 4, "epsilon": 0.2, "cost_weight": 0.0}, "random": {"kind": "random"},
            "bandit": {"kind": "bandit"}, "random_rows": {"kind": "random_rows"},
            "oracle": {"kind": "function", "function": "experiments.testbed.oracle:make_oracle"},
            "oracle_rows": {"kind": "function", "function": "experiments.testbed.oracle_rows:make_oracle_rows"}}
