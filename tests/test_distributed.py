@@ -433,16 +433,18 @@ def test_a_failed_exchange_between_processes_is_no_input_error(tmp_path, tiny_mo
     assert "error: process 0/2: a broadcast from the main process failed" in capsys.readouterr().err
 
 
-def test_fsdp_and_deepspeed_are_refused_with_what_to_do_instead():
-    from neurosym.runtime.accelerate import _sharding_refused
+def test_the_engine_is_read_from_the_accelerate_environment_on_every_device():
+    """An FSDP2 config means FSDP2 on CPU too (accelerate's own distributed type stays MULTI_CPU there);
+    FSDP1 and DeepSpeed are refused with what to use instead."""
+    from neurosym.runtime.accelerate import DistributedError, _engine
 
-    assert _sharding_refused("MULTI_GPU", {}) is None and _sharding_refused("MULTI_CPU", {}) is None
-    # accelerate on CPU runs an FSDP config as DDP: its launcher's environment still says FSDP
-    fsdp = _sharding_refused("MULTI_CPU", {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"})
-    assert fsdp == _sharding_refused("FSDP", {"FSDP_VERSION": "2"})
-    assert "FSDP (fsdp_version 2)" in fsdp and "main process alone" in fsdp and "--nproc N" in fsdp
-    deepspeed = _sharding_refused("DEEPSPEED", {})
-    assert "DeepSpeed" in deepspeed and "untested" in deepspeed and "--nproc N" in deepspeed
+    assert _engine("MULTI_GPU", {}) == "ddp" and _engine("MULTI_CPU", {}) == "ddp"
+    assert _engine("MULTI_CPU", {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}) == "fsdp"
+    assert _engine("FSDP", {"FSDP_VERSION": "2"}) == "fsdp"
+    with pytest.raises(DistributedError, match=r"FSDP version 1; neurosym shards with FSDP2 .*fsdp_version: 2"):
+        _engine("MULTI_CPU", {"ACCELERATE_USE_FSDP": "true"})
+    with pytest.raises(DistributedError, match=r"DeepSpeed, which neurosym does not run.*--nproc N"):
+        _engine("DEEPSPEED", {})
 
 
 @pytest.mark.slow

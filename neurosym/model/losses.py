@@ -30,18 +30,12 @@ def token_losses(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 
-@torch.no_grad()
 def eval_loss(model, micro_batches, runtime) -> tuple[float, int]:
-    """Mean response-token loss over the given batches (model left in the mode it was in)."""
-    was_training = model.training
-    model.eval()
-    loss_sum, n = 0.0, 0
-    try:
-        for batch in micro_batches:
-            with runtime.autocast():
-                losses, mask = token_losses(model, batch)
-            loss_sum += float(losses.sum())
-            n += int(mask.sum())
-    finally:
-        model.train(was_training)
+    """Mean response-token loss over the given batches and their number of response tokens, under no
+    grad in eval mode (the model's modes and RNG left as they were). A model trained by several
+    processes computes it on all of them (:func:`neurosym.model.collective.batch_losses`)."""
+    from neurosym.model.collective import batch_losses
+
+    parts = batch_losses(model, micro_batches, runtime.dtype)
+    loss_sum, n = sum(p["sum"] for p in parts), sum(p["tokens"] for p in parts)
     return (loss_sum / max(n, 1)), n
