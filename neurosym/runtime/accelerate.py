@@ -278,17 +278,24 @@ class AccelerateRuntime(LocalRuntime):
         from neurosym.model.collective import padded_part, run_task
 
         rows, real = padded_part(msg["rows"], self.world_size, self.rank)
-        try:
-            reply = {"rows": run_task(self.model, msg["task"], rows, msg["params"])[:real]}
-        except Exception as exc:  # noqa: BLE001 - said on the main process, which asked
-            reply = {"error": f"{type(exc).__name__}: {exc}"[:500]}
-        replies = self._gather_json(reply)
-        if replies is None:
-            return None
-        failed = [(r, rep["error"]) for r, rep in enumerate(replies) if "error" in rep]
-        if failed:
-            raise RuntimeError(f"collective {msg['task']!r} failed on process {failed[0][0]}: {failed[0][1]}")
-        return [row for rep in replies for row in rep["rows"]]
+        # a task that fails here ends this process: the others' passes would wait for this one's
+        # collectives, so the job stops (they report the lost process) rather than run out of step
+        out = run_task(self.model, msg["task"], rows, msg["params"])[:real]
+        self._reshard()
+        replies = self._gather_json(out)
+        return None if replies is None else [row for rep in replies for row in rep]
+
+    def _reshard(self) -> None:
+        """FSDP2: every group sharded again after a task. Groups that stay gathered after a forward (the
+        root, the embeddings/head) would otherwise stay so on some processes only: a checkpoint, saved by
+        the main process alone, reshards them there (``state_dict``), and the next pass would gather them
+        on one process and not the others."""
+        if self.engine != "fsdp":
+            return
+        from torch.distributed.fsdp import FSDPModule
+        for module in self.model.modules():
+            if isinstance(module, FSDPModule):
+                module.reshard()
 
     def broadcast(self, obj: Any) -> Any:
         """The main process's ``obj`` (JSON) on every process; the others serve its tasks until it comes."""
