@@ -117,6 +117,7 @@ class AccelerateRuntime(LocalRuntime):
         self.kind = "FSDP2" if self.engine == "fsdp" else kind.value
         self.ddp = None
         self.model = None  # the model of this process, once prepared (the one collective tasks run on)
+        self._serving = False  # inside a collective task
         import torch.distributed as dist
         self._dist = dist
         # collectives of small objects: on the GPU for NCCL, on the CPU for gloo
@@ -141,10 +142,21 @@ class AccelerateRuntime(LocalRuntime):
             self.acc.state.fsdp_plugin = plugin
             base = model.get_base_model() if hasattr(model, "get_base_model") else model
             fsdp2_prepare_model(self.acc, base)
+            base.register_forward_pre_hook(self._refuse_lone_pass)
         else:
             self.ddp = self.acc.prepare_model(model)
         self.model = model
         bind(model, self)
+
+    def _refuse_lone_pass(self, module, args) -> None:
+        """FSDP2: a pass without grad (a measurement) that the main process runs alone would wait forever
+        for the others: say so at once instead. Measurements go through :mod:`neurosym.model.collective`."""
+        if self.is_main and not self._serving and not torch.is_grad_enabled():
+            raise RuntimeError(
+                "a forward pass of the sharded (FSDP2) model on the main process alone: the other processes "
+                "hold the rest of its parameters and would never join. Run it through "
+                "neurosym.model.collective (spread, batch_losses, or neurosym.model.generation's functions), "
+                "which every process runs.")
 
     def train_model(self, model):
         return self.ddp if self.ddp is not None else model
@@ -280,7 +292,11 @@ class AccelerateRuntime(LocalRuntime):
         rows, real = padded_part(msg["rows"], self.world_size, self.rank)
         # a task that fails here ends this process: the others' passes would wait for this one's
         # collectives, so the job stops (they report the lost process) rather than run out of step
-        out = run_task(self.model, msg["task"], rows, msg["params"])[:real]
+        self._serving = True
+        try:
+            out = run_task(self.model, msg["task"], rows, msg["params"])[:real]
+        finally:
+            self._serving = False
         self._reshard()
         replies = self._gather_json(out)
         return None if replies is None else [row for rep in replies for row in rep]
