@@ -1,16 +1,27 @@
-"""Several processes (GPUs, nodes): data parallel through Hugging Face accelerate.
+"""Several processes (GPUs, nodes) through Hugging Face accelerate: data parallel (DDP), or the frozen
+base sharded (FSDP2).
 
 Started by ``accelerate launch -m neurosym train CONFIG``, ``torchrun -m neurosym train CONFIG`` or
-``neurosym train CONFIG --nproc N``. Each process holds the whole model (one 4-bit base per rank
-with QLoRA) and trains on its shard of every global batch; accelerate wraps the model in DDP, which
-averages the gradients. Everything else of the job (the router's decision, the teacher, the remake
-store, events, checkpoints, W&B) lives on the main process and reaches the others by ``broadcast``.
+``neurosym train CONFIG --nproc N``. Each process trains on its shard of every global batch. Under
+DDP each holds the whole model (one 4-bit base per rank with QLoRA) and accelerate's wrapper
+averages the gradients. Under FSDP2 (an accelerate config with ``fsdp_version: 2``) accelerate's own
+``fsdp2_prepare_model`` shards the frozen base across the processes, and the adapter stays whole
+on every one of them, its gradients summed by one all-reduce per step: the adapter and its optimizer
+state are then the same full tensors as under one process, so a checkpoint does not depend on the
+engine or the number of processes. Everything else of the job (the router's decision, the teacher,
+the remake store, events, checkpoints, W&B) lives on the main process and reaches the others by
+``broadcast``.
 
 We write no distributed engine of our own: process-group set-up (any launcher accelerate knows:
-torchrun, accelerate launch, SLURM, MPI), device choice and the DDP wrapper are accelerate's. What is
-ours is the arithmetic that makes N processes take exactly the step one process would take on the
-same global batch: each process's loss is its tokens' loss sum over the *global* number of target
-tokens, times ``world_size`` (DDP averages), so the averaged gradient is the single-process gradient.
+torchrun, accelerate launch, SLURM, MPI), device choice, the DDP wrapper and the FSDP2 sharding are
+accelerate's. What is ours is the arithmetic that makes N processes take exactly the step one
+process would take on the same global batch: each process's loss is its tokens' loss sum over the
+*global* number of target tokens (times ``world_size`` under DDP, which averages), so the reduced
+gradient is the single-process gradient.
+
+Forward passes outside the step (evaluation, generation, the gain probe) are asked for by the main
+process and run by all (:mod:`neurosym.model.collective`): every collective starts with a message
+from the main process, and a process waiting for one serves the passes handed to it meanwhile.
 
 Objects cross processes as JSON (never pickle). Every collective has the run's
 ``run.collective_timeout_s``: a rank that died or a main process stuck past it ends the run with a
