@@ -24,7 +24,6 @@ from __future__ import annotations
 import weakref
 from typing import Callable, Protocol, Sequence
 
-import torch
 
 TASKS: dict[str, Callable] = {}
 _BOUND: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -83,42 +82,3 @@ def padded_part(rows: list, world_size: int, rank: int) -> tuple[list, int]:
     start, stop, width = part(len(rows), world_size, rank)
     mine = rows[start:stop]
     return mine + [rows[0]] * (width - len(mine)), len(mine)
-
-
-# ---------------------------------------------------------------------------------- the loss tasks
-
-@task("batch_losses")
-def _batch_losses(model, rows: list, params: dict) -> list:
-    """Each row is a micro-batch (a dict of nested lists: ``input_ids``, ``labels``, masks): its summed
-    response-token loss and its number of response tokens, under no grad, in eval mode."""
-    from neurosym.model.generation import measuring
-    from neurosym.model.losses import token_losses
-
-    device = next(model.parameters()).device
-    dtype = getattr(torch, params.get("autocast") or "float32")
-    out = []
-    with measuring(model):
-        for row in rows:
-            batch = {k: torch.tensor(v, dtype=torch.long, device=device) for k, v in row.items()}
-            with _autocast(device, dtype):
-                losses, mask = token_losses(model, batch)
-            per_row = losses.sum(1)
-            out.append({"sum": float(per_row.sum()), "tokens": int(mask.sum()),
-                        "row_sums": per_row.tolist(), "row_tokens": mask.sum(1).tolist()})
-    return out
-
-
-def _autocast(device: torch.device, dtype: torch.dtype):
-    """The runtime's autocast (bf16/fp16 on GPU only), rebuilt on each process from its name."""
-    import contextlib
-    if device.type == "cuda" and dtype in (torch.bfloat16, torch.float16):
-        return torch.autocast("cuda", dtype=dtype)
-    return contextlib.nullcontext()
-
-
-def batch_losses(model, micro_batches: list[dict], autocast_dtype: torch.dtype | None = None) -> list[dict]:
-    """Per micro-batch: ``sum`` and ``tokens`` of its response-token losses, and per row ``row_sums``
-    and ``row_tokens``, computed by every process of the model's group (a share of the batches each)."""
-    rows = [{k: v.tolist() for k, v in b.items() if isinstance(v, torch.Tensor)} for b in micro_batches]
-    name = str(autocast_dtype).removeprefix("torch.") if autocast_dtype is not None else None
-    return spread(model, "batch_losses", rows, {"autocast": name})

@@ -166,7 +166,7 @@ class AccelerateRuntime(LocalRuntime):
             raise RuntimeError(
                 "a forward pass of the sharded (FSDP2) model on the main process alone: the other processes "
                 "hold the rest of its parameters and would never join. Run it through "
-                "neurosym.model.collective (spread, batch_losses, or neurosym.model.generation's functions), "
+                "neurosym.model.collective (neurosym.model.losses.batch_losses, neurosym.model.generation's functions), "
                 "which every process runs.")
 
     def train_model(self, model):
@@ -297,7 +297,8 @@ class AccelerateRuntime(LocalRuntime):
 
     def _serve(self, msg: dict) -> list | None:
         """This process's share of a task; the main process gets every share back, in order."""
-        import neurosym.model.generation  # noqa: F401 - registers its tasks
+        import neurosym.model.generation  # noqa: F401 - they register their tasks
+        import neurosym.model.losses  # noqa: F401
         from neurosym.model.collective import padded_part, run_task
 
         rows, real = padded_part(msg["rows"], self.world_size, self.rank)
