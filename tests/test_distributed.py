@@ -447,22 +447,6 @@ def test_the_engine_is_read_from_the_accelerate_environment_on_every_device():
         _engine("DEEPSPEED", {})
 
 
-@pytest.mark.slow
-def test_an_accelerate_fsdp_config_is_refused_before_anything_is_written(tmp_path, tiny_model_dir):
-    """The user's own `accelerate config` for FSDP2, launched the way its docs say: a message, no run."""
-    config = tmp_path / "accelerate-fsdp.yaml"
-    config.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: FSDP\n"
-                      "fsdp_config:\n  fsdp_version: 2\n  fsdp_state_dict_type: FULL_STATE_DICT\n"
-                      "num_machines: 1\nnum_processes: 2\nmachine_rank: 0\nmixed_precision: 'no'\nuse_cpu: true\n")
-    cfg = write_config(tmp_path, tiny_model_dir, name="fsdp", n_train=20, lora=LORA, train=TRAIN)
-    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
-                           "-m", "neurosym", "train", str(cfg), "--quiet"], env=_env(), capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode != 0  # accelerate's launcher reports any failure as 1
-    assert "error: your accelerate config asks for FSDP (fsdp_version 2)" in proc.stderr, proc.stderr[-3000:]
-    assert not (tmp_path / "runs" / "fsdp").exists()
-
-
 def test_the_launchers_copy_of_a_ctrl_c_is_not_a_second_one(capsys):
     """Under a launcher a Ctrl-C arrives twice (terminal, then torchrun): still a stop after the step,
     not an abort without a checkpoint. Alone, a second Ctrl-C aborts at once."""
