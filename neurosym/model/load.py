@@ -212,7 +212,8 @@ def base_identity(model, model_cfg) -> dict:
     h = hashlib.sha256()
     for name, p in frozen[:3] + frozen[-1:]:
         h.update(name.encode())
-        h.update(p.detach().reshape(-1)[:4096].float().cpu().numpy().tobytes())
+        whole = p.full_tensor() if hasattr(p, "full_tensor") else p  # FSDP2 shard: every process gathers it
+        h.update(whole.detach().reshape(-1)[:4096].float().cpu().numpy().tobytes())
     return {"name_or_path": model_cfg.name_or_path, "revision": model_cfg.revision,
             "config_sha256": hashlib.sha256(json.dumps(conf, sort_keys=True, default=str).encode()).hexdigest()[:16],
             "weights_sha256": h.hexdigest()[:16]}
