@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 from neurosym.data import Example, collate
-from neurosym.model.generation import answer_examples, measuring
-from neurosym.model.losses import token_losses
+from neurosym.model.generation import answer_examples
+from neurosym.model.losses import batch_losses
 
 
 @dataclass
@@ -51,15 +51,11 @@ class GainProbe:
         return [self.reward(a, ex.response) for a, ex in zip(answers, examples)]
 
     def row_losses(self, examples) -> list[float]:
-        ctx, out = self.ctx, []
-        if not examples:
-            return out
+        """Each example's mean reference-answer token loss (one forward pass per chunk, on every
+        process of a sharded model: :func:`neurosym.model.losses.batch_losses`)."""
+        ctx = self.ctx
         bs = ctx.cfg.train.batch_size * 4  # no gradient: a wider batch than training's fits
-        pad_id = ctx.tokenizer.pad_token_id
-        with measuring(ctx.model):
-            for i in range(0, len(examples), bs):
-                b = ctx.runtime.to_device(collate([ctx.renderer.encode(ex) for ex in examples[i:i + bs]], pad_id))
-                with ctx.runtime.autocast():
-                    losses, mask = token_losses(ctx.model, b)
-                out.extend((losses.sum(1) / mask.sum(1).clamp(min=1)).tolist())
-        return out
+        batches = [collate([ctx.renderer.encode(ex) for ex in examples[i:i + bs]], ctx.tokenizer.pad_token_id)
+                   for i in range(0, len(examples), bs)]
+        return [s / max(n, 1) for part in batch_losses(ctx.model, batches, ctx.runtime.dtype)
+                for s, n in zip(part["row_sums"], part["row_tokens"])]
