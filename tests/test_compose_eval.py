@@ -6,6 +6,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -16,6 +18,7 @@ def _script():
     return mod
 
 
+@pytest.mark.slow
 def test_compose_eval_quick_prints_every_method_unbaked_and_baked(tmp_path, capsys):
     mod = _script()
     assert mod.main(["--quick", "--workdir", str(tmp_path), "--samples", "8", "--max-new-tokens", "40"]) == 0

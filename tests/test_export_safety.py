@@ -176,6 +176,7 @@ def test_wandb_preconditions_fail_before_anything_is_written(run, tmp_path, caps
 
 # ---------------------------------------------------------------------------------------- report --out
 
+@pytest.mark.slow
 def test_report_out_follows_the_same_rules(run, tmp_path, capsys):
     out = tmp_path / "r.png"
     out.write_bytes(b"my picture")

@@ -24,6 +24,7 @@ def _train_events(run):
     return [e for e in read_events(run / "events.jsonl") if e["kind"] == "train"]
 
 
+@pytest.mark.slow
 def test_prompt_versions_remade_examples_and_export(tmp_path, tiny_model_dir, teacher, capsys):
     cfg = load_config(hybrid_config(tmp_path, tiny_model_dir, teacher,
                                     tracking={"mode": "offline"}, train={"max_steps": 8, "save_every": 4}))

@@ -274,6 +274,7 @@ print(json.dumps({"value": x.value, "env_diff": diff}))
 """
 
 
+@pytest.mark.slow
 def test_no_writes_to_home_cwd_or_environ(keyed, tmp_path):
     """A fresh process (so TextGrad's import runs too): HOME and the cwd stay empty, env unchanged."""
     home, cwd = tmp_path / "home", tmp_path / "cwd"
