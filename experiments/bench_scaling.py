@@ -12,9 +12,15 @@ environment (``ACCELERATE_USE_FSDP=true FSDP_VERSION=2``, wrapping each decoder 
 * tokens/s: tokens of all processes over the main process's wall time, from the end of the warm-up
   steps to the end of the run (loading, process start and the first steps excluded);
 * memory per process (the largest process of the run, launcher agent excluded), sampled from
-  ``/proc/PID/status`` every 0.2 s: ``peak`` (VmHWM, loading included: without
-  ``fsdp_cpu_ram_efficient_loading`` every process reads the whole base before it is sharded) and
-  ``training`` (median resident memory over the timed steps: the sharded base plus one gathered layer);
+  ``/proc/PID/status`` every 0.2 s, over the timed steps (median): ``private`` (RssAnon: what the
+  process allocated itself) and ``file`` (RssFile: pages of files it maps). On CPU the base's weights
+  are the safetensors file mapped into memory, shared by every process through the page cache: under
+  DDP they count as ``file`` (once per process in these figures, once in the machine); FSDP2 copies
+  its shard into ``private`` memory. On GPUs each process holds a copy of what it trains on in device
+  memory: the ``held`` column (the base's parameter bytes over the number of processes under FSDP2,
+  all of them otherwise, plus the adapter) is what that copy weighs. The runs set
+  ``MALLOC_MMAP_THRESHOLD_`` so that glibc gives freed buffers (FSDP's gathered layers) back to the
+  system: resident memory is then live memory, not the allocator's cache;
 * the largest adapter difference from the 1-process run (they take the same steps).
 
 On a CPU box the N processes share the cores the 1-process run had to itself, so the tokens/s ratio
@@ -24,6 +30,7 @@ GPU memory with the run's own logging: the figures here are host memory).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -44,7 +51,7 @@ def write_config(tmp: Path, model: str, name: str, args) -> Path:
     cfg = {
         "run": {"name": name, "output_dir": str(tmp / "runs"), "seed": 0},
         "model": {"name_or_path": model},
-        "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
+        "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
         "data": {"train": str(HERE / "data" / "arith_train.jsonl"), "max_length": args.max_length,
                  "system_prompt": "Solve the word problem. End with: The answer is N."},
         "train": {"batch_size": args.micro_batch, "global_batch_size": args.global_batch, "lr": 1e-3,
@@ -89,7 +96,7 @@ def _is_worker(pid: int) -> bool:
 
 
 def run(cfg: Path, nproc: int, env: dict) -> tuple[Path, dict]:
-    """The run directory and, per training process, (peak KB, [(time, resident KB)])."""
+    """The run directory and, per training process, [(time, private KB, file KB)]."""
     cmd = [sys.executable, "-m", "neurosym", "train", str(cfg), "--quiet"] + (["--nproc", str(nproc)] if nproc > 1 else [])
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     mem: dict = {}
@@ -97,11 +104,9 @@ def run(cfg: Path, nproc: int, env: dict) -> tuple[Path, dict]:
         for pid in [proc.pid] + _descendants(proc.pid):
             if not _is_worker(pid):
                 continue
-            rss, hwm = _status_kb(pid, "VmRSS"), _status_kb(pid, "VmHWM")
-            if rss is not None:
-                peak, series = mem.setdefault(pid, (0, []))
-                series.append((time.time(), rss))
-                mem[pid] = (max(peak, hwm or rss), series)
+            anon, file = _status_kb(pid, "RssAnon"), _status_kb(pid, "RssFile")
+            if anon is not None and file is not None:
+                mem.setdefault(pid, []).append((time.time(), anon, file))
         time.sleep(0.2)
     _, err = proc.communicate()
     if proc.returncode != 0:
@@ -120,10 +125,37 @@ def throughput(run_dir: Path) -> tuple[float, float, int, float, float]:
 
 
 def memory(mem: dict, start: float, end: float) -> tuple[float, float]:
-    """(peak MiB, training MiB) of the largest process."""
-    peak = max(p for p, _ in mem.values()) / 1024
-    training = max(statistics.median([kb for t, kb in s if start <= t <= end] or [s[-1][1]]) for _, s in mem.values())
-    return peak, training / 1024
+    """(private MiB, file MiB) of the largest process over the timed steps (medians)."""
+    def median(series, i):
+        return statistics.median([row[i] for row in series if start <= row[0] <= end] or [series[-1][i]])
+    big = max(mem.values(), key=lambda s: median(s, 1) + median(s, 2))
+    return median(big, 1) / 1024, median(big, 2) / 1024
+
+
+def held_mib(model_dir: str, nproc: int, engine: str) -> float:
+    """Parameter bytes one process holds: the base (1/N of it under FSDP2) plus the adapter (r=8 on
+    q_proj and v_proj, as this job trains it), from the model's own files."""
+    from safetensors import safe_open
+    base = 0
+    with safe_open(str(Path(model_dir) / "model.safetensors"), "pt") as f:
+        for k in f.keys():
+            piece = f.get_slice(k)
+            base += _numel(piece.get_shape()) * _BYTES[piece.get_dtype()]
+    conf = json.loads((Path(model_dir) / "config.json").read_text())
+    h, layers = conf["hidden_size"], conf["num_hidden_layers"]
+    kv = h * conf["num_key_value_heads"] // conf["num_attention_heads"]
+    adapter = layers * 8 * ((h + h) + (h + kv)) * 4
+    return (base / (nproc if engine == "fsdp" else 1) + adapter) / 2**20
+
+
+_BYTES = {"F32": 4, "BF16": 2, "F16": 2, "F64": 8, "U8": 1, "I8": 1}
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
 
 
 def adapter_diff(a: Path, b: Path) -> float:
@@ -163,6 +195,7 @@ def main() -> None:
         sys.exit(f"--steps must be more than {WARMUP + 2}")
     base_env = {k: v for k, v in os.environ.items() if not k.startswith(("FSDP_", "ACCELERATE_USE_"))}
     base_env.setdefault("OMP_NUM_THREADS", "1")
+    base_env["MALLOC_MMAP_THRESHOLD_"] = str(1 << 20)  # buffers of 1 MiB and more go back to the system when freed
     plans = {"one": (1, base_env), "ddp": (args.nproc, base_env), "fsdp": (args.nproc, {**base_env, **FSDP_ENV})}
     engines = [e for e in args.engines.split(",") if e]
     with tempfile.TemporaryDirectory() as d:
@@ -180,15 +213,16 @@ def main() -> None:
         print(f"model {model if args.model else f'random Llama, hidden {args.hidden}, {args.layers} layers'}; global "
               f"batch {args.global_batch} examples ({tok} tokens) per step, micro-batch {args.micro_batch}, "
               f"{args.steps} steps ({WARMUP} warm-up steps not timed); {where}")
-        print(f"{'run':>12} {'tokens/s':>10} {'steps/s':>8} {'peak MiB/proc':>14} {'training MiB/proc':>18} "
-              f"{'|adapter - 1 proc|':>19}")
+        print(f"{'run':>12} {'tokens/s':>10} {'steps/s':>8} {'private MiB/proc':>17} {'file MiB/proc':>14} "
+              f"{'held MiB/proc':>14} {'|adapter - 1 proc|':>19}")
         ref = rows.get("one", (None,))[0]
         for name, (run_dir, mem) in rows.items():
             tps, sps, _, start, end = throughput(run_dir)
-            peak, training = memory(mem, start, end)
+            private, file = memory(mem, start, end)
+            held = held_mib(model, plans[name][0], name)
             diff = f"{adapter_diff(ref, run_dir):.3g}" if ref is not None and name != "one" else "-"
             label = "1 process" if name == "one" else f"{plans[name][0]} x {name.upper()}"
-            print(f"{label:>12} {tps:>10.1f} {sps:>8.3f} {peak:>14.0f} {training:>18.0f} {diff:>19}")
+            print(f"{label:>12} {tps:>10.1f} {sps:>8.3f} {private:>17.0f} {file:>14.0f} {held:>14.0f} {diff:>19}")
 
 
 if __name__ == "__main__":
