@@ -161,12 +161,14 @@ def transfer_splits(world: W.World, alpha: float, seed: int = 0) -> dict[str, li
 
 # ---- shift ---------------------------------------------------------------------------------------
 SHIFT_A = W.TARGET_OPS
-SHIFT_B_CHOICES: tuple[tuple[str, ...], ...] = ((), ("upper",), ("underscore",))  # the identity on digits
+SHIFT_B_CHOICES: tuple[tuple[str, ...], ...] = (("upper",), ("underscore",), ())  # the identity on digits
 
 
 def shift_ops(seed: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(phase A's operators, phase B's): B drops one or both of A's, so the fix removes instructions."""
-    return SHIFT_A, random.Random(seed * 11 + 3).choice(SHIFT_B_CHOICES)
+    """(phase A's operators, phase B's): B drops one or both of A's, so the fix removes instructions;
+    the three B's in turn by seed (seeds 0-2 cover them all). B = ``("upper",)`` changes only the
+    answers with a space (``PORT_ELLEN`` -> ``PORT ELLEN``); ``()`` makes ``Answer.`` right again."""
+    return SHIFT_A, SHIFT_B_CHOICES[seed % len(SHIFT_B_CHOICES)]
 
 
 def shift_splits(world: W.World, alpha: float, seed: int = 0, n_facts: int = 32) -> dict[str, list[dict]]:
