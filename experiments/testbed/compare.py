@@ -18,6 +18,7 @@ kind, and retention is exact match on known entities' facts outside the task (pl
 
     python experiments/testbed/compare.py --quick              # CI: small setting, asserts invariants
     python experiments/testbed/compare.py --alphas 0 0.5 1 --seeds 0 1 2 3 4 --noise 0 0.3
+    python experiments/testbed/compare.py --world transfer --alphas 0.5 --seeds 0   # worlds.md's worlds
 """
 from __future__ import annotations
 
