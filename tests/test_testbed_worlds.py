@@ -184,6 +184,9 @@ def test_the_oracle_edits_again_once_the_data_shifted():
     forgetful = OracleRouter(NEW, ("lora", "symbolic"), shift_at=3)
     forgetful.n_decisions = 7  # without the state it would take version 2 for the one at the shift
     assert forgetful.decide(_signals(2), batch).route == "symbolic"
+    stuck = OracleRouter(NEW, ("lora", "symbolic"), shift_at=1)  # phase B's edit never lands: 2 tries, then LoRA
+    assert [stuck.decide(_signals(v), batch).route for v in (0, 1, 1, 1, 1)] == ["symbolic", "symbolic", "symbolic",
+                                                                                 "lora", "lora"]
     plain = OracleRouter(NEW, ("lora", "symbolic"))
     assert [plain.decide(_signals(v), batch).route for v in (0, 1, 1, 1)] == ["symbolic", "lora", "lora", "lora"]
 
