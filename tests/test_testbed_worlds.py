@@ -92,6 +92,8 @@ def test_transfer_without_format_rows_tests_no_held_out_format():
 def test_rules_give_each_rule_one_to_three_training_rows(seed):
     table = X.rules(seed)
     assert len(table) == 8 and len(set(table.values())) >= 4
+    for (a, c, f), op in table.items():  # each condition changes the answer
+        assert op != table[a, X.CLASSES[1 - X.CLASSES.index(c)], f] and op != table[a, c, X.FORMS[1 - X.FORMS.index(f)]]
     for alpha in ALPHAS:
         s = X.splits("rules", alpha, seed=seed)
         per_rule = {cell: 0 for cell in table}

@@ -69,13 +69,17 @@ def question_form(question: str, name: str) -> str:
 
 
 def rules(seed: int) -> dict[tuple[str, str, str], str]:
-    """(attribute, class, form) -> the operator its answers take: 8 rules, at least 4 operators."""
+    """(attribute, class, form) -> the operator its answers take: 8 rules, at least 4 operators, and
+    every condition matters: the two classes differ for each (attribute, form), and the two forms for
+    each (attribute, class), so no one instruction is right on both halves of any pair."""
     rng = random.Random(seed * 7 + 101)
     cells = [(a, c, f) for a in ("city", "colour") for c in CLASSES for f in FORMS]
     while True:
-        ops = [rng.choice(RULE_OPS) for _ in cells]
-        if len(set(ops)) >= 4:
-            return dict(zip(cells, ops))
+        table = dict(zip(cells, (rng.choice(RULE_OPS) for _ in cells)))
+        classes_differ = all(table[a, CLASSES[0], f] != table[a, CLASSES[1], f] for a, _, f in cells)
+        forms_differ = all(table[a, c, FORMS[0]] != table[a, c, FORMS[1]] for a, c, _ in cells)
+        if len(set(table.values())) >= 4 and classes_differ and forms_differ:
+            return table
 
 
 def rules_prompt(seed: int) -> str:
