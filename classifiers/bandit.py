@@ -8,12 +8,13 @@ and partitions the batch: one part per route, each part's update run in the same
 **Value per (kind, route)**: discounted Thompson sampling with a Gaussian posterior (Raj & Kalyani,
 "Taming non-stationary bandits: a Bayesian approach", 2017; the discounted statistics of
 Garivier & Moulines' D-UCB, 2011): each arm keeps discounted sums of its gains (``n``, ``s``, ``q``;
-every arm decays by ``discount`` at each learnt step), a draw from N(s/n, var/n) is its value, and
-the route with the best value per unit cost (a LoRA step = 1, a teacher call = ``call_cost``, the
-forward passes charged in LoRA-step units) takes the kind's rows. The gains are measured on held-out
-probe rows of each kind, for both routes on the same schedule (the orchestrator's business). An arm
-never tried is tried first; ``correct`` rows always take the default route (nothing to fix; the
-weights keep them).
+every arm decays by ``discount`` at each learnt step), a draw from N(s/n, var/n) is its value (var:
+the arm's own, floored by the pooled within-arm variance), and the route with the best value per
+unit cost (a LoRA step = 1, a teacher call = ``call_cost``, the forward passes charged in LoRA-step
+units) takes the kind's rows. The gains are measured on held-out probe rows of each kind, for both
+routes on the same schedule (the orchestrator's business), and credited only to the kinds a part was
+given. An arm never tried is tried first; ``correct`` rows always take the default route (nothing
+to fix; the weights keep them).
 
 **Saturation**: a prompt edit's value is a step function, large once, then zero until the task or
 the student shifts. An update that changed nothing it could (the teacher proposed the identical
@@ -21,10 +22,16 @@ prompt, it was refused, the teacher's verdicts were all ``content``) closes its 
 ``backoff * 2**(k-1)`` decisions after the k-th such result in a row (at most ``backoff_max``); a
 result that changes something resets k.
 
-**Change detection** reopens a closed route (and forgets its arms): the batch's mean reference loss
+**Change detection** reopens a closed route (and forgets its arms): the loss (the batch's mean
+reference loss when measured, else the last step's training loss, so no forward pass is spent on it)
 more than ``shift_z`` standard deviations above its discounted mean, or the share of a kind the
 route served rising by more than 0.25 over its share when the route closed (e.g. the target format
 changed and ``form`` rows are back).
+
+**Rows cost nothing while every other route is closed**: the batch's rows are inspected (a forward
+pass and a greedy answer each) only while a route besides the default is open, and every
+``ROW_CHECK_EVERY``-th decision while all are closed, enough to see a kind's share rise or the loss
+shift; the other batches go to the default route uninspected.
 
 **Exploration floor**: with probability ``epsilon_min`` a kind's rows take a random available route.
 All randomness comes from one seeded generator; the state is plain JSON.
@@ -41,6 +48,7 @@ from classifiers.config import RouterConfig
 from monitors.signals import Signals
 
 SHARE_RISE = 0.25  # a kind's share of the batch rising this much over its share at closing is a shift
+ROW_CHECK_EVERY = 4  # while every other route is closed, rows are inspected at every 4th decision only
 
 
 class BanditRouter(Router):
@@ -64,13 +72,26 @@ class BanditRouter(Router):
 
     @property
     def needs_gain(self) -> bool:
-        """Measure every step until each route was tried on each kind of row that needs fixing."""
-        return any(self.arms[f"{k}/{r}"][0] == 0.0 for k in ("form", "content") for r in self.routes)
+        """Measure every step until each open route was tried on each kind of row that needs fixing and
+        was seen (a kind the data never shows, or a closed route, is no reason to measure)."""
+        open_ = [r for r in self.routes if self.n_decisions >= self.closed.get(r, {}).get("until", 0)]
+        return any(self.arms[f"{k}/{r}"][0] == 0.0 for k in ("form", "content") if self.shares[k] > 0
+                   for r in open_)
+
+    @property
+    def wants_rows(self) -> bool:
+        """Inspect the next batch's rows: while a route besides the default is open, and every
+        ``ROW_CHECK_EVERY``-th decision while all are closed (to watch for a shift)."""
+        others = [r for r in self.routes if r != self.default_route]
+        open_ = any(self.n_decisions >= self.closed.get(r, {}).get("until", 0) for r in others)
+        return open_ or self.n_decisions % ROW_CHECK_EVERY == 0
+
+    wants_row_loss = False  # a row's kind comes from its answer; the loss shift reads the last step's loss
 
     # ------------------------------------------------------------------ deciding
     def decide(self, signals: Signals, batch: BatchStats, unavailable=None) -> Decision:
         unavailable = self.unavailable(signals, unavailable)
-        self._watch_shift(batch)
+        self._watch_shift(batch, signals)
         for route, c in self.closed.items():
             if self.n_decisions < c["until"]:
                 unavailable.setdefault(route, f"spent ({c['why']}): closed until decision {c['until']}")
@@ -109,12 +130,14 @@ class BanditRouter(Router):
         return float(self.rng.normal(mean, math.sqrt(var / max(n, 1e-9))))
 
     def _prior_var(self) -> float:
-        """A floor on each arm's variance: the spread of all gains seen (1e-6 before any)."""
+        """A floor on each arm's variance: the pooled within-arm variance of the gains seen (1e-6 before
+        any). Within arms, not across: a prompt edit's one large gain is a difference between arms, and
+        letting it widen every arm's posterior would make every draw noise."""
         n = sum(a[0] for a in self.arms.values())
         if n <= 0:
             return 1e-6
-        s, q = sum(a[1] for a in self.arms.values()), sum(a[2] for a in self.arms.values())
-        return max(q / n - (s / n) ** 2, 1e-6)
+        within = sum(max(a[2] - a[1] * a[1] / a[0], 0.0) for a in self.arms.values() if a[0] > 0)
+        return max(within / n, 1e-6)
 
     def _mean_cost(self, route: Route) -> float:
         n, s = self.cost[route]
@@ -165,16 +188,17 @@ class BanditRouter(Router):
                               "shares": dict(self.shares)}
 
     # ------------------------------------------------------------------ change detection
-    def _watch_shift(self, batch: BatchStats) -> None:
+    def _watch_shift(self, batch: BatchStats, signals: Signals | None = None) -> None:
         shifted = []
-        if batch.mean_loss is not None and math.isfinite(batch.mean_loss):
+        loss = batch.mean_loss if batch.mean_loss is not None else getattr(signals, "loss", None)
+        if loss is not None and math.isfinite(loss):
             n, s, q = self.loss_stats
             if n >= 3:
                 mean = s / n
                 sd = math.sqrt(max(q / n - mean * mean, 1e-12))
-                if batch.mean_loss > mean + self.cfg.shift_z * max(sd, 0.05 * abs(mean), 1e-6):
-                    shifted.append(f"loss {batch.mean_loss:.3g} vs {mean:.3g}")
-            g, x = self.cfg.discount, batch.mean_loss
+                if loss > mean + self.cfg.shift_z * max(sd, 0.05 * abs(mean), 1e-6):
+                    shifted.append(f"loss {loss:.3g} vs {mean:.3g}")
+            g, x = self.cfg.discount, loss
             self.loss_stats = [g * n + 1, g * s + x, g * q + x * x]
         if batch.rows:
             kinds = batch.kinds()

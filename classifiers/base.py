@@ -168,11 +168,12 @@ class PartResult:
     calls: int = 0                  # teacher calls
     fixed: int | None = None        # probe rows not correct before, correct after (per-row measurement)
     compute: dict[str, int] = field(default_factory=dict)  # tokens through the model (train/forward/generated)
+    wall_s: float = 0.0             # seconds the update itself took (its gain measurement excluded)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-safe, for events.jsonl (``parts``)."""
         d = {"rows": self.rows, "gain": self.gain, "cost": self.cost, "calls": self.calls, "cost_usd": self.cost_usd,
-             "saturated": self.saturated, "compute": dict(self.compute)}
+             "saturated": self.saturated, "compute": dict(self.compute), "wall_s": self.wall_s}
         if self.gain_by_kind:
             d.update(gain_by_kind=dict(self.gain_by_kind), fixed=self.fixed)
         return d
@@ -202,6 +203,17 @@ class Router(ABC):
     def needs_gain(self) -> bool:
         """The next decision must be learnt from, whatever the measuring schedule (e.g. a warm-up)."""
         return False
+
+    @property
+    def wants_rows(self) -> bool:
+        """The next decision needs the batch's rows inspected (``BatchStats.rows``: a forward pass and a
+        greedy answer per row). A per-row router may say no while its choice cannot depend on them."""
+        return self.per_row
+
+    @property
+    def wants_row_loss(self) -> bool:
+        """The inspected rows need their reference loss (one more forward pass over the batch)."""
+        return True
 
     @property
     def default_route(self) -> Route:

@@ -6,7 +6,7 @@ import pytest
 
 from neurosym.config.schema import load_config
 from neurosym.observe.recorder import update_outcome
-from neurosym.observe.summary import update_outcome_lines
+from neurosym.observe.summary import bought_lines, update_outcome_lines
 from neurosym.train import train
 from tests.support.hybrid import KEY_ENV, Teacher, hybrid_config
 
@@ -19,6 +19,9 @@ def test_each_outcome_in_words():
         "refused: too_long (prompt kept); 2 example(s) rewritten; rewrites refused: answer_leak 1 (7 calls, $0.0012)"
     assert update_outcome({**base, "error_type": "TeacherTimeout", "error": "no answer in 3 s"}) == \
         "failed: TeacherTimeout: no answer in 3 s (7 calls, $0.0012)"
+    assert update_outcome({**base, "unchanged_reason": "no_form_errors", "verdicts": {"content": 3, "correct": 5}}) == \
+        "nothing a prompt can fix (3 content, 5 correct; prompt kept) (7 calls, $0.0012)"
+    assert update_outcome({**base, "unchanged_reason": "no_form_errors"}).startswith("nothing a prompt can fix (every row right")
     assert update_outcome({"submitted_step": 4}) is None  # an asynchronous submission: nothing landed yet
     assert update_outcome({}) is None  # a LoRA step
 
@@ -30,9 +33,24 @@ def test_summary_tallies_the_outcomes():
               {"kind": "train", "step": 6, "route": "symbolic", "symbolic": {"calls": 4, "unchanged_reason": "answer_leak"}},
               {"kind": "train", "step": 8, "route": "lora", "symbolic": {"calls": 1, "error_type": "TeacherError"}},
               {"kind": "train", "step": 9, "route": "symbolic", "symbolic": {"submitted_step": 9}},
-              {"kind": "symbolic", "step": 10, "route": "symbolic", "symbolic": {"calls": 2, "unchanged_reason": "identical"}}]
+              {"kind": "symbolic", "step": 10, "route": "symbolic", "symbolic": {"calls": 2, "unchanged_reason": "identical"}},
+              {"kind": "train", "step": 11, "route": "symbolic", "symbolic": {"calls": 1, "unchanged_reason": "no_form_errors"}}]
     assert update_outcome_lines(events) == [
-        "  symbolic     5 update(s): 1 new prompt, 2 identical, 1 refused (answer_leak 1), 1 failed; 16 teacher calls"]
+        "  symbolic     6 update(s): 1 new prompt, 1 with nothing a prompt can fix, 2 identical, 1 refused (answer_leak 1), "
+        "1 failed; 17 teacher calls"]
+
+
+def test_summary_says_what_each_route_bought():
+    part = {"rows": 4, "cost": 1.25, "calls": 0}
+    events = [{"kind": "train", "step": 1, "route": "symbolic",
+               "parts": {"symbolic": {"rows": 2, "cost": 3.5, "calls": 3, "gain_by_kind": {"form": 0.5}, "fixed": 2},
+                         "lora": {**part, "fixed": 0, "gain_by_kind": {"content": 0.1}}}},
+              {"kind": "train", "step": 2, "route": "lora", "parts": {"lora": part}},
+              {"kind": "eval", "step": 2}]
+    assert bought_lines(events) == [
+        "  bought       lora: 8 rows in 2 step(s), cost 2.5 LoRA-step units, fixed 0 probe row(s) in the 1 step(s) measured",
+        "  bought       symbolic: 2 rows in 1 step(s), cost 3.5 LoRA-step units, 3 teacher calls, "
+        "fixed 2 probe row(s) in the 1 step(s) measured"]
 
 
 @pytest.fixture
@@ -67,3 +85,23 @@ def test_gradient_checkpointing_raises_no_deprecation_warning(tmp_path, tiny_mod
     assert not [w for w in caught if "checkpointing" in str(w.message)], [str(w.message) for w in caught]
     base = model.get_base_model()
     assert any(getattr(m, "gradient_checkpointing", False) for m in base.modules())  # it is on
+
+
+@pytest.mark.slow
+def test_the_console_of_a_logged_job_has_no_third_party_noise(tmp_path, tiny_model_dir, teacher):
+    """Written to a log (stderr not a terminal), a hybrid job with W&B offline prints our lines only: no
+    weight-loading bar, no W&B Weave advert (openai is imported), no FutureWarning."""
+    import os
+    import subprocess
+    import sys
+
+    cfg = hybrid_config(tmp_path, tiny_model_dir, teacher, tracking={"mode": "offline"},
+                        train={"max_steps": 2, "save_every": 2, "eval_every": 0, "log_every": 1})
+    env = {**os.environ, KEY_ENV: teacher.api_key, "WANDB_MODE": "offline"}
+    proc = subprocess.run([sys.executable, "-m", "neurosym", "train", str(cfg)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    console = proc.stdout + proc.stderr
+    assert "done: 2 steps" in console
+    for noise in ("Loading weights", "Weave", "FutureWarning", "it/s]"):
+        assert noise not in console, console

@@ -433,32 +433,18 @@ def test_a_failed_exchange_between_processes_is_no_input_error(tmp_path, tiny_mo
     assert "error: process 0/2: a broadcast from the main process failed" in capsys.readouterr().err
 
 
-def test_fsdp_and_deepspeed_are_refused_with_what_to_do_instead():
-    from neurosym.runtime.accelerate import _sharding_refused
+def test_the_engine_is_read_from_the_accelerate_environment_on_every_device():
+    """An FSDP2 config means FSDP2 on CPU too (accelerate's own distributed type stays MULTI_CPU there);
+    FSDP1 and DeepSpeed are refused with what to use instead."""
+    from neurosym.runtime.accelerate import DistributedError, _engine
 
-    assert _sharding_refused("MULTI_GPU", {}) is None and _sharding_refused("MULTI_CPU", {}) is None
-    # accelerate on CPU runs an FSDP config as DDP: its launcher's environment still says FSDP
-    fsdp = _sharding_refused("MULTI_CPU", {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"})
-    assert fsdp == _sharding_refused("FSDP", {"FSDP_VERSION": "2"})
-    assert "FSDP (fsdp_version 2)" in fsdp and "main process alone" in fsdp and "--nproc N" in fsdp
-    deepspeed = _sharding_refused("DEEPSPEED", {})
-    assert "DeepSpeed" in deepspeed and "untested" in deepspeed and "--nproc N" in deepspeed
-
-
-@pytest.mark.slow
-def test_an_accelerate_fsdp_config_is_refused_before_anything_is_written(tmp_path, tiny_model_dir):
-    """The user's own `accelerate config` for FSDP2, launched the way its docs say: a message, no run."""
-    config = tmp_path / "accelerate-fsdp.yaml"
-    config.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: FSDP\n"
-                      "fsdp_config:\n  fsdp_version: 2\n  fsdp_state_dict_type: FULL_STATE_DICT\n"
-                      "num_machines: 1\nnum_processes: 2\nmachine_rank: 0\nmixed_precision: 'no'\nuse_cpu: true\n")
-    cfg = write_config(tmp_path, tiny_model_dir, name="fsdp", n_train=20, lora=LORA, train=TRAIN)
-    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
-                           "-m", "neurosym", "train", str(cfg), "--quiet"], env=_env(), capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode != 0  # accelerate's launcher reports any failure as 1
-    assert "error: your accelerate config asks for FSDP (fsdp_version 2)" in proc.stderr, proc.stderr[-3000:]
-    assert not (tmp_path / "runs" / "fsdp").exists()
+    assert _engine("MULTI_GPU", {}) == "ddp" and _engine("MULTI_CPU", {}) == "ddp"
+    assert _engine("MULTI_CPU", {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}) == "fsdp"
+    assert _engine("FSDP", {"FSDP_VERSION": "2"}) == "fsdp"
+    with pytest.raises(DistributedError, match=r"FSDP version 1; neurosym shards with FSDP2 .*fsdp_version: 2"):
+        _engine("MULTI_CPU", {"ACCELERATE_USE_FSDP": "true"})
+    with pytest.raises(DistributedError, match=r"DeepSpeed, which neurosym does not run.*--nproc N"):
+        _engine("DEEPSPEED", {})
 
 
 def test_the_launchers_copy_of_a_ctrl_c_is_not_a_second_one(capsys):

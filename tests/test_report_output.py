@@ -52,3 +52,15 @@ def test_report_on_a_chmod_read_only_run_directory(run, capsys):
         assert "permission denied" in err.lower() and "--out" in err and "Traceback" not in err
     finally:
         run.chmod(0o755)
+
+
+def test_a_per_row_router_is_drawn_per_part_in_gain_per_unit_cost():
+    from neurosym.observe.report import _gain_points
+
+    event = {"kind": "train", "step": 3, "route": "symbolic", "gain": 0.5,
+             "decision": {"route": "symbolic", "parts": {"symbolic": [0], "lora": [1, 2]},
+                          "predicted": {"symbolic": 0.2, "lora": 0.1}},
+             "parts": {"symbolic": {"gain": 1.5, "cost": 3.0}, "lora": {"gain": 0.4, "cost": 2.0},
+                       "unmeasured": {"gain": None, "cost": 1.0}}}
+    points, measured, unpredicted = _gain_points([event])
+    assert points == {"symbolic": ([0.2], [0.5]), "lora": ([0.1], [0.2])} and (measured, unpredicted) == (2, 0)

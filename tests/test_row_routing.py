@@ -117,6 +117,27 @@ def test_a_spent_route_closes_with_exponential_backoff_and_reopens_on_a_shift():
     assert "symbolic" not in router.closed and router.last_shift.startswith("loss")
 
 
+def test_rows_are_inspected_only_while_another_route_is_open_and_every_4th_decision_when_all_are_closed():
+    from classifiers.bandit import ROW_CHECK_EVERY
+
+    router = bandit(backoff=16, backoff_max=16)
+    assert router.wants_rows and not BatchStats().rows  # open: every batch is inspected
+    _saturate(router, 1)                                # closed for 16 decisions
+    wanted = []
+    for _ in range(12):
+        wanted.append(router.wants_rows)
+        same = stats([FORM, FORM, RIGHT, RIGHT])          # the batch as it was when the route closed
+        d = router.decide(signals(), same if wanted[-1] else BatchStats(prompts=("a", "b", "c", "d")))
+        assert d.partition(4) == {"lora": [0, 1, 2, 3]}  # uninspected rows take the default route
+    assert [i + 1 for i, w in enumerate(wanted) if w] == [n for n in range(1, 13) if n % ROW_CHECK_EVERY == 0]
+    # an inspected batch still sees a shift: the share of form rows rose, the route reopens
+    assert "symbolic" in router.closed
+    while not router.wants_rows:
+        router.decide(signals(), BatchStats(prompts=("a", "b", "c", "d")))
+    d = router.decide(signals(), stats([FORM, FORM, FORM, FORM]))
+    assert "symbolic" not in router.closed and d.parts.get("symbolic") and router.wants_rows
+
+
 def test_bandit_state_round_trips_through_json():
     router = bandit()
     for _ in range(5):

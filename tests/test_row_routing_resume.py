@@ -4,6 +4,7 @@ refined rows and the router's state are those of the run that was never interrup
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -58,3 +59,15 @@ def test_a_partitioned_run_killed_with_sigkill_resumes_exactly(tmp_path):
     state = lambda r: json.loads((latest_checkpoint(r) / "state.json").read_text())["components"]
     assert state(run)["router"] == state(ref)["router"]
     assert state(run)["verdicts"] == state(ref)["verdicts"]
+    # each part's measured gain is credited only to the kinds of row it was given (the router's reason
+    # names them: "3 form -> symbolic (value)")
+    credited = 0
+    for e in (e for e in read_events(ref / "events.jsonl") if e["kind"] == "train"):
+        given: dict = {}
+        for n, kind, route in re.findall(r"(\d+) (\w+) -> (\w+)", e["decision"].get("reason", "")):
+            given.setdefault(route, set()).add(kind)
+        for route, part in e["parts"].items():
+            if part.get("gain_by_kind") and route in given:
+                assert set(part["gain_by_kind"]) <= given[route], (e["step"], route, part, e["decision"]["reason"])
+                credited += 1
+    assert credited, "the test must see measured per-kind gains"

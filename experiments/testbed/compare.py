@@ -1,23 +1,29 @@
-"""Does routing pay? Every arm on the testbed world at matched cost, through the ordinary
+"""Does routing pay? Every arm on a testbed world at matched cost, through the ordinary
 config -> ``neurosym.train.train(cfg)`` path.
 
 Arms: ``none`` (the student as is), ``hand_prompt`` (the hand-written correct system prompt, no
 training: the upper bound for format errors), ``lora`` (always_lora), ``prompt`` (always_symbolic),
-``alternate``, ``plateau``, ``learned`` (reward_classifier), ``random`` (a random router given exactly the
-learned router's number of symbolic updates, hence of LoRA steps, over the same steps: the control
-that tells routing from merely having both tools), ``oracle`` (reads the hidden error type: an upper
-bound only; ``oracle.py``, plugged in through ``router.kind: function``).
+``alternate``, ``plateau``, ``learned`` (reward_classifier, per batch), ``random`` (a random router given
+exactly the learned router's counts of LoRA steps and symbolic updates), ``bandit`` (per-row routing,
+classifiers/bandit.py), ``random_rows`` (each row drawn at random with the bandit's share of symbolic
+rows: the control that tells routing from merely having both tools), ``oracle`` (reads the hidden error
+type, per batch) and ``oracle_rows`` (per row, repeated edits, no remake mix): upper bounds only.
 
-Cost = LoRA steps + c * teacher calls + probe evaluations (a step whose gain is measured costs two: the
-routed batch plus the probe set before and after the update), for c in {1, 10, 100}.
-Matching: every arm saves a checkpoint every ``--every`` steps; for each c the budget is the learned
-arm's total cost, and each arm is scored at its last checkpoint whose cumulative cost is within that
-budget (an arm that never reaches it is scored at its end, under budget, and marked ``<``).
+Cost, in LoRA steps: every forward pass charged (3 x training tokens + every other forward token +
+generated tokens, over the pure-LoRA step's), i.e. gain probes, prompt validation, the per-row
+inspection and the student's answers inside a symbolic update, plus c per teacher call, c in {1, 10}.
+Matching: every arm saves a checkpoint every ``--every`` steps; for each c the budget is the reference
+router's total cost (``--reference``, default ``bandit``), and each arm is scored at its last checkpoint
+whose cumulative cost is within that budget (an arm that never reaches it is scored at its end, under
+budget, and marked ``<``). Curves: accuracy against cost from those checkpoints, summarised by the area
+under the curve up to the budget and the cost to reach 90% of the best real arm's accuracy.
 Accuracy is exact match on the test split (a phrasing no training row uses), overall and by hidden
-kind, and retention is exact match on known entities' facts outside the task (plain format).
+kind; retention is exact match on known entities' facts outside the task, asked under each arm's own
+final prompt (``retention_plain``: under the plain base prompt). Paired differences are by seed, with
+95% Student-t intervals; one verdict line per world.
 
     python experiments/testbed/compare.py --quick              # CI: small setting, asserts invariants
-    python experiments/testbed/compare.py --alphas 0 0.5 1 --seeds 0 1 2 3 4 --noise 0 0.3
+    python experiments/testbed/compare.py --alphas 0 0.25 0.5 0.75 1 --seeds 0 1 2 3 4 --noise 0 0.3
     python experiments/testbed/compare.py --world transfer --alphas 0.5 --seeds 0   # worlds.md's worlds
 """
 from __future__ import annotations
@@ -46,14 +52,15 @@ from experiments.testbed import teacher as T  # noqa: E402
 from experiments.testbed import world as W  # noqa: E402
 from experiments.testbed import worlds as X  # noqa: E402
 
-COSTS = (1, 10, 100)
+COSTS = (1, 10)
 ROUTERS = {"lora": {"kind": "always_lora"}, "prompt": {"kind": "always_symbolic"},
            "alternate": {"kind": "alternate", "every": 4}, "plateau": {"kind": "plateau"},
-           "learned": {"kind": "reward_classifier"}, "random": {"kind": "random"},
+           "learned": {"kind": "reward_classifier", "warmup": 4, "epsilon": 0.2, "cost_weight": 0.0}, "random": {"kind": "random"},
            "bandit": {"kind": "bandit"}, "random_rows": {"kind": "random_rows"},
-           "oracle": {"kind": "function", "function": "experiments.testbed.oracle:make_oracle"}}
+           "oracle": {"kind": "function", "function": "experiments.testbed.oracle:make_oracle"},
+           "oracle_rows": {"kind": "function", "function": "experiments.testbed.oracle_rows:make_oracle_rows"}}
 ARMS = ("none", "hand_prompt", "lora", "prompt", "alternate", "plateau", "learned", "random", "oracle", "bandit",
-        "random_rows")
+        "random_rows", "oracle_rows")
 
 
 # ---- one run -------------------------------------------------------------------------------------
@@ -83,6 +90,8 @@ def job_config(data: dict[str, Path], arm: str, seed: int, noise: float, steps: 
     cfg["router"].update(ROUTERS[arm])
     if arm in ("random", "random_rows"):
         cfg["router"]["random_p"] = p_random
+    if arm == "oracle_rows":  # the issue's per-example prototype: refined rows not mixed in
+        cfg["remake"]["mix_ratio"] = 0.0
     return cfg
 
 
@@ -126,14 +135,20 @@ def ledger(run_dir: Path) -> list[dict]:
     3 x training tokens (forward + backward) + other forward tokens + generated tokens; ``rows_symbolic``:
     rows a symbolic update was given (per-row routers route a share of each batch)."""
     rows, lora, sym, calls, probes, wall, passes, rows_sym = [], 0, 0, 0, 0, 0.0, 0, 0
+    accepted, sym_wall, lora_wall, rows_all = 0, 0.0, 0.0, 0
     for line in (run_dir / "events.jsonl").read_text().splitlines():
         r = json.loads(line)
+        if r.get("kind") == "prompt" and r.get("version", 0) > 0:
+            accepted += 1
         if r.get("kind") != "train":
             continue
         parts = r.get("parts") or {}
+        sym_wall += (parts.get("symbolic") or {}).get("wall_s", 0.0)
+        lora_wall += (parts.get("lora") or {}).get("wall_s", 0.0)
         lora += r["route"] == "lora" or "lora" in parts
         sym += r["route"] == "symbolic" or "symbolic" in parts
         rows_sym += (parts.get("symbolic") or {}).get("rows", 0)
+        rows_all += sum(p.get("rows", 0) for p in parts.values())
         calls += sum(p.get("calls", 0) for p in parts.values()) if parts else (r.get("symbolic") or {}).get("calls", 0)
         if (r.get("batch") or {}).get("reward_before") is not None:  # a measured step: before and after
             probes += 2
@@ -141,7 +156,8 @@ def ledger(run_dir: Path) -> list[dict]:
         passes += 3 * compute.get("train_tokens", 0) + compute.get("forward_tokens", 0) + compute.get("generated_tokens", 0)
         wall += r["wall_s"]
         rows.append({"step": r["step"], "lora_steps": lora, "symbolic": sym, "teacher_calls": calls,
-                     "probe_evals": probes, "wall_s": wall, "rows_symbolic": rows_sym,
+                     "probe_evals": probes, "wall_s": wall, "rows_symbolic": rows_sym, "rows": rows_all, "accepted": accepted,
+                     "symbolic_wall_s": sym_wall, "lora_wall_s": lora_wall,
                      **({"token_passes": passes} if "compute" in r else {})})
     return rows
 
@@ -169,8 +185,10 @@ def score_checkpoints(run_dir: Path, splits: dict[str, list[dict]]) -> dict[int,
         model, tok, prompt, cfg = A.load_run(run_dir, ckpt.name)
         out[int(ckpt.name[5:])] = {
             "test": A.score(splits["test"], A.answers(model, tok, splits["test"], prompt, cfg.data.max_length)),
-            "retention": A.score(splits["retention"], A.answers(model, tok, splits["retention"], W.BASE_PROMPT,
+            "retention": A.score(splits["retention"], A.answers(model, tok, splits["retention"], prompt,
                                                                 cfg.data.max_length)),
+            "retention_plain": A.score(splits["retention"], A.answers(model, tok, splits["retention"], W.BASE_PROMPT,
+                                                                      cfg.data.max_length)),
             "prompt": prompt}
     return out
 
@@ -198,7 +216,7 @@ TEACHER_FREE = ("none", "hand_prompt", "lora")  # arms the teacher's noise canno
 
 
 def setting(alpha: float, seed: int, noise: float, steps: int, every: int, work: Path, arms,
-            shared: dict | None = None, world: str = "kind") -> dict:
+            shared: dict | None = None, world: str = "default") -> dict:
     """Every arm on one (alpha, seed, noise) of ``world`` (worlds.md). ``shared``: results of the
     teacher-free arms of the same (alpha, seed) at another noise level, reused as they are (the same
     runs would give the same numbers). The shift world's data changes after ``steps // 2`` steps in
@@ -220,11 +238,13 @@ def setting(alpha: float, seed: int, noise: float, steps: int, every: int, work:
                                                "probe_evals": 0, "wall_s": 0.0}],
                                    "scores": {0: {"test": A.score(splits["test"], A.answers(base, tok, splits["test"], prompt)),
                                                   "retention": A.score(splits["retention"], A.answers(
+                                                      base, tok, splits["retention"], prompt)),
+                                                  "retention_plain": A.score(splits["retention"], A.answers(
                                                       base, tok, splits["retention"], W.BASE_PROMPT)),
                                                   "prompt": prompt}},
                                    "eval_s": time.perf_counter() - t0}
     order = [a for a in ("learned", "bandit", "lora", "prompt", "alternate", "plateau", "random", "random_rows",
-                         "oracle")
+                         "oracle", "oracle_rows")
              if a in arms and a not in result["arms"]]
     for arm in order:
         p = 0.5
@@ -234,7 +254,8 @@ def setting(alpha: float, seed: int, noise: float, steps: int, every: int, work:
             p = matched_p(seed, steps, n_sym)
         if arm == "random_rows":  # the bandit's share of rows, each row drawn at random
             bandit = result["arms"].get("bandit")
-            p = bandit["ledger"][-1]["rows_symbolic"] / (steps * 8) if bandit and bandit["ledger"] else 0.25
+            last = bandit["ledger"][-1] if bandit and bandit["ledger"] else {}
+            p = last["rows_symbolic"] / max(last.get("rows", steps * 8), 1) if last else 0.25
         T.SENT.clear()
         n, k = (steps * LORA_FACTOR, every * LORA_FACTOR) if arm == "lora" else (steps, every)
         run_dir = run_arm(data, arm, seed, noise, n, k, work / "runs", p, shift_at)
@@ -273,84 +294,203 @@ def at_budget(arm: dict, budget: float, c: float) -> tuple[dict, dict, bool]:
 
 
 # ---- the table --------------------------------------------------------------------------------------
+CONTROL = {"bandit": "random_rows", "learned": "random"}  # each learned router's random control
+REFERENCE = "bandit"  # the learned router whose total cost is every arm's budget (main() may change it)
+SINGLES = ("lora", "prompt")  # the single tools
+
+
+def half_width(xs: list[float]) -> float:
+    """Half the 95% Student-t interval of the mean of ``xs`` (0 for fewer than two)."""
+    from scipy.stats import t
+
+    if len(xs) < 2:
+        return 0.0
+    return float(t.ppf(0.975, len(xs) - 1) * statistics.stdev(xs) / math.sqrt(len(xs)))
+
+
 def mean_ci(xs: list[float]) -> str:
     if not xs:
         return "-"
     m = statistics.fmean(xs)
-    if len(xs) < 2:
-        return f"{m:.2f}"
-    half = 1.96 * statistics.stdev(xs) / math.sqrt(len(xs))
-    return f"{m:.2f}±{half:.2f}"
+    return f"{m:.2f}" if len(xs) < 2 else f"{m:.2f}±{half_width(xs):.2f}"
+
+
+def world_of(r: dict) -> str:
+    return r.get("world", "default")
 
 
 def table(results: list[dict], arms) -> tuple[str, list[dict]]:
-    lines = ["| α | noise | c | arm | acc | knowledge | format | retention | LoRA steps | teacher calls | cost | wall s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    """Every arm at its last checkpoint within the reference router's total cost, per (world, α, noise, c)."""
+    lines = ["| world | α | noise | c | arm | acc | knowledge | format | retention | LoRA steps | rows sym | "
+             "teacher calls | cost | wall s |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     flat = []
-    keys = sorted({(r["alpha"], r["noise"]) for r in results})
-    for alpha, noise in keys:
-        group = [r for r in results if r["alpha"] == alpha and r["noise"] == noise]
+    for world, alpha, noise in sorted({(world_of(r), r["alpha"], r["noise"]) for r in results}):
+        group = [r for r in results if (world_of(r), r["alpha"], r["noise"]) == (world, alpha, noise)]
         for c in COSTS:
             for arm in arms:
-                cells = {k: [] for k in ("acc", "knowledge", "format", "retention", "lora", "calls", "cost", "wall")}
+                cells = {k: [] for k in ("acc", "knowledge", "format", "retention", "lora", "rows", "calls", "cost",
+                                         "wall")}
                 under = False
                 for r in group:
                     if arm not in r["arms"]:
                         continue
-                    ref = r["arms"].get("learned")
+                    ref = r["arms"].get(REFERENCE)
                     budget = cost(ref["ledger"][-1], c) if ref else float("inf")
                     row, sc, reached = at_budget(r["arms"][arm], budget, c)
                     under |= not reached and arm not in ("none", "hand_prompt")
                     t = sc["test"]
                     cells["acc"].append(t["overall"])
-                    if "knowledge" in t:
-                        cells["knowledge"].append(t["knowledge"])
-                    if "format" in t:
-                        cells["format"].append(t["format"])
+                    for kind in ("knowledge", "format"):
+                        if kind in t:
+                            cells[kind].append(t[kind])
                     cells["retention"].append(sc["retention"]["overall"])
                     cells["lora"].append(row["lora_steps"])
+                    cells["rows"].append(row.get("rows_symbolic", 0))
                     cells["calls"].append(row["teacher_calls"])
                     cells["cost"].append(cost(row, c))
                     cells["wall"].append(row["wall_s"])
-                    flat.append({"alpha": alpha, "noise": noise, "c": c, "arm": arm, "seed": r["seed"],
+                    flat.append({"world": world, "alpha": alpha, "noise": noise, "c": c, "arm": arm, "seed": r["seed"],
                                  "budget": budget, "cost": cost(row, c), "lora_steps": row["lora_steps"],
                                  "teacher_calls": row["teacher_calls"], "symbolic": row["symbolic"],
-                                 "test": t, "retention": sc["retention"]["overall"], "reached": reached})
+                                 "test": t, "retention": sc["retention"]["overall"], "reached": reached,
+                                 **curve(r, arm, c, budget)})
                 if not cells["acc"]:
                     continue
                 mark = "<" if under else ""
-                lines.append(f"| {alpha} | {noise} | {c} | {arm} | {mean_ci(cells['acc'])} | "
+                lines.append(f"| {world} | {alpha} | {noise} | {c} | {arm} | {mean_ci(cells['acc'])} | "
                              f"{mean_ci(cells['knowledge'])} | {mean_ci(cells['format'])} | "
                              f"{mean_ci(cells['retention'])} | {statistics.fmean(cells['lora']):.0f} | "
-                             f"{statistics.fmean(cells['calls']):.0f} | {mark}{statistics.fmean(cells['cost']):.0f} | "
-                             f"{statistics.fmean(cells['wall']):.0f} |")
+                             f"{statistics.fmean(cells['rows']):.0f} | {statistics.fmean(cells['calls']):.0f} | "
+                             f"{mark}{statistics.fmean(cells['cost']):.0f} | {statistics.fmean(cells['wall']):.0f} |")
     return "\n".join(lines), flat
 
 
-def verdict(flat: list[dict]) -> str:
-    """Paired by seed, test accuracy of the learned router minus the random control with its counts,
-    and minus the best single tool (whichever of pure LoRA and pure prompting has the higher mean)."""
-    lines = ["| α | noise | c | learned - random | learned - best single tool (which) |", "|---|---|---|---|---|"]
-    acc = {(r["alpha"], r["noise"], r["c"], r["arm"], r["seed"]): r["test"]["overall"] for r in flat}
-    for alpha, noise, c in sorted({(r["alpha"], r["noise"], r["c"]) for r in flat}):
-        seeds = sorted({r["seed"] for r in flat if (r["alpha"], r["noise"], r["c"], r["arm"]) == (alpha, noise, c, "learned")})
+def points(r: dict, arm: str, c: float) -> list[tuple[float, float]]:
+    """An arm's accuracy against cost: (0, the untrained student's accuracy) then (cost, test accuracy)
+    at each of its checkpoints."""
+    a = r["arms"][arm]
+    by_step = {row["step"]: row for row in a["ledger"]}
+    start = r["arms"]["none"]["scores"][0]["test"]["overall"] if "none" in r["arms"] else 0.0
+    out = [(0.0, start)] if arm not in ("none", "hand_prompt") else []
+    for step in sorted(a["scores"]):
+        out.append((cost(by_step.get(step, a["ledger"][0]), c), a["scores"][step]["test"]["overall"]))
+    return out
 
-        def diff(arm: str) -> list[float]:
-            return [acc[alpha, noise, c, "learned", s] - acc[alpha, noise, c, arm, s]
-                    for s in seeds if (alpha, noise, c, arm, s) in acc]
 
-        singles = [a for a in ("lora", "prompt") if diff(a)]
-        if not seeds or not singles:
-            continue
-        best = max(singles, key=lambda a: statistics.fmean(acc[alpha, noise, c, a, s] for s in seeds
-                                                          if (alpha, noise, c, a, s) in acc))
-        lines.append(f"| {alpha} | {noise} | {c} | {mean_ci(diff('random'))} | {mean_ci(diff(best))} ({best}) |")
+def curve(r: dict, arm: str, c: float, budget: float) -> dict:
+    """``auc``: the mean accuracy over cost in [0, budget] (accuracy held from each checkpoint to the next;
+    an arm that stops early keeps its last accuracy), ``to90``: the least cost at which the arm reaches 90%
+    of the best accuracy any real arm (not the oracle, not the hand prompt) has within the budget."""
+    if not math.isfinite(budget) or budget <= 0:
+        return {"auc": None, "to90": None}
+    pts = sorted(points(r, arm, c))
+    area, (x0, y0) = 0.0, pts[0]
+    for x, y in pts[1:] + [(budget, None)]:
+        x = min(x, budget)
+        if x > x0:
+            area, x0 = area + (x - x0) * y0, x
+        if y is not None and x0 >= x:
+            y0 = y
+    area += max(budget - x0, 0.0) * y0
+    real = [a for a in r["arms"] if a not in ("oracle", "hand_prompt")]
+    best = max(y for a in real for x, y in points(r, a, c) if x <= budget + 1e-9)
+    to90 = next((x for x, y in pts if y >= 0.9 * best and x <= budget + 1e-9), None)
+    return {"auc": area / budget, "to90": to90}
+
+
+def curves(flat: list[dict], arms) -> str:
+    """Accuracy against cost, in two numbers per arm: the area under the curve up to the budget and the
+    cost to reach 90% of the best real arm's accuracy (``-``: not within the budget)."""
+    lines = ["| world | α | noise | c | arm | AUC | cost to 90% of best | reached 90% (seeds) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for world, alpha, noise, c in sorted({(r["world"], r["alpha"], r["noise"], r["c"]) for r in flat}):
+        for arm in arms:
+            rows = [r for r in flat if (r["world"], r["alpha"], r["noise"], r["c"], r["arm"]) == (world, alpha, noise, c, arm)]
+            if not rows or rows[0]["auc"] is None:
+                continue
+            hit = [r["to90"] for r in rows if r["to90"] is not None]
+            lines.append(f"| {world} | {alpha} | {noise} | {c} | {arm} | {mean_ci([r['auc'] for r in rows])} | "
+                         f"{mean_ci(hit) if hit else '-'} | {len(hit)}/{len(rows)} |")
     return "\n".join(lines)
 
 
+def differences(flat: list[dict]) -> list[dict]:
+    """Paired by seed at matched cost, per (world, α, noise, c): the reference router minus its random
+    control and minus the best single tool (the one of ``SINGLES`` with the higher mean), in accuracy
+    and in AUC."""
+    control = CONTROL.get(REFERENCE, "random")
+    by = {(r["world"], r["alpha"], r["noise"], r["c"], r["arm"], r["seed"]): r for r in flat}
+    out = []
+    for world, alpha, noise, c in sorted({(r["world"], r["alpha"], r["noise"], r["c"]) for r in flat}):
+        key = (world, alpha, noise, c)
+        seeds = sorted(s for (*k, arm, s) in by if tuple(k) == key and arm == REFERENCE)
+
+        def diff(arm: str, field: str) -> list[float]:
+            def val(r):
+                return r["test"]["overall"] if field == "acc" else r[field]
+            return [val(by[(*key, REFERENCE, s)]) - val(by[(*key, arm, s)]) for s in seeds
+                    if (*key, arm, s) in by and val(by[(*key, arm, s)]) is not None]
+
+        singles = [a for a in SINGLES if diff(a, "acc")]
+        if not seeds or not singles:
+            continue
+        best = max(singles, key=lambda a: statistics.fmean(by[(*key, a, s)]["test"]["overall"] for s in seeds
+                                                          if (*key, a, s) in by))
+        out.append({"world": world, "alpha": alpha, "noise": noise, "c": c, "best": best, "control": control,
+                    "vs_control": diff(control, "acc"), "vs_best": diff(best, "acc"),
+                    "auc_vs_best": diff(best, "auc")})
+    return out
+
+
+def verdict(flat: list[dict]) -> str:
+    """The paired differences' table, then one verdict line per world (c = 1, 0 < α < 1, every noise
+    level): *pays* when the reference router's accuracy at its own cost is >= the best single tool's at
+    every such α (mean) and its 95% interval is above 0 at one or more; *does not pay* when the interval
+    is below 0 at one; *ties* otherwise. A paired interval above 0 at α = 0 or α = 1 is reported as a
+    leak to look for (there the hybrid can at best tie the one tool that matters)."""
+    diffs = differences(flat)
+    lines = [f"| world | α | noise | c | {REFERENCE} - {CONTROL.get(REFERENCE, 'random')} | "
+             f"{REFERENCE} - best single tool (which) | AUC: {REFERENCE} - best single tool |",
+             "|---|---|---|---|---|---|---|"]
+    for d in diffs:
+        lines.append(f"| {d['world']} | {d['alpha']} | {d['noise']} | {d['c']} | {mean_ci(d['vs_control'])} | "
+                     f"{mean_ci(d['vs_best'])} ({d['best']}) | {mean_ci(d['auc_vs_best'])} |")
+    lines.append("")
+    for world in sorted({d["world"] for d in diffs}):
+        inner = [d for d in diffs if d["world"] == world and d["c"] == 1 and 0 < d["alpha"] < 1 and d["vs_best"]]
+        edge = [d for d in diffs if d["world"] == world and d["alpha"] in (0, 1) and len(d["vs_best"]) > 1
+                and statistics.fmean(d["vs_best"]) - half_width(d["vs_best"]) > 0]
+        lines.append(f"verdict {world}: {world_verdict(inner)}"
+                     + (f"; LOOK FOR A LEAK: a win at α = {sorted({d['alpha'] for d in edge})}" if edge else ""))
+    return "\n".join(lines)
+
+
+def world_verdict(inner: list[dict]) -> str:
+    if not inner:
+        return "no setting with 0 < α < 1 at c = 1"
+    lo = {(d["alpha"], d["noise"]): statistics.fmean(d["vs_best"]) - half_width(d["vs_best"]) for d in inner}
+    hi = {(d["alpha"], d["noise"]): statistics.fmean(d["vs_best"]) + half_width(d["vs_best"]) for d in inner}
+    means = {(d["alpha"], d["noise"]): statistics.fmean(d["vs_best"]) for d in inner}
+    n = max(len(d["vs_best"]) for d in inner)
+    vs_control = [x for d in inner for x in d["vs_control"]]
+    tail = (f" ({len(inner)} settings, {n} seeds; vs the random control: "
+            f"{mean_ci(vs_control) if vs_control else 'not run'})")
+    if n < 2:
+        return "one seed: no interval, no verdict" + tail
+    if any(v < 0 for v in hi.values()):
+        worst = min(hi, key=hi.get)
+        return f"does not pay (below the best single tool at α={worst[0]}, noise={worst[1]})" + tail
+    if all(m >= 0 for m in means.values()) and any(v > 0 for v in lo.values()):
+        return "pays (>= the best single tool at every α, interval above 0 at " \
+               f"{sorted(k for k, v in lo.items() if v > 0)})" + tail
+    return "ties (no interval excludes 0)" + tail
+
+
 def check_invariants(results: list[dict], flat: list[dict]) -> None:
-    """What --quick asserts: arms at matched cost, the random control matched to the learned router,
-    no eval/test answer anywhere the teacher or the training data could see it."""
+    """What --quick asserts: arms at matched cost (the reference router spends its whole budget, every
+    other arm at most that), each random control matched to its router (the same counts of LoRA steps
+    and symbolic updates for ``random``; for ``random_rows`` the same share of rows, drawn row by row),
+    no eval/test answer anywhere the teacher or the training data could see it, and the curves defined."""
     for r in results:
         assert not r["leaks"], f"eval/test text reached the teacher or the data: {r['leaks'][:3]}"
         learned, rnd = r["arms"].get("learned"), r["arms"].get("random")
@@ -358,13 +498,48 @@ def check_invariants(results: list[dict], flat: list[dict]) -> None:
             a, b = learned["ledger"][-1], rnd["ledger"][-1]
             assert (a["lora_steps"], a["symbolic"]) == (b["lora_steps"], b["symbolic"]), (a, b)
     for row in flat:
-        assert row["cost"] <= row["budget"] + 1e-9 or row["arm"] == "learned", row
-        if row["arm"] == "learned":
+        assert row["cost"] <= row["budget"] + 1e-9 or row["arm"] == REFERENCE, row
+        if row["arm"] == REFERENCE:
             assert abs(row["cost"] - row["budget"]) < 1e-9, row
+        if row["arm"] not in ("none", "hand_prompt"):
+            assert row["auc"] is not None and 0.0 <= row["auc"] <= 1.0, row
+
+
+def report(results: list[dict], arms) -> str:
+    """The three tables (arms at matched cost, accuracy-against-cost curves, paired differences and
+    the verdict per world) and the reference router's teacher calls after its last accepted edit."""
+    text, flat = table(results, arms)
+    return "\n\n".join([f"budget: the total cost of `{REFERENCE}`", text, curves(flat, arms), verdict(flat),
+                         spend(results)])
+
+
+def spend(results: list[dict]) -> str:
+    """Per world: the share of the reference router's teacher calls made after its last accepted
+    prompt edit (the target is <= 5%), and the mean calls and wall time of its symbolic updates beside
+    the mean wall time of a LoRA part."""
+    lines = []
+    for world in sorted({world_of(r) for r in results}):
+        after, total, sym, sym_wall, lora_n, lora_wall = 0, 0, 0, 0.0, 0, 0.0
+        for r in results:
+            led = (r["arms"].get(REFERENCE) or {}).get("ledger") or []
+            if world_of(r) != world or not led:
+                continue
+            last = led[-1]
+            first_final = next((row for row in led if row.get("accepted", 0) == last.get("accepted", 0)), led[0])
+            after += last["teacher_calls"] - first_final["teacher_calls"]
+            total += last["teacher_calls"]
+            sym, sym_wall = sym + last["symbolic"], sym_wall + last.get("symbolic_wall_s", 0.0)
+            lora_n, lora_wall = lora_n + last["lora_steps"], lora_wall + last.get("lora_wall_s", 0.0)
+        if total or sym:
+            lines.append(f"{world}: {REFERENCE}: {after}/{total} teacher calls "
+                         f"({100 * after / max(total, 1):.0f}%) after its last accepted edit; "
+                         f"{total / max(sym, 1):.1f} calls and {sym_wall / max(sym, 1):.3f} s per symbolic update, "
+                         f"{lora_wall / max(lora_n, 1):.3f} s per LoRA part")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> None:
-    global MODEL, LORA_FACTOR
+    global MODEL, LORA_FACTOR, REFERENCE
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="CI setting: one alpha, one seed, few steps; asserts")
     ap.add_argument("--alphas", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
@@ -375,23 +550,25 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--every", type=int, default=5)
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
-    ap.add_argument("--world", default="kind", choices=X.NAMES,
-                    help="the task (experiments/testbed/worlds.md): kind (world.py's), rules, transfer, shift")
+    ap.add_argument("--world", default="default", choices=X.NAMES,
+                    help="the task (experiments/testbed/worlds.md): default (world.py's), rules, transfer, shift")
     ap.add_argument("--work", default="runs/compare", help="working folder (runs, data, results.json)")
     ap.add_argument("--model", default="testbed://student", help="the student (default: the pretrained testbed student)")
     ap.add_argument("--table-from", metavar="SETTINGS_JSONL",
                     help="print the table from a settings.jsonl written by an earlier (maybe partial) run")
+    ap.add_argument("--reference", choices=tuple(CONTROL), default=None,
+                    help="the learned router whose total cost is the budget (default: bandit when run, else learned)")
     ap.add_argument("--lora-factor", type=int, default=3,
                     help="the LoRA-only arm runs this many times --steps (it needs more steps to spend the budget)")
     args = ap.parse_args(argv)
     MODEL, LORA_FACTOR = args.model, args.lora_factor
     if args.quick:
         args.alphas, args.seeds, args.noise, args.steps, args.every, LORA_FACTOR = [0.5], [0], [0.0], 6, 2, 1
-        args.arms = ["none", "hand_prompt", "lora", "prompt", "learned", "random"]
+        args.arms = ["none", "hand_prompt", "lora", "prompt", "bandit", "random_rows", "learned", "random"]
+    REFERENCE = args.reference or ("bandit" if "bandit" in args.arms else "learned")
     if args.table_from:
         results = [read_setting(line) for line in Path(args.table_from).read_text().splitlines() if line.strip()]
-        text, flat = table(results, args.arms)
-        print(text + "\n\n" + verdict(flat))
+        print(report(results, args.arms))
         return
     work = Path(args.work).resolve()
     if work.exists():
@@ -412,8 +589,8 @@ def main(argv=None) -> None:
                     f.write(json.dumps(results[-1]) + "\n")
                 print(f"done alpha={alpha} noise={noise} seed={seed} ({time.perf_counter() - t0:.0f}s)",
                       file=sys.stderr, flush=True)
+    print(report(results, args.arms))
     text, flat = table(results, args.arms)
-    print(text + "\n\n" + verdict(flat))
     (work / "results.json").write_text(json.dumps({"args": vars(args), "rows": flat}, indent=1))
     if args.quick:
         check_invariants(results, flat)

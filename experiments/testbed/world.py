@@ -221,10 +221,10 @@ def main(argv=None) -> None:
     ap.add_argument("--alpha", type=float, default=0.5)
     ap.add_argument("--seed", type=int, default=0, help="task seed (which facts, order)")
     ap.add_argument("--world-seed", type=int, default=0)
-    ap.add_argument("--world", default="kind", choices=("kind", "rules", "transfer", "shift"),
-                    help="which task (worlds.md): kind (this module's task_splits), rules, transfer, shift")
+    ap.add_argument("--world", default="default", choices=("default", "rules", "transfer", "shift"),
+                    help="which task (worlds.md): default (this module's task_splits), rules, transfer, shift")
     args = ap.parse_args(argv)
-    if args.world == "kind":
+    if args.world == "default":
         written = write_task(Path(args.out), args.alpha, args.seed, args.world_seed)
     else:
         try:

@@ -1,5 +1,5 @@
 """Three more deployment tasks in the testbed world (issue 20, item 5): ``rules``, ``transfer`` and
-``shift``, beside the bundled one (``kind``: :func:`world.task_splits`). What each must show is in
+``shift``, beside the bundled one (``default``: :func:`world.task_splits`). What each must show is in
 ``worlds.md``, written before any number.
 
 Every task is a pure function of ``(alpha, seed)`` over the SAME world (``world.make_world(0)``: the
@@ -35,7 +35,7 @@ except ImportError:  # pragma: no cover - script use
     import world as W  # type: ignore
 
 WORLD_SEED = 0  # the world the student was pretrained in (pretrain.SPEC["world_seed"])
-NAMES = ("kind", "rules", "transfer", "shift")
+NAMES = ("default", "rules", "transfer", "shift")
 
 
 def _fact_row(e: W.Entity, attribute: str, phrasing: int, response: str, kind: str, fact: int) -> dict:
@@ -211,7 +211,7 @@ def shift_splits(world: W.World, alpha: float, seed: int = 0, n_facts: int = 32)
 
 # ---- the registry ----------------------------------------------------------------------------------
 SPLITS: dict[str, Callable[..., dict[str, list[dict]]]] = {
-    "kind": W.task_splits, "rules": rules_splits, "transfer": transfer_splits, "shift": shift_splits}
+    "default": W.task_splits, "rules": rules_splits, "transfer": transfer_splits, "shift": shift_splits}
 
 
 def splits(name: str, alpha: float, seed: int = 0, world_seed: int = WORLD_SEED) -> dict[str, list[dict]]:

@@ -20,6 +20,8 @@ from typing import Callable, Iterator, Optional, Sequence
 import numpy as np
 import torch
 
+from neurosym.model.collective import spread, task
+
 
 @contextmanager
 def measuring(model) -> Iterator[None]:
@@ -88,28 +90,47 @@ def generate_batched(model, tokenizer, prompts: Sequence[Sequence[int]], max_new
     caller's RNG is untouched). ``eos_token_id``: an id or a list of ids (default the tokenizer's).
     A decoder-only model gets its prompts left padded; an encoder-decoder model right padded (they are
     its encoder input), its continuation is the decoder's output after the start token.
-    An over-long prompt keeps its end (``max_position_embeddings - max_new_tokens`` tokens)."""
-    device = next(model.parameters()).device
+    An over-long prompt keeps its end (``max_position_embeddings - max_new_tokens`` tokens).
+
+    A model trained by several processes generates on all of them (:mod:`neurosym.model.collective`:
+    a share of the prompts each, in lockstep); the text is decoded here. ``processors`` (Python
+    objects, `neurosym generate` only) and a sampling ``seed`` keep the generation in this process."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos = _eos_ids(tokenizer, eos_token_id)
+    params = dict(max_new_tokens=int(max_new_tokens), batch_size=int(batch_size), pad=pad, eos=eos,
+                  sampling=_sampling(temperature, top_p, top_k), seed=seed)
+    rows = [[int(t) for t in p] for p in prompts]
+    if processors is not None or seed is not None:  # objects / one RNG stream: this process alone
+        new = _generate_rows(model, rows, params, processors)
+    else:
+        new = spread(model, "generate", rows, params)
+    return [_finished(tokenizer, ids, eos) for ids in new]
+
+
+@task("generate")
+def _generate_rows(model, prompts: list, params: dict, processors: Optional[ProcessorFactory] = None) -> list:
+    """The new token ids of each prompt (this process's part of :func:`generate_batched`)."""
+    device = next(model.parameters()).device
+    max_new, pad, eos = params["max_new_tokens"], params["pad"], params["eos"]
     encoder_decoder = bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
     ctx = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    out: list[Generated] = []
+    lockstep = {"synced_gpus": True} if params.get("lockstep") else {}
+    out: list = []
     with measuring(model):
-        if seed is not None:
-            torch.manual_seed(seed)
-        for i in range(0, len(prompts), batch_size):
-            chunk = [list(p) for p in prompts[i:i + batch_size]]
+        if params.get("seed") is not None:
+            torch.manual_seed(params["seed"])
+        for i in range(0, len(prompts), params["batch_size"]):
+            chunk = [list(p) for p in prompts[i:i + params["batch_size"]]]
             if ctx and not encoder_decoder:
-                chunk = [p[-(ctx - max_new_tokens):] for p in chunk]  # keep the end of an over-long prompt
+                chunk = [p[-(ctx - max_new):] for p in chunk]  # keep the end of an over-long prompt
             ids, mask = _pad_chunk(chunk, pad, left=not encoder_decoder)
             ids, mask = ids.to(device), mask.to(device)
             extra = {"logits_processor": processors(i, ids, mask)} if processors is not None else {}
-            gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                 **_sampling(temperature, top_p, top_k), pad_token_id=pad,
-                                 eos_token_id=eos[0] if len(eos) == 1 else (eos or None), **extra)
+            gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new,
+                                 **params["sampling"], pad_token_id=pad,
+                                 eos_token_id=eos[0] if len(eos) == 1 else (eos or None), **lockstep, **extra)
             start = 1 if encoder_decoder else ids.shape[1]
-            out.extend(_finished(tokenizer, row[start:].tolist(), eos) for row in gen)
+            out.extend(row[start:].tolist() for row in gen)
     return out
 
 

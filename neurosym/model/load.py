@@ -63,6 +63,24 @@ def _load_hint(model_cfg, exc: Exception) -> str:
             f"example: neurosym train experiments/tiny.yaml")
 
 
+@contextmanager
+def _loading_bar():
+    """transformers' weight-loading bar on a terminal (a large base takes minutes), none in a log file or
+    a pipe, where it is one more line of noise; its global switch is put back as it was."""
+    import sys
+
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    if was and not sys.stderr.isatty():
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was and not hf_logging.is_progress_bar_enabled():
+            hf_logging.enable_progress_bar()
+
+
 def load_base_model(model_cfg, cache_dir: Path, device: torch.device):
     from transformers import AutoModelForCausalLM
 
@@ -76,7 +94,8 @@ def load_base_model(model_cfg, cache_dir: Path, device: torch.device):
         kwargs["device_map"] = {"": device.index if device.index is not None else torch.cuda.current_device()}
     src = model_source(model_cfg, cache_dir)
     try:
-        model = AutoModelForCausalLM.from_pretrained(src, **kwargs)
+        with _loading_bar():
+            model = AutoModelForCausalLM.from_pretrained(src, **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelError(_load_hint(model_cfg, exc)) from None
     if model_cfg.quantization == "4bit":
@@ -193,7 +212,8 @@ def base_identity(model, model_cfg) -> dict:
     h = hashlib.sha256()
     for name, p in frozen[:3] + frozen[-1:]:
         h.update(name.encode())
-        h.update(p.detach().reshape(-1)[:4096].float().cpu().numpy().tobytes())
+        whole = p.full_tensor() if hasattr(p, "full_tensor") else p  # FSDP2 shard: every process gathers it
+        h.update(whole.detach().reshape(-1)[:4096].float().cpu().numpy().tobytes())
     return {"name_or_path": model_cfg.name_or_path, "revision": model_cfg.revision,
             "config_sha256": hashlib.sha256(json.dumps(conf, sort_keys=True, default=str).encode()).hexdigest()[:16],
             "weights_sha256": h.hexdigest()[:16]}

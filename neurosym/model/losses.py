@@ -8,6 +8,8 @@ import torch.nn.functional as F
 from neurosym.data import make_micro_batches
 from neurosym.data.batching import forward_inputs
 from neurosym.data.render import IGNORE
+from neurosym.model.collective import spread, task
+from neurosym.model.generation import measuring
 
 
 def encode_batches(examples, renderer, batch_size: int, pad_id: int, runtime, packing: bool = False,
@@ -30,18 +32,45 @@ def token_losses(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 
-@torch.no_grad()
 def eval_loss(model, micro_batches, runtime) -> tuple[float, int]:
-    """Mean response-token loss over the given batches (model left in the mode it was in)."""
-    was_training = model.training
-    model.eval()
-    loss_sum, n = 0.0, 0
-    try:
-        for batch in micro_batches:
-            with runtime.autocast():
-                losses, mask = token_losses(model, batch)
-            loss_sum += float(losses.sum())
-            n += int(mask.sum())
-    finally:
-        model.train(was_training)
+    """Mean response-token loss over the given batches and their number of response tokens, under no
+    grad in eval mode (the model's modes and RNG left as they were). A model trained by several
+    processes computes it on all of them (:func:`batch_losses`)."""
+    parts = batch_losses(model, micro_batches, runtime.dtype)
+    loss_sum, n = sum(p["sum"] for p in parts), sum(p["tokens"] for p in parts)
     return (loss_sum / max(n, 1)), n
+
+
+@task("batch_losses")
+def _batch_losses(model, rows: list, params: dict) -> list:
+    """Each row is a micro-batch (a dict of nested lists: ``input_ids``, ``labels``, masks): its summed
+    response-token loss and its number of response tokens, per row too, under no grad, in eval mode."""
+    device = next(model.parameters()).device
+    dtype = getattr(torch, params.get("autocast") or "float32")
+    out = []
+    with measuring(model):
+        for row in rows:
+            batch = {k: torch.tensor(v, dtype=torch.long, device=device) for k, v in row.items()}
+            with _autocast(device, dtype):
+                losses, mask = token_losses(model, batch)
+            per_row = losses.sum(1)
+            out.append({"sum": float(per_row.sum()), "tokens": int(mask.sum()),
+                        "row_sums": per_row.tolist(), "row_tokens": mask.sum(1).tolist()})
+    return out
+
+
+def _autocast(device: torch.device, dtype: torch.dtype):
+    """The runtime's autocast (bf16/fp16 on GPU only), rebuilt on each process from the dtype's name."""
+    import contextlib
+    if device.type == "cuda" and dtype in (torch.bfloat16, torch.float16):
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def batch_losses(model, micro_batches: list[dict], autocast_dtype: torch.dtype | None = None) -> list[dict]:
+    """Per micro-batch: ``sum`` and ``tokens`` of its response-token losses, and per row ``row_sums``
+    and ``row_tokens``; a model trained by several processes computes them on all of them (a share of
+    the micro-batches each: :mod:`neurosym.model.collective`)."""
+    rows = [{k: v.tolist() for k, v in b.items() if isinstance(v, torch.Tensor)} for b in micro_batches]
+    name = str(autocast_dtype).removeprefix("torch.") if autocast_dtype is not None else None
+    return spread(model, "batch_losses", rows, {"autocast": name})

@@ -34,6 +34,10 @@ def update_outcome(figures: dict, new_version: Optional[int] = None) -> Optional
         what = f"new prompt v{new_version}"
     elif figures.get("unchanged_reason", "identical") == "identical":
         what = "prompt identical (kept)"
+    elif figures["unchanged_reason"] == "no_form_errors":
+        verdicts = figures.get("verdicts") or {}
+        what = "nothing a prompt can fix (" + (", ".join(f"{n} {v}" for v, n in sorted(verdicts.items())) or
+                                                "every row right") + "; prompt kept)"
     else:
         reason = figures["unchanged_reason"]
         what = f"refused: {reason}" + ("" if "kept" in reason else " (prompt kept)")

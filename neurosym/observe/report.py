@@ -92,12 +92,25 @@ def _gain_points(train: list[dict]) -> tuple[dict[str, tuple[list, list]], int, 
     out: dict[str, tuple[list, list]] = {}
     measured = unpredicted = 0
     for e in train:
+        decision = e.get("decision") if isinstance(e.get("decision"), dict) else {}
+        predicted = decision.get("predicted") if isinstance(decision.get("predicted"), dict) else {}
+        if decision.get("parts") and isinstance(e.get("parts"), dict):  # a per-row router: per part, per unit cost
+            for route, part in e["parts"].items():
+                gain, cost, p = _num(part.get("gain")), _num(part.get("cost")), _num(predicted.get(route))
+                if gain is None or not cost:
+                    continue
+                measured += 1
+                if p is None:
+                    unpredicted += 1
+                    continue
+                xs, ys = out.setdefault("lora" if route == "lora" else "symbolic", ([], []))
+                xs.append(p)
+                ys.append(gain / cost)
+            continue
         gain = _num(e.get("gain"))
         if gain is None:
             continue
         measured += 1
-        decision = e.get("decision") if isinstance(e.get("decision"), dict) else {}
-        predicted = decision.get("predicted") if isinstance(decision.get("predicted"), dict) else {}
         route = e.get("route") if e.get("route") in predicted else decision.get("route")
         p = _num(predicted.get(route)) if route else None
         if p is None:
@@ -110,9 +123,11 @@ def _gain_points(train: list[dict]) -> tuple[dict[str, tuple[list, list]], int, 
 
 
 def _gain_panel(ax, train: list[dict]) -> None:
+    per_row = any(isinstance(e.get("decision"), dict) and e["decision"].get("parts") for e in train)
     ax.set_title("router: predicted vs realized gain", fontsize=10)
-    ax.set_xlabel("predicted gain (decision.predicted[route])")
-    ax.set_ylabel("realized gain")
+    ax.set_xlabel("predicted gain / cost (decision.predicted)" if per_row
+                  else "predicted gain (decision.predicted[route])")
+    ax.set_ylabel("realized gain / cost (each part)" if per_row else "realized gain")
     points, measured, unpredicted = _gain_points(train)
     if not measured:
         _note(ax, "no gains measured", hide_x=True)

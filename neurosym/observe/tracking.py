@@ -96,6 +96,9 @@ class WandbBackend:
         if not id_path.exists():
             atomic_write_text(id_path, run_id + "\n")
         self.root = Path(os.environ.get("WANDB_DIR") or str(run_dir)) / "wandb"
+        # wandb's own notices (e.g. its Weave advert when openai/litellm are imported) follow the settings of
+        # wandb.setup, not of wandb.init: silence them there too
+        wandb.setup(settings=wandb.Settings(silent=True))
         self.run = wandb.init(
             project=cfg.tracking.resolved_project(), entity=cfg.tracking.entity, tags=cfg.tracking.tags or None,
             name=cfg.run.name, id=run_id, resume="allow", mode=mode,

@@ -49,7 +49,7 @@ class RowVerdicts:
         self.by_prompt = collections.OrderedDict((p, v) for p, v in (state or {}).get("by_prompt", []))
 
 
-def row_stats(examples, answers: list[str], losses: list[float], reward, verdicts: RowVerdicts) -> list[RowStats]:
+def row_stats(examples, answers: list[str], losses: list, reward, verdicts: RowVerdicts) -> list[RowStats]:
     rows = []
     for ex, answer, loss in zip(examples, answers, losses):
         ref = ex.response
@@ -74,11 +74,14 @@ class Inspector:
         return answer_examples(ctx.model, ctx.tokenizer, ctx.renderer, examples, self.max_new_tokens,
                                ctx.cfg.train.batch_size * 4) if examples else []
 
-    def batch(self, batch) -> BatchStats:
-        """The batch's rows, and their answers (kept for a symbolic update on them)."""
-        answers, losses = self.answers(batch), self.losses(batch)
+    def batch(self, batch, with_losses: bool = True) -> BatchStats:
+        """The batch's rows, and their answers (kept for a symbolic update on them); ``with_losses=False``
+        skips the reference-loss forward pass (rows' ``loss`` and the batch's mean loss are then None)."""
+        answers = self.answers(batch)
+        losses = self.losses(batch) if with_losses else [None] * len(batch)
         rows = row_stats(batch, answers, losses, self.ctx.reward, self.verdicts)
-        return BatchStats(mean_loss=sum(losses) / len(losses), max_loss=max(losses),
+        known = [x for x in losses if x is not None]
+        return BatchStats(mean_loss=sum(known) / len(known) if known else None, max_loss=max(known, default=None),
                           reward_before=None, prompts=tuple(ex.prompt for ex in batch), rows=tuple(rows),
                           answers=tuple(answers))
 

@@ -238,9 +238,10 @@ class Run:
 
     def batch_stats(self, batch) -> BatchStats:
         """What a learning router sees of the batch: per-example losses and the reward before."""
-        if self.inspector is not None:  # a per-row router routes on every batch's rows
-            return self.inspector.batch(batch)
         prompts = tuple(ex.prompt for ex in batch)
+        if self.inspector is not None:  # a per-row router routes on the batch's rows, when it needs them
+            return (self.inspector.batch(batch, with_losses=self.router.wants_row_loss) if self.router.wants_rows
+                    else BatchStats(prompts=prompts))
         scheduled = self.state.step % self.cfg.reward.gain_every == 0  # every N steps, and whenever the router needs it
         if not self.measures_gain or not (scheduled or self.router.needs_gain):
             return BatchStats(prompts=prompts)
@@ -293,23 +294,33 @@ class Run:
         per_row = decision.parts is not None and self.inspector is not None
         before = (self.inspector.probe_rows(self.version) if per_row and measured else
                   None if per_row else stats.reward_before)
+        wall = [0.0]
+
+        def timed() -> Outcome:
+            t0 = time.perf_counter()
+            try:
+                return self._apply(route, rows, sub, step)
+            finally:
+                wall[0] = time.perf_counter() - t0
+
         with self.meter.part(training=UPDATES[route].gradient_step) as used:  # the part's own passes
-            outcome, gain = self.measure_gain(rows, None if per_row else before,
-                                              lambda: self._apply(route, rows, sub, step))
+            outcome, gain = self.measure_gain(rows, None if per_row else before, timed)
         verdicts = outcome.record.get("row_verdicts") if outcome.record else None
         if verdicts:
             self.verdicts.note([ex.prompt for ex in rows], verdicts)
         by_kind, fixed = {}, None
+        given = {stats.rows[i].kind for i in ix if i < len(stats.rows)}  # the kinds of row this part was given
         if per_row and not outcome.changed and not outcome.pending and not outcome.failed:  # known: 0 for each
-            by_kind = {stats.rows[i].kind: 0.0 for i in ix if i < len(stats.rows)}     # kind it was given
+            by_kind = dict.fromkeys(given, 0.0)
         if per_row and before is not None and not outcome.pending and not outcome.failed:
             (kinds_rows, values) = before
-            after = self.inspector.probe_rows(self.version)[1] if outcome.changed else values
+            after_rows, after = self.inspector.probe_rows(self.version) if outcome.changed else before
             kinds = [r.kind for r in kinds_rows]
-            by_kind = gain_by_kind(kinds, values, after)
+            # credited to the kinds it was given only: a prompt edit for form rows also moves the probe's
+            # content rows, which says nothing about editing the prompt for content rows
+            by_kind = {k: g for k, g in gain_by_kind(kinds, values, after).items() if k in given or not stats.rows}
             gain = sum(a - b for a, b in zip(after, values)) / max(len(values), 1)
-            if not self.inspector.by_loss and self.reward.needs_generation:  # values are rewards
-                fixed = sum(1 for k, a in zip(kinds, after) if k != "correct" and a >= 1.0)
+            fixed = sum(1 for b, a in zip(kinds_rows, after_rows) if b.correct is False and a.correct)  # wrong -> right
         if UPDATES[route].gradient_step and not outcome.failed:
             self.costs.observe_lora(used["train_tokens"], len(rows))
         calls = int((outcome.record or {}).get("calls", 0))
@@ -318,7 +329,8 @@ class Run:
             saturated = (outcome.record or {}).get("unchanged_reason") or "identical"
         cost = self.costs.cost(used, calls, len(rows), UPDATES[route].gradient_step)
         return outcome, PartResult(gain=gain, gain_by_kind=by_kind, cost=cost, saturated=saturated, rows=len(rows),
-                                   cost_usd=outcome.cost_usd, calls=calls, fixed=fixed, compute=dict(used))
+                                   cost_usd=outcome.cost_usd, calls=calls, fixed=fixed, compute=dict(used),
+                                   wall_s=wall[0])
 
     def _apply(self, name: str, batch, decision: Decision, step: int) -> Outcome:
         update = self.updates[name]

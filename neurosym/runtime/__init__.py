@@ -1,5 +1,5 @@
 """Where the numbers run: one process (``local.LocalRuntime``), several through accelerate
-(``accelerate.AccelerateRuntime``, DDP), and the ``--nproc`` launcher (``launch``). The loop gets
+(``accelerate.AccelerateRuntime``, DDP or FSDP2), and the ``--nproc`` launcher (``launch``). The loop gets
 one of them from ``start_runtime`` / ``make_runtime`` and never knows how many processes there are.
 ``launched`` needs no torch (the CLI asks it before anything loads)."""
 from __future__ import annotations

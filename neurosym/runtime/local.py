@@ -1,11 +1,12 @@
 """Where the numbers run: device, precision, backward, clipping, and the process group.
 
 ``LocalRuntime`` is one process on one device. The multi-process runtime
-(:class:`neurosym.runtime.accelerate.AccelerateRuntime`, DDP through Hugging Face accelerate) implements
+(:class:`neurosym.runtime.accelerate.AccelerateRuntime`, DDP or FSDP2 through Hugging Face accelerate) implements
 the same methods, so the loop never knows how many processes there are: the main process alone
 talks to the teacher and writes files, decisions are ``broadcast`` from it (``from_main``), each
 process trains on its ``shard`` of the global batch, and the figures the monitors see are reduced
-over processes (``sum``/``mean``).
+over processes (``sum``/``mean``). Forward passes outside the step go through
+:mod:`neurosym.model.collective`, which with one process runs them here.
 """
 from __future__ import annotations
 

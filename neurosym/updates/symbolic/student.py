@@ -87,35 +87,17 @@ class _StudentBase:
     def answer(self, example: Example, system_prompt: Optional[str] = None,
                max_new_tokens: Optional[int] = None) -> str:
         """Greedy answer to ``example`` rendered under the task ``system_prompt`` (length:
-        ``max_new_tokens``, else the session's, else the engine's)."""
-        import torch
-
-        max_new = int(max_new_tokens or getattr(self._local, "max_new_tokens", None) or self.max_new_tokens)
-        with self._lock:
-            self.renderer.system_prompt = system_prompt
-            ids = self.renderer.generation_ids(example)
-            ctx = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
-            if ctx:
-                max_new = max(1, min(max_new, ctx - 1))
-                ids = ids[-(ctx - max_new):]  # keep the end of an over-long prompt
-            device = _device_of(self.model)
-            tok = self.tokenizer
-            pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-            input_ids = torch.tensor([ids], dtype=torch.long, device=device)
-            with _preserved_rng(device), _eval_mode(self.model), torch.no_grad():
-                out = self.model.generate(
-                    input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new,
-                    do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None,
-                    pad_token_id=pad, eos_token_id=tok.eos_token_id)
-            new = out[0, input_ids.shape[1]:].tolist()
-        return tok.decode(new, skip_special_tokens=True).strip()
+        ``max_new_tokens``, else the session's, else the engine's): :meth:`answer_batch` of one row,
+        so that a model trained by several processes answers on all of them."""
+        return self.answer_batch([example], system_prompt, max_new_tokens)[0]
 
     def answer_batch(self, examples: list[Example], system_prompt: Optional[str] = None,
                      max_new_tokens: Optional[int] = None, batch_size: Optional[int] = None) -> list[str]:
         """Greedy answers to ``examples`` under ``system_prompt``, in order: one left-padded
         ``model.generate`` over the whole batch (chunks of ``batch_size``, default all of them) with
-        :func:`neurosym.model.generation.greedy_generate`. The same answers as :meth:`answer` row by
-        row (same rendering, same truncation of an over-long prompt, same length)."""
+        :func:`neurosym.model.generation.greedy_generate`, which a model trained by several processes
+        runs on all of them (a share of the rows each, in lockstep; the answers come back here). An
+        over-long prompt keeps its end; at most ``max_position_embeddings - 1`` new tokens."""
         from neurosym.model.generation import greedy_generate
 
         if not examples:
@@ -127,7 +109,7 @@ class _StudentBase:
             ctx = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
             if ctx:
                 max_new = max(1, min(max_new, ctx - 1))
-            with _preserved_rng(_device_of(self.model)):  # the CUDA RNG too, as in answer()
+            with _preserved_rng(_device_of(self.model)):  # the CUDA RNG too
                 return greedy_generate(self.model, self.tokenizer, prompts, max_new,
                                        batch_size=int(batch_size or len(prompts)))
 
@@ -161,18 +143,6 @@ def _preserved_rng(device) -> Iterator[None]:
     finally:
         random.setstate(py_state)
         np.random.set_state(np_state)
-
-
-@contextmanager
-def _eval_mode(model: Any) -> Iterator[None]:
-    """Eval mode inside; every submodule's own train/eval flag restored after (not just the root's)."""
-    modes = [(m, m.training) for m in model.modules()] if hasattr(model, "modules") else []
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 def student_engine_class() -> type:
