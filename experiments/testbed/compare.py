@@ -24,6 +24,7 @@ final prompt (``retention_plain``: under the plain base prompt). Paired differen
 
     python experiments/testbed/compare.py --quick              # CI: small setting, asserts invariants
     python experiments/testbed/compare.py --alphas 0 0.25 0.5 0.75 1 --seeds 0 1 2 3 4 --noise 0 0.3
+    python experiments/testbed/compare.py --world transfer --alphas 0.5 --seeds 0   # worlds.md's worlds
 """
 from __future__ import annotations
 
@@ -46,8 +47,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from experiments.testbed import accuracy as A  # noqa: E402
+from experiments.testbed import oracle as O  # noqa: E402
 from experiments.testbed import teacher as T  # noqa: E402
 from experiments.testbed import world as W  # noqa: E402
+from experiments.testbed import worlds as X  # noqa: E402
 
 COSTS = (1, 10)
 ROUTERS = {"lora": {"kind": "always_lora"}, "prompt": {"kind": "always_symbolic"},
@@ -103,14 +106,25 @@ def matched_p(seed: int, steps: int, n_symbolic: int) -> float:
     return float((u[n_symbolic - 1] + u[n_symbolic]) / 2)
 
 
-def run_arm(data, arm, seed, noise, steps, every, out, p_random=0.5) -> Path:
+def run_arm(data, arm, seed, noise, steps, every, out, p_random=0.5, shift_at: int | None = None) -> Path:
+    """One arm's run. ``shift_at`` (the shift world): steps 1..shift_at on ``data["train"]``, then the
+    same run resumed on ``data["train_b"]`` (same length, so the sampler continues) to ``steps``."""
     from neurosym.config.schema import load_config
     from neurosym.train import train
 
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{arm}.yaml"
-    path.write_text(yaml.safe_dump(job_config(data, arm, seed, noise, steps, every, out, p_random), sort_keys=False))
+    cfg = job_config(data, arm, seed, noise, steps if shift_at is None else shift_at, every, out, p_random)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    O.SHIFT_AT = shift_at  # only the oracle reads the world's schedule
     train(load_config(path), quiet=True)
+    if shift_at is not None:  # phase B: what the CLI's resume refuses (data.train), through the Python API
+        cfg["data"]["train"], cfg["reward"]["probe"] = str(data["train_b"]), str(data["probe_b"])
+        cfg["train"]["max_steps"] = steps
+        path = out / f"{arm}.phase-b.yaml"
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        train(load_config(path), resume=True, quiet=True,
+              changed_keys=("data.train", "reward.probe", "train.max_steps"))
     return out / arm
 
 
@@ -202,19 +216,23 @@ TEACHER_FREE = ("none", "hand_prompt", "lora")  # arms the teacher's noise canno
 
 
 def setting(alpha: float, seed: int, noise: float, steps: int, every: int, work: Path, arms,
-            shared: dict | None = None) -> dict:
-    """Every arm on one (alpha, seed, noise). ``shared``: results of the teacher-free arms of the same
-    (alpha, seed) at another noise level, reused as they are (the same runs would give the same numbers)."""
+            shared: dict | None = None, world: str = "default") -> dict:
+    """Every arm on one (alpha, seed, noise) of ``world`` (worlds.md). ``shared``: results of the
+    teacher-free arms of the same (alpha, seed) at another noise level, reused as they are (the same
+    runs would give the same numbers). The shift world's data changes after ``steps // 2`` steps in
+    every arm (the LoRA arm's longer run included)."""
     shared = shared if shared is not None else {}
     work.mkdir(parents=True, exist_ok=True)
-    data = W.write_task(work / "data", alpha, seed=seed)
+    data = X.write_world(world, work / "data", alpha, seed=seed)
     splits = {k: A.read_rows(p) for k, p in data.items()}
-    result = {"alpha": alpha, "seed": seed, "noise": noise, "arms": {}, "leaks": []}
+    shift_at = steps // 2 if "train_b" in data else None
+    seen = {**splits, "train": splits["train"] + splits.get("train_b", [])}  # what training may show the teacher
+    result = {"world": world, "alpha": alpha, "seed": seed, "noise": noise, "arms": {}, "leaks": []}
     base, tok = A.load_base(MODEL)
     result["arms"].update({arm: r for arm, r in shared.items() if arm in arms})
     for arm in ("none", "hand_prompt"):
         if arm in arms and arm not in result["arms"]:
-            prompt = W.BASE_PROMPT if arm == "none" else W.hand_prompt()
+            prompt = W.BASE_PROMPT if arm == "none" else X.hand_prompt(world, seed)
             t0 = time.perf_counter()
             result["arms"][arm] = {"ledger": [{"step": 0, "lora_steps": 0, "symbolic": 0, "teacher_calls": 0,
                                                "probe_evals": 0, "wall_s": 0.0}],
@@ -240,8 +258,8 @@ def setting(alpha: float, seed: int, noise: float, steps: int, every: int, work:
             p = last["rows_symbolic"] / max(last.get("rows", steps * 8), 1) if last else 0.25
         T.SENT.clear()
         n, k = (steps * LORA_FACTOR, every * LORA_FACTOR) if arm == "lora" else (steps, every)
-        run_dir = run_arm(data, arm, seed, noise, n, k, work / "runs", p)
-        result["leaks"] += audit(run_dir, splits, list(T.SENT))
+        run_dir = run_arm(data, arm, seed, noise, n, k, work / "runs", p, shift_at)
+        result["leaks"] += audit(run_dir, seen, list(T.SENT))
         result["arms"][arm] = {"ledger": ledger(run_dir), "scores": score_checkpoints(run_dir, splits)}
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # scored; keep events, config, store
     shared.update({arm: result["arms"][arm] for arm in TEACHER_FREE if arm in result["arms"]})
@@ -532,6 +550,8 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--every", type=int, default=5)
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    ap.add_argument("--world", default="default", choices=X.NAMES,
+                    help="the task (experiments/testbed/worlds.md): default (world.py's), rules, transfer, shift")
     ap.add_argument("--work", default="runs/compare", help="working folder (runs, data, results.json)")
     ap.add_argument("--model", default="testbed://student", help="the student (default: the pretrained testbed student)")
     ap.add_argument("--table-from", metavar="SETTINGS_JSONL",
@@ -563,7 +583,8 @@ def main(argv=None) -> None:
                 if noise and args.noisy_alphas is not None and alpha not in args.noisy_alphas:
                     continue
                 where = work / "settings" / f"a{alpha}-n{noise}-s{seed}"
-                results.append(setting(alpha, seed, noise, args.steps, args.every, where, args.arms, shared))
+                results.append(setting(alpha, seed, noise, args.steps, args.every, where, args.arms, shared,
+                                       args.world))
                 with (work / "settings.jsonl").open("a") as f:  # a long comparison keeps what it finished
                     f.write(json.dumps(results[-1]) + "\n")
                 print(f"done alpha={alpha} noise={noise} seed={seed} ({time.perf_counter() - t0:.0f}s)",

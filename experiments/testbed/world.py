@@ -14,6 +14,7 @@ sets of items. Deployment splits (train/eval/test) ask about the same facts in d
 test uses a phrasing neither train nor eval uses.
 
     python experiments/testbed/world.py --out experiments/testbed/data --alpha 0.5 --seed 0
+    python experiments/testbed/world.py --world transfer --out /tmp/transfer   # worlds.py's tasks
 """
 from __future__ import annotations
 
@@ -220,8 +221,18 @@ def main(argv=None) -> None:
     ap.add_argument("--alpha", type=float, default=0.5)
     ap.add_argument("--seed", type=int, default=0, help="task seed (which facts, order)")
     ap.add_argument("--world-seed", type=int, default=0)
+    ap.add_argument("--world", default="default", choices=("default", "rules", "transfer", "shift"),
+                    help="which task (worlds.md): default (this module's task_splits), rules, transfer, shift")
     args = ap.parse_args(argv)
-    for name, path in write_task(Path(args.out), args.alpha, args.seed, args.world_seed).items():
+    if args.world == "default":
+        written = write_task(Path(args.out), args.alpha, args.seed, args.world_seed)
+    else:
+        try:
+            from . import worlds
+        except ImportError:  # run as a script
+            import worlds  # type: ignore
+        written = worlds.write_world(args.world, Path(args.out), args.alpha, args.seed, args.world_seed)
+    for name, path in written.items():
         print(f"{name}: {path}")
 
 
