@@ -316,7 +316,7 @@ def mean_ci(xs: list[float]) -> str:
 
 
 def world_of(r: dict) -> str:
-    return r.get("world", "default")
+    return r.get("world", "kind")  # settings written before worlds had names
 
 
 def table(results: list[dict], arms) -> tuple[str, list[dict]]:
