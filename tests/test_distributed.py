@@ -18,7 +18,7 @@ from neurosym.persist.checkpoint import complete_checkpoints, latest_checkpoint
 from neurosym.observe.events import read_events
 from tests.support.hybrid import KEY_ENV, Teacher, hybrid_config
 from tests.support.jobs import write_config
-from tests.support.processes import wait_for_step
+from tests.support.processes import kill_launcher_at, wait_for_step
 
 # global batch 8 = micro-batches of 2 x 2 per process under 2 processes, x 4 under 1; no dropout
 # (LoRA dropout draws per-process random numbers, so only a dropout-free step is the same step)
@@ -99,37 +99,12 @@ def test_two_processes_take_the_one_process_steps(tmp_path, tiny_model_dir, refe
     assert _other_rank_steps(proc.stderr) == [(e["step"], e["route"], e["prompt_version"]) for e in ours]
 
 
-def _kill_launcher_at(cfg, run: Path, step: int) -> None:
-    """SIGKILL of the launcher alone: its workers must die with it (and free the run directory)."""
-    proc = subprocess.Popen(_cli("train", str(cfg), "--quiet", nproc=2), env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        wait_for_step(run / "events.jsonl", proc, step)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-        deadline = time.monotonic() + 30  # the workers go with their parent (PR_SET_PDEATHSIG)
-        while time.monotonic() < deadline and _alive_in_group(proc.pid):
-            time.sleep(0.1)
-        assert not _alive_in_group(proc.pid), "workers outlived the killed launcher"
-    finally:
-        if _alive_in_group(proc.pid):
-            os.killpg(proc.pid, signal.SIGKILL)
-
-
-def _alive_in_group(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("resume_nproc", [2, 1])
 def test_killed_under_two_processes_resumes_under_two_or_one(tmp_path, tiny_model_dir, reference, resume_nproc):
     cfg = write_config(tmp_path, tiny_model_dir, name="killed", n_train=20, lora=LORA, train=TRAIN)
     run = tmp_path / "runs" / "killed"
-    _kill_launcher_at(cfg, run, 3)
+    kill_launcher_at(_cli("train", str(cfg), "--quiet", nproc=2), run, 3, _env())
     assert latest_checkpoint(run) is not None and latest_checkpoint(run).name in {"step-2", "step-4"}
     _run("resume", str(run), "--quiet", nproc=resume_nproc)
     diff = _max_diff(_adapter(run), _adapter(reference))

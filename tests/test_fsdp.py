@@ -4,10 +4,8 @@ environment variables. The frozen base is sharded, the adapter trained whole on 
 evaluation's loss and generations run on every process. 2 processes take the 1-process steps; a run
 killed under FSDP resumes under 1 process and under DDP to the uninterrupted run's adapter."""
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +15,7 @@ from neurosym.observe.events import read_events
 from neurosym.persist.checkpoint import complete_checkpoints, latest_checkpoint
 from tests.support.hybrid import KEY_ENV, Teacher, hybrid_config
 from tests.support.jobs import write_config
-from tests.support.processes import wait_for_step
+from tests.support.processes import kill_launcher_at
 
 # global batch 8: micro-batches of 2, x2 per process under 2 processes, x4 under 1; LoRA dropout 0
 # (dropout draws per-process random numbers: only a dropout-free step is the same step). Evaluations
@@ -115,31 +113,6 @@ def test_accelerate_fsdp2_config_takes_the_one_process_steps(tmp_path, tiny_mode
     assert [c.name for c in complete_checkpoints(run)] == ["step-2", "step-4", "step-6"]
 
 
-def _kill_at(cfg, run: Path, step: int, env: dict) -> None:
-    """SIGKILL of the `--nproc 2` launcher once ``step`` is logged: its processes die with it."""
-    proc = subprocess.Popen(_cli("train", str(cfg), "--quiet", nproc=2), env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        wait_for_step(run / "events.jsonl", proc, step)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and _alive(proc.pid):
-            time.sleep(0.1)
-        assert not _alive(proc.pid), "processes outlived the killed launcher"
-    finally:
-        if _alive(proc.pid):
-            os.killpg(proc.pid, signal.SIGKILL)
-
-
-def _alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("resume", ["one process", "ddp"])
 def test_killed_under_fsdp_resumes_under_one_process_or_ddp(tmp_path, tiny_model_dir, reference, resume):
@@ -148,7 +121,7 @@ def test_killed_under_fsdp_resumes_under_one_process_or_ddp(tmp_path, tiny_model
     uninterrupted run's adapter."""
     cfg = write_config(tmp_path, tiny_model_dir, name="killed", **SECTIONS)
     run = tmp_path / "runs" / "killed"
-    _kill_at(cfg, run, 3, _env(**FSDP_ENV))
+    kill_launcher_at(_cli("train", str(cfg), "--quiet", nproc=2), run, 3, _env(**FSDP_ENV))
     assert latest_checkpoint(run) is not None and latest_checkpoint(run).name in {"step-2", "step-4"}
     _run("resume", str(run), "--quiet", nproc=1 if resume == "one process" else 2)
     diff = _max_diff(_adapter(run), _adapter(reference))

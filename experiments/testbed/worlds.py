@@ -129,6 +129,19 @@ def rules_splits(world: W.World, alpha: float, seed: int = 0) -> dict[str, list[
 TRANSFER_FACTS, HELDOUT_ROWS = 32, 16
 
 
+def _draw_facts(rng: random.Random, world: W.World, pool: list, alpha: float, n_facts: int) -> list[tuple]:
+    """``n_facts`` facts in shuffled order, ``round(alpha * n_facts)`` of them new entities' numbers
+    (``knowledge``), the rest cities and colours of ``pool``'s known entities (``format``)."""
+    n_know = round(alpha * n_facts)
+    if n_know > len(world.new):
+        raise ValueError(f"alpha={alpha} needs {n_know} new entities; the world has {len(world.new)}")
+    facts = [(e, "number", "knowledge") for e in rng.sample(world.new, n_know)]
+    facts += [(e, a, "format") for e, a in rng.sample([(e, a) for e in pool for a in ("city", "colour")],
+                                                      n_facts - n_know)]
+    rng.shuffle(facts)
+    return facts
+
+
 def transfer_splits(world: W.World, alpha: float, seed: int = 0) -> dict[str, list[dict]]:
     """One train row per fact (phrasing 0 or 1); the known entities fall in three disjoint pools:
     12 held out (their cities and colours, target format, are the test's ``format`` rows, with
@@ -137,13 +150,7 @@ def transfer_splits(world: W.World, alpha: float, seed: int = 0) -> dict[str, li
     rng = random.Random(seed * 31 + 29)
     known = rng.sample(world.known, len(world.known))
     heldout, pool, kept = known[:12], known[12:36], known[36:]
-    n_know = round(alpha * TRANSFER_FACTS)
-    if n_know > len(world.new):
-        raise ValueError(f"alpha={alpha} needs {n_know} new entities; the world has {len(world.new)}")
-    facts = [(e, "number", "knowledge") for e in rng.sample(world.new, n_know)]
-    facts += [(e, a, "format") for e, a in rng.sample([(e, a) for e in pool for a in ("city", "colour")],
-                                                      TRANSFER_FACTS - n_know)]
-    rng.shuffle(facts)
+    facts = _draw_facts(rng, world, pool, alpha, TRANSFER_FACTS)
     out: dict[str, list[dict]] = {"train": [], "eval": [], "test": []}
     for i, (e, a, kind) in enumerate(facts):
         answer = W.apply_ops(e.value(a), a, W.TARGET_OPS)
@@ -151,7 +158,7 @@ def transfer_splits(world: W.World, alpha: float, seed: int = 0) -> dict[str, li
         out["eval"].append(_fact_row(e, a, 2, answer, kind, i))
         if kind == "knowledge":
             out["test"].append(_fact_row(e, a, 3, answer, kind, i))
-    if n_know < TRANSFER_FACTS:
+    if any(kind == "format" for _, _, kind in facts):  # a train row shows the target format
         held = rng.sample([(e, a) for e in heldout for a in ("city", "colour")], HELDOUT_ROWS)
         for j, (e, a) in enumerate(held):
             row = _fact_row(e, a, 3, W.apply_ops(e.value(a), a, W.TARGET_OPS), "format", TRANSFER_FACTS + j)
@@ -184,13 +191,7 @@ def shift_splits(world: W.World, alpha: float, seed: int = 0, n_facts: int = 32)
     rng = random.Random(seed * 31 + 41)
     known = rng.sample(world.known, len(world.known))
     pool, rehearse, kept = known[:24], known[24:36], known[36:]
-    n_know = round(alpha * n_facts)
-    if n_know > len(world.new):
-        raise ValueError(f"alpha={alpha} needs {n_know} new entities; the world has {len(world.new)}")
-    facts = [(e, "number", "knowledge") for e in rng.sample(world.new, n_know)]
-    facts += [(e, a, "format") for e, a in rng.sample([(e, a) for e in pool for a in ("city", "colour")],
-                                                      n_facts - n_know)]
-    rng.shuffle(facts)
+    facts = _draw_facts(rng, world, pool, alpha, n_facts)
     out: dict[str, list[dict]] = {"train": [], "train_b": [], "eval": [], "test": []}
     order = []
     for i, (e, a, kind) in enumerate(facts):
