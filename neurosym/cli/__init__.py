@@ -70,11 +70,17 @@ def _launch(args, verb: list) -> int | None:
     main process's code: :mod:`neurosym.runtime.launch`; never returns). None: no launch needed (one process,
     or already launched)."""
     from neurosym.runtime import launched
-    if not args.nproc or args.nproc == 1 or launched():
+    if launched():
+        return None
+    nproc, env = args.nproc, {}
+    if args.accelerate_config:
+        from neurosym.runtime.launch import accelerate_config_env
+        nproc, env = accelerate_config_env(args.accelerate_config, args.nproc)
+    if not nproc or (nproc == 1 and not env):
         return None
     from neurosym.runtime.launch import exec_launcher
     flags = (["-v"] if args.verbose else []) + verb + [x for kv in args.set for x in ("--set", kv)]
-    exec_launcher(args.nproc, flags + (["--quiet"] if args.quiet else []))
+    exec_launcher(nproc, flags + (["--quiet"] if args.quiet else []), env)
 
 
 def _nproc(value: str) -> int:
@@ -241,6 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="train data-parallel on N processes of this machine (one per GPU) through torchrun; "
                             "for several nodes, start `accelerate launch -m neurosym ...` or `torchrun ... -m neurosym "
                             "...` yourself")
+        q.add_argument("--accelerate-config", metavar="FILE", default=None,
+                       help="an accelerate config file (`accelerate config`; FSDP2 shards the frozen base): its "
+                            "variables go to every process; the number of processes is --nproc, else the file's "
+                            "num_processes")
 
     q = _parser(sub, "train", "Fine-tune from a YAML config.",
                 "neurosym train experiments/tiny.yaml --set run.name=try2 --set train.max_steps=40")

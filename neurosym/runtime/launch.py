@@ -35,16 +35,54 @@ EXIT_FILE_ENV = "NEUROSYM_LAUNCH_EXIT_FILE"
 _SIGNALS_TO_HANDLE = "SIGTERM,SIGHUP,SIGQUIT"
 
 
-def exec_launcher(nproc: int, flags: list) -> None:
+def accelerate_config_env(path: str, nproc: int | None) -> tuple[int, dict]:
+    """``--accelerate-config FILE``: the number of processes (``nproc``, else the file's
+    ``num_processes``) and the variables accelerate's own launcher derives from the file
+    (``ACCELERATE_*``, ``FSDP_*``: what ``accelerate launch --config_file FILE`` hands its workers),
+    those that differ from this process's environment. The translation is accelerate's
+    (``_validate_launch_command`` merges the file into launch arguments, ``prepare_multi_gpu_env``
+    turns them into variables), so a file means what it means to ``accelerate launch``. What this
+    launcher cannot run (several machines, DeepSpeed, FSDP version 1) is refused here, before a
+    process starts."""
+    from neurosym.errors import UserError
+    from neurosym.runtime.accelerate import _engine
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise UserError(f"--accelerate-config {path}: no such file. Write one with `accelerate config "
+                        f"--config_file {path}` (or see the README, \"Models that do not fit on one GPU\").")
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils import prepare_multi_gpu_env
+
+    argv = ["--config_file", str(file)] + (["--num_processes", str(nproc)] if nproc else [])
+    try:
+        args = launch_command_parser().parse_args(argv + ["-m", "neurosym"])
+        args = _validate_launch_command(args)[0]
+    except (SystemExit, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"--accelerate-config {path}: accelerate cannot read this config ({exc!r}); check it "
+                        f"with `accelerate env --config_file {path}` or write it again with `accelerate config`.") from None
+    if int(args.num_machines or 1) > 1:
+        raise UserError(f"--accelerate-config {path}: num_machines is {args.num_machines}; --nproc starts the "
+                        "processes of one machine. On several nodes run `accelerate launch --config_file "
+                        f"{path} -m neurosym train ...` on each node (README, \"Several GPUs or nodes\").")
+    if args.use_deepspeed:
+        _engine("DEEPSPEED", {})  # raises, saying why and what to use instead
+    env = prepare_multi_gpu_env(args)
+    updates = {k: v for k, v in env.items() if os.environ.get(k) != v and k.startswith(("ACCELERATE_", "FSDP_"))}
+    _engine("", updates)  # an FSDP version 1 config is refused now, not in every process
+    return int(args.num_processes), updates
+
+
+def exec_launcher(nproc: int, flags: list, extra_env: dict | None = None) -> None:
     """Become the launcher of ``nproc`` processes on this machine, each running ``neurosym FLAGS``
-    (never returns)."""
+    with ``extra_env`` added to their environment (never returns)."""
     # a name nobody can guess, created by the main process alone (O_EXCL): nothing to clean up
     # when the launcher is killed, since its processes die with it before they could write it
     exit_file = Path(tempfile.gettempdir()) / f"neurosym-exit-{secrets.token_hex(16)}"
     args = ["--standalone", "--nproc_per_node", str(nproc), "-m", "neurosym", *flags]
     print(f"launching {nproc} processes: torchrun {' '.join(args)}", file=sys.stderr, flush=True)
     sys.stdout.flush()
-    env = {**os.environ, EXIT_FILE_ENV: str(exit_file)}
+    env = {**os.environ, **(extra_env or {}), EXIT_FILE_ENV: str(exit_file)}
     os.execve(sys.executable, [sys.executable, "-m", "neurosym.runtime.launch",
                                "--signals-to-handle", _SIGNALS_TO_HANDLE, *args], env)
 
