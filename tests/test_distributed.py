@@ -384,6 +384,12 @@ def test_the_jobs_exit_status_names_a_killed_process_and_keeps_the_main_verdict_
     assert status == 143 and "process 1 of the job was killed by SIGTERM" in message  # the first one killed
     assert job_status({1: F(exitcode=1, timestamp=3)}, None, 1) == (1, None)   # a crash: the main's 1, said by it
     assert job_status({1: F(exitcode=2, timestamp=3)}, None, 2) == (2, None)   # bad input met by the processes
+    # bad input met by the main process while the other one aborts in gloo as its peer leaves (seen: 134)
+    assert job_status({0: F(exitcode=2, timestamp=3), 1: F(exitcode=-6, timestamp=3)}, None, 2) == (2, None)
+    assert job_status({0: F(exitcode=2, timestamp=3), 1: F(exitcode=-9, timestamp=3)}, None, 2) == (2, None)
+    # an abort is a crash, not a kill: the main process's verdict, or the crash's own status without one
+    assert job_status({0: F(exitcode=1, timestamp=3), 1: F(exitcode=-6, timestamp=3)}, None, 1) == (1, None)
+    assert job_status({1: F(exitcode=-6, timestamp=3)}, None, None) == (134, None)
     assert job_status({0: F(exitcode=1, timestamp=3)}, None, None) == (1, None)
     assert job_status(None, signal.SIGTERM, 130) == (130, None)                  # stopped and saved
     assert job_status(None, signal.SIGTERM, None) == (143, None)

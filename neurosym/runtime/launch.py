@@ -112,13 +112,19 @@ def _signal_name(signum: int) -> str:
         return f"signal {signum}"
 
 
+# signals a process raises on itself when it crashes (a C++ abort when gloo loses its peer, a segfault):
+# not something the machine or a scheduler did to it
+_CRASH_SIGNALS = {signal.SIGABRT, signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL}
+
+
 def killed_process(failures: dict) -> tuple[int, int] | None:
     """(rank, signal) of the first process of a failed job that a signal killed, or None.
     ``failures``: torchrun's ``{rank: ProcessFailure}`` (``exitcode`` < 0: killed by ``-exitcode``).
     Failures seen at once share a timestamp (whole seconds); among those, one killed by SIGTERM comes
-    last: that is how torchrun stops the other processes once one has failed."""
+    last: that is how torchrun stops the other processes once one has failed. A crash signal
+    (SIGABRT, SIGSEGV, ...) is the process's own failure, not a kill: it is not counted here."""
     killed = sorted((f.timestamp, -f.exitcode == signal.SIGTERM, rank, -f.exitcode)
-                    for rank, f in failures.items() if f.exitcode < 0)
+                    for rank, f in failures.items() if f.exitcode < 0 and -f.exitcode not in _CRASH_SIGNALS)
     return (killed[0][2], killed[0][3]) if killed else None
 
 
@@ -131,6 +137,8 @@ def job_status(failures: dict | None, stopped_by: int | None, main_code: int | N
     if stopped_by is not None:  # 130 if the main process stopped and saved, 0 if it had finished
         return (main_code if main_code is not None else 128 + stopped_by), None
     if failures:
+        if main_code == 2:  # the main process met bad input; the others fail after it (a lost peer, an abort)
+            return 2, None
         killed = killed_process(failures)
         if killed is not None:
             rank, signum = killed
