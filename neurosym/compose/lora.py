@@ -15,10 +15,13 @@ def attach(base, sources):
     """One PeftModel holding every module under its own name (the first one active)."""
     from peft import PeftModel
 
+    from neurosym.model.load import peft_on_new_transformers
+
     first, rest = sources[0], sources[1:]
-    model = PeftModel.from_pretrained(base, str(first.adapter_dir), adapter_name=first.name)
-    for s in rest:
-        model.load_adapter(str(s.adapter_dir), adapter_name=s.name)
+    with peft_on_new_transformers():
+        model = PeftModel.from_pretrained(base, str(first.adapter_dir), adapter_name=first.name)
+        for s in rest:
+            model.load_adapter(str(s.adapter_dir), adapter_name=s.name)
     model.eval()
     return model
 

@@ -249,7 +249,9 @@ def load_model(name_or_path: str, adapter: str | None = None, device: str = "cpu
     if adapter:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, adapter).to(device)
+        from neurosym.model.load import peft_on_new_transformers
+        with peft_on_new_transformers():
+            model = PeftModel.from_pretrained(model, adapter).to(device)
     model.eval()
     return model, tokenizer
 
