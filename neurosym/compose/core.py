@@ -311,18 +311,13 @@ def load(path: str | os.PathLike, device=None, quantization: Optional[str] = Non
         src = resolve("module", str(p))
         check_trust(src.base, trust_remote_code, f"{src.run_dir}/config.yaml (model.trust_remote_code)")
         model, tok = _base_model(src.base, device, quantization)
-        from peft import PeftModel
-
-        from neurosym.model.load import peft_on_new_transformers
-        with peft_on_new_transformers():
-            return PeftModel.from_pretrained(model, str(src.adapter_dir)).eval(), tok
+        from neurosym.model.load import peft_from_pretrained
+        return peft_from_pretrained(model, src.adapter_dir).eval(), tok
     return _base_model(BaseRef(str(path), trust_remote_code=trust_remote_code), device, quantization)
 
 
 def _load_manifest(path: Path, device, quantization, trust_remote_code: bool = False):
-    from peft import PeftModel
-
-    from neurosym.model.load import peft_on_new_transformers
+    from neurosym.model.load import peft_from_pretrained
 
     p, doc, sources = manifest_sources(path)
     base = manifest_base(p, doc)
@@ -330,8 +325,7 @@ def _load_manifest(path: Path, device, quantization, trust_remote_code: bool = F
     model, tok = _base_model(base, device, quantization)
     if "result" in doc:      # weight method or baked: one ordinary adapter at the folder's root
         _verify(p.parent, doc["result"]["sha256"], f"{p} result")
-        with peft_on_new_transformers():
-            return PeftModel.from_pretrained(model, str(p.parent)).eval(), tok
+        return peft_from_pretrained(model, p.parent).eval(), tok
     method = get_method(doc["method"])
     model = lora.attach(model, sources)
     opts = doc.get("options") or {}

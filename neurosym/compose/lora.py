@@ -13,15 +13,12 @@ from __future__ import annotations
 
 def attach(base, sources):
     """One PeftModel holding every module under its own name (the first one active)."""
-    from peft import PeftModel
-
-    from neurosym.model.load import peft_on_new_transformers
+    from neurosym.model.load import peft_from_pretrained
 
     first, rest = sources[0], sources[1:]
-    with peft_on_new_transformers():
-        model = PeftModel.from_pretrained(base, str(first.adapter_dir), adapter_name=first.name)
-        for s in rest:
-            model.load_adapter(str(s.adapter_dir), adapter_name=s.name)
+    model = peft_from_pretrained(base, first.adapter_dir, adapter_name=first.name)
+    for s in rest:
+        model.load_adapter(str(s.adapter_dir), adapter_name=s.name)
     model.eval()
     return model
 

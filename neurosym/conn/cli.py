@@ -247,11 +247,8 @@ def load_model(name_or_path: str, adapter: str | None = None, device: str = "cpu
     else:
         model, tokenizer = load(name_or_path, device=device, trust_remote_code=trust_remote_code)
     if adapter:
-        from peft import PeftModel
-
-        from neurosym.model.load import peft_on_new_transformers
-        with peft_on_new_transformers():
-            model = PeftModel.from_pretrained(model, adapter).to(device)
+        from neurosym.model.load import peft_from_pretrained
+        model = peft_from_pretrained(model, adapter).to(device)
     model.eval()
     return model, tokenizer
 

@@ -163,6 +163,16 @@ def peft_on_new_transformers():
         yield
 
 
+def peft_from_pretrained(model, adapter_dir, **kwargs):
+    """``PeftModel.from_pretrained`` (kwargs passed on: ``adapter_name``, ``is_trainable``) without the
+    deprecation warning our call raises (:func:`peft_on_new_transformers`); every load of a saved
+    adapter goes through here."""
+    from peft import PeftModel
+
+    with peft_on_new_transformers():
+        return PeftModel.from_pretrained(model, str(adapter_dir), **kwargs)
+
+
 def add_lora(model, lora_cfg):
     from peft import get_peft_model
 
@@ -231,13 +241,10 @@ def identity_mismatch(saved: dict, current: dict) -> str:
 
 def load_with_adapter(cfg, cache_dir: Path, adapter_dir: Path, trainable: bool = False):
     """Base model + a saved adapter (eval, merge, generate)."""
-    from peft import PeftModel
-
     check_quantization(cfg.model)
     check_lora_init(cfg.lora, cfg.model)  # PEFT redoes a LoftQ/PiSSA/OLoRA initialisation when it loads
     device = pick_device()
     tokenizer = load_tokenizer(cfg.model, cache_dir)
     model, dtype = load_base_model(cfg.model, cache_dir, device)
-    with peft_on_new_transformers():
-        model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
+    model = peft_from_pretrained(model, adapter_dir, is_trainable=trainable)
     return model, tokenizer, device, dtype
