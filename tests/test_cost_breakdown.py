@@ -45,3 +45,8 @@ def test_the_parts_add_up_to_compare_costs(tmp_path):
     assert got["total"] == pytest.approx(compare.cost(row, 1))
     lines = table(tmp_path, "bandit").splitlines()
     assert lines[2].startswith("| 0.5 | 0.0 | 1 | 2.0 |") and lines[2].endswith(f"| {got['total']:.1f} |")
+    # a noisy teacher's setting: compare.py ran the teacher-free arms once, in the noise-0 setting
+    noisy = tmp_path / "settings" / "a0.5-n0.3-s0"
+    _write(noisy / "runs" / "bandit", bandit)
+    assert breakdown(noisy, "bandit") == got
+    assert table(tmp_path, "bandit").splitlines()[3].startswith("| 0.5 | 0.3 | 1 | 2.0 |")

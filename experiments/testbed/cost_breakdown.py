@@ -34,10 +34,20 @@ def _passes(compute: dict) -> int:
     return compute.get("forward_tokens", 0) + compute.get("generated_tokens", 0)
 
 
+def lora_run(setting: Path) -> Path:
+    """The setting's pure-LoRA run: its own, or, for a noisy teacher, the one compare.py ran once for
+    the same alpha and seed (teacher-free arms run in the noise-0 setting only)."""
+    own = setting / "runs" / "lora"
+    if (own / "events.jsonl").exists():
+        return own
+    alpha, _, seed = setting.name.split("-")  # a0.5-n0.3-s0
+    return setting.parent / f"{alpha}-n0.0-{seed}" / "runs" / "lora"
+
+
 def breakdown(setting: Path, arm: str) -> dict[str, float]:
-    """The arm's cost in ``setting`` (a folder with ``runs/lora`` and ``runs/<arm>``), split by ``PARTS``,
-    and ``total`` (their sum: compare.py's cost at c = 1)."""
-    lora = _train_events(setting / "runs" / "lora")
+    """The arm's cost in ``setting`` (a folder with ``runs/<arm>``; the pure-LoRA run: :func:`lora_run`),
+    split by ``PARTS``, and ``total`` (their sum: compare.py's cost at c = 1)."""
+    lora = _train_events(lora_run(setting))
     unit = sum(3 * e["compute"]["train_tokens"] + _passes(e["compute"]) for e in lora) / len(lora)
     events = _train_events(setting / "runs" / arm)
     steps = sum(1 for e in events if e["route"] == "lora" or "lora" in (e.get("parts") or {}))
@@ -55,7 +65,7 @@ def table(work: Path, arm: str, noise: str | None = None) -> str:
     """One line per (alpha, noise): each part's mean over the seeds."""
     by: dict[tuple[str, str], list[dict]] = {}
     for setting in sorted((work / "settings").iterdir()):
-        if not all((setting / "runs" / a / "events.jsonl").exists() for a in ("lora", arm)):
+        if not all((run / "events.jsonl").exists() for run in (lora_run(setting), setting / "runs" / arm)):
             continue
         alpha, n = (part[1:] for part in setting.name.split("-")[:2])  # a0.5-n0.0-s0
         if noise is None or n == noise:
