@@ -18,16 +18,18 @@ plus one unit per teacher call (c = 1). It is split into:
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
+import sys
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from experiments.testbed.compare import cost, ledger, lora_unit  # noqa: E402
+from neurosym.observe.events import read_events  # noqa: E402
+
 PARTS = ("lora_steps", "longer_rows", "update_forwards", "router", "calls")
-
-
-def _train_events(run: Path) -> list[dict]:
-    return [e for e in (json.loads(line) for line in (run / "events.jsonl").read_text().splitlines() if line.strip())
-            if e.get("kind") == "train"]
 
 
 def _passes(compute: dict) -> int:
@@ -46,19 +48,18 @@ def lora_run(setting: Path) -> Path:
 
 def breakdown(setting: Path, arm: str) -> dict[str, float]:
     """The arm's cost in ``setting`` (a folder with ``runs/<arm>``; the pure-LoRA run: :func:`lora_run`),
-    split by ``PARTS``, and ``total`` (their sum: compare.py's cost at c = 1)."""
-    lora = _train_events(lora_run(setting))
-    unit = sum(3 * e["compute"]["train_tokens"] + _passes(e["compute"]) for e in lora) / len(lora)
-    events = _train_events(setting / "runs" / arm)
-    steps = sum(1 for e in events if e["route"] == "lora" or "lora" in (e.get("parts") or {}))
+    split by ``PARTS``, and ``total``: compare.py's own cost at c = 1 (its ledger and unit), which the
+    parts add up to."""
+    run = setting / "runs" / arm
+    last = {**ledger(run)[-1], "unit": lora_unit({"ledger": ledger(lora_run(setting))})}
+    unit, steps = last["unit"], float(last["lora_steps"])
+    events = [e for e in read_events(run / "events.jsonl") if e.get("kind") == "train"]
     train = sum(3 * e["compute"]["train_tokens"] for e in events) / unit
     inside = sum(_passes(p.get("compute") or {}) for e in events for p in (e.get("parts") or {}).values()) / unit
-    outside = sum(_passes(e["compute"]) for e in events) / unit - inside
-    calls = sum(p.get("calls", 0) for e in events for p in (e.get("parts") or {}).values())
-    out = {"lora_steps": float(steps), "longer_rows": train - steps, "update_forwards": inside, "router": outside,
-           "calls": float(calls)}
-    out["total"] = sum(out.values())
-    return out
+    total = cost(last, 1)
+    return {"lora_steps": steps, "longer_rows": train - steps, "update_forwards": inside,
+            "router": total - last["teacher_calls"] - train - inside, "calls": float(last["teacher_calls"]),
+            "total": total}
 
 
 def table(work: Path, arm: str, noise: str | None = None) -> str:
