@@ -69,14 +69,15 @@ class BanditRouter(Router):
         self.level = {r: 0 for r in self.routes}          # saturated results in a row
         self.loss_stats = [0.0, 0.0, 0.0]                 # discounted [n, sum, sum sq] of batch mean loss
         self.shares = {k: 0.0 for k in ROW_KINDS}         # EMA of each kind's share of the batch
+        self._learns_now = False                          # the last decision tried an arm or explored
 
     @property
     def needs_gain(self) -> bool:
-        """Measure every step until each open route was tried on each kind of row that needs fixing and
-        was seen (a kind the data never shows, or a closed route, is no reason to measure)."""
-        open_ = [r for r in self.routes if self.n_decisions >= self.closed.get(r, {}).get("until", 0)]
-        return any(self.arms[f"{k}/{r}"][0] == 0.0 for k in ("form", "content") if self.shares[k] > 0
-                   for r in open_)
+        """The decision just made must be measured, whatever the schedule: it tried an arm for the first
+        time (a route on a kind of row it never served) or explored. The other decisions are measured on
+        the orchestrator's schedule (``reward.gain_every``): an arm already tried needs no probe at every
+        step, and a kind the batches stopped showing is no reason to measure."""
+        return self._learns_now
 
     @property
     def wants_rows(self) -> bool:
@@ -90,6 +91,7 @@ class BanditRouter(Router):
 
     # ------------------------------------------------------------------ deciding
     def decide(self, signals: Signals, batch: BatchStats, unavailable=None) -> Decision:
+        self._learns_now = False  # (set by _choose: a decision with one route available learns nothing new)
         unavailable = self.unavailable(signals, unavailable)
         self._watch_shift(batch, signals)
         for route, c in self.closed.items():
@@ -104,11 +106,12 @@ class BanditRouter(Router):
         for kind in dict.fromkeys(kinds):
             rows = [i for i, k in enumerate(kinds) if k == kind]
             route, how = self._route_for(kind, available)
-            explored |= how != "value"
+            explored |= how in ("untried", "explore")
             parts[route].extend(rows)
             why.append(f"{len(rows)} {kind} -> {route} ({how})")
         headline = next((r for r in parts if r != self.default_route and parts[r]), self.default_route)
         parts = {r: sorted(ix) for r, ix in parts.items() if ix}  # each part in batch order
+        self._learns_now = explored
         return Decision(headline, predicted=self.values(available), explored=explored, reason="; ".join(why),
                         index=index, router=self.kind, parts=parts)
 

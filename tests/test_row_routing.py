@@ -3,6 +3,7 @@ exponential backoff and reopens it on a shift; refined rows never take a task ro
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -61,7 +62,23 @@ def test_the_bandit_partitions_by_kind_tries_each_arm_and_keeps_correct_rows_on_
     assert d.parts["symbolic"] == [0, 1, 3]  # untried arms: the non-default route first
     assert d.route == "symbolic" and d.partition(4) == {r: ix for r, ix in d.parts.items() if ix}
     assert Decision.from_dict(json.loads(json.dumps(d.as_dict()))).parts == d.parts
-    assert router.needs_gain  # the lora arms of form/content rows were never tried
+    assert router.needs_gain and d.explored  # this decision tries arms: its gain is measured, whatever the schedule
+
+
+def test_the_bandit_asks_for_a_measurement_only_when_it_tries_an_arm():
+    """Once every arm its rows need was tried, a decision by value waits for the gain schedule (a kind
+    seen long ago, whose share decays but never reaches 0, asked for a probe at every step)."""
+    router = bandit()
+    d = router.decide(signals(), stats([FORM, CONTENT]))                     # symbolic on both: untried
+    assert router.needs_gain
+    router.learn_parts(d, {"symbolic": PartResult(gain_by_kind={"form": 1.0, "content": 0.0}, cost=2.0, rows=2)})
+    d = router.decide(signals(), stats([FORM, CONTENT]))                     # lora on both: untried
+    assert router.needs_gain and d.parts == {"lora": [0, 1]}
+    router.learn_parts(d, {"lora": PartResult(gain_by_kind={"form": 0.1, "content": 0.5}, cost=1.0, rows=2)})
+    for _ in range(5):
+        d = router.decide(signals(), stats([CONTENT, RIGHT]))
+        assert not router.needs_gain and not d.explored and "(value)" in d.reason
+        assert router.shares["form"] > 0
 
 
 def test_the_bandit_learns_which_route_pays_for_which_kind():
@@ -197,3 +214,52 @@ def test_the_random_row_control_partitions_without_reading_the_rows():
     assert 0.2 < share < 0.3
     assert all(sorted(i for ix in d.parts.values() for i in ix) == list(range(8)) for d in decisions)
     assert all(list(d.parts)[-1] == "lora" for d in decisions if len(d.parts) == 2)
+
+
+def test_the_inspector_takes_a_reproduced_answer_from_the_loss_pass_and_generates_only_the_rest(monkeypatch):
+    """A row whose reference is the argmax at every token (EOS included) is the greedy answer: the
+    inspector reads it from the reference-loss pass; the answers are the ones generating every row gives."""
+    import sys
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from neurosym.data.render import Renderer
+    from neurosym.run import inspect as I
+    from neurosym.run.gain import GainProbe
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "experiments" / "testbed"))
+    import world as W
+
+    student = root / "experiments" / "testbed" / "student"
+    model, tok = AutoModelForCausalLM.from_pretrained(student), AutoTokenizer.from_pretrained(student)
+    split = W.task_splits(W.make_world(0), 0.5)["test"][:24]
+    rows = [Example((("user", r["prompt"]),), r["response"]) for r in split]
+    rows.append(Example((("user", split[0]["prompt"]),), "X" * 40))  # longer than the generation budget
+
+    class Exact:
+        needs_generation = True
+
+        def __call__(self, out, ref):
+            return float(out.strip() == ref.strip())
+
+    ctx = SimpleNamespace(model=model, tokenizer=tok, renderer=Renderer(tok, 128, W.hand_prompt()), reward=Exact(),
+                          cfg=SimpleNamespace(train=SimpleNamespace(batch_size=8)),
+                          runtime=SimpleNamespace(dtype=None))
+    probe = GainProbe(rows, ctx, 16, by_loss=True)
+    inspector = I.Inspector(rows, ctx, probe.row_forward, 16, True, RowVerdicts())
+    every = inspector.answers(rows)
+    generated = []
+    real = I.answer_examples
+    monkeypatch.setattr(I, "answer_examples", lambda m, t, r, exs, *a: generated.extend(exs) or real(m, t, r, exs, *a))
+    answers, losses = inspector.answers_and_losses(rows)
+    assert answers == every
+    assert losses == pytest.approx(probe.row_losses(rows))
+    right = [i for i, (a, ex) in enumerate(zip(every, rows)) if a == ex.response]
+    assert len(right) >= 6                                 # the student gets these right under the hand prompt
+    assert len(generated) == len(rows) - len(right)        # ... and only the others were generated
+    assert inspector.reproduced(rows[right[0]]) == rows[right[0]].response
+    assert inspector.reproduced(rows[-1]) is None          # a reference past the generation budget: generated
+    stats = inspector.batch(rows[:8], with_losses=True)
+    assert [r.correct for r in stats.rows] == [a == ex.response for a, ex in zip(every[:8], rows[:8])]

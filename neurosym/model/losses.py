@@ -22,14 +22,21 @@ def encode_batches(examples, renderer, batch_size: int, pad_id: int, runtime, pa
 def token_losses(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token cross-entropy of the response tokens, and the mask of which tokens count (packed rows
     pass position ids and no 2D mask: ``forward_inputs``)."""
+    losses, mask, _ = _token_losses(model, batch)
+    return losses, mask
+
+
+def _token_losses(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`token_losses` and, per row, whether the model's argmax is the label at every counted
+    position (under teacher forcing: the greedy answer is the reference, up to floating-point ties)."""
     logits = model(**forward_inputs(batch)).logits
     logits = logits[:, :-1].float()
     labels = batch["labels"][:, 1:]
     mask = labels != IGNORE
     losses = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.clamp(min=0).reshape(-1),
                              reduction="none").view_as(labels)
-    return losses * mask, mask
-
+    exact = ((logits.argmax(-1) == labels) | ~mask).all(1) & mask.any(1)
+    return losses * mask, mask, exact
 
 
 def eval_loss(model, micro_batches, runtime) -> tuple[float, int]:
@@ -52,10 +59,11 @@ def _batch_losses(model, rows: list, params: dict) -> list:
         for row in rows:
             batch = {k: torch.tensor(v, dtype=torch.long, device=device) for k, v in row.items()}
             with _autocast(device, dtype):
-                losses, mask = token_losses(model, batch)
+                losses, mask, exact = _token_losses(model, batch)
             per_row = losses.sum(1)
             out.append({"sum": float(per_row.sum()), "tokens": int(mask.sum()),
-                        "row_sums": per_row.tolist(), "row_tokens": mask.sum(1).tolist()})
+                        "row_sums": per_row.tolist(), "row_tokens": mask.sum(1).tolist(),
+                        "row_exact": exact.tolist()})
     return out
 
 
@@ -68,8 +76,8 @@ def _autocast(device: torch.device, dtype: torch.dtype):
 
 
 def batch_losses(model, micro_batches: list[dict], autocast_dtype: torch.dtype | None = None) -> list[dict]:
-    """Per micro-batch: ``sum`` and ``tokens`` of its response-token losses, and per row ``row_sums``
-    and ``row_tokens``; a model trained by several processes computes them on all of them (a share of
+    """Per micro-batch: ``sum`` and ``tokens`` of its response-token losses, and per row ``row_sums``,
+    ``row_tokens`` and ``row_exact`` (the argmax is the label at every response token); a model trained by several processes computes them on all of them (a share of
     the micro-batches each: :mod:`neurosym.model.collective`)."""
     rows = [{k: v.tolist() for k, v in b.items() if isinstance(v, torch.Tensor)} for b in micro_batches]
     name = str(autocast_dtype).removeprefix("torch.") if autocast_dtype is not None else None

@@ -53,9 +53,15 @@ class GainProbe:
     def row_losses(self, examples) -> list[float]:
         """Each example's mean reference-answer token loss (one forward pass per chunk, on every
         process of a sharded model: :func:`neurosym.model.losses.batch_losses`)."""
+        return self.row_forward(examples)[0]
+
+    def row_forward(self, examples) -> tuple[list[float], list[bool]]:
+        """:meth:`row_losses`, and whether each reference answer is the model's argmax at every one of
+        its tokens under teacher forcing (from the same forward pass)."""
         ctx = self.ctx
         bs = ctx.cfg.train.batch_size * 4  # no gradient: a wider batch than training's fits
         batches = [collate([ctx.renderer.encode(ex) for ex in examples[i:i + bs]], ctx.tokenizer.pad_token_id)
                    for i in range(0, len(examples), bs)]
-        return [s / max(n, 1) for part in batch_losses(ctx.model, batches, ctx.runtime.dtype)
-                for s, n in zip(part["row_sums"], part["row_tokens"])]
+        parts = batch_losses(ctx.model, batches, ctx.runtime.dtype)
+        losses = [s / max(n, 1) for part in parts for s, n in zip(part["row_sums"], part["row_tokens"])]
+        return losses, [bool(x) for part in parts for x in part["row_exact"]]

@@ -15,6 +15,7 @@ import re
 from typing import Optional
 
 from classifiers import BatchStats, RowStats
+from neurosym.data.render import IGNORE
 from neurosym.model.generation import answer_examples
 
 _NOISE = re.compile(r"[\s\W_]+", re.UNICODE)  # whitespace, punctuation, separators (_ - . , : ; ...)
@@ -61,24 +62,60 @@ def row_stats(examples, answers: list[str], losses: list, reward, verdicts: RowV
 
 
 class Inspector:
-    """Per-row statistics of a batch and of the probe rows under the current model and prompt."""
+    """Per-row statistics of a batch and of the probe rows under the current model and prompt.
 
-    def __init__(self, probe, ctx, losses, max_new_tokens: int, by_loss: bool, verdicts: RowVerdicts):
-        """``losses(examples) -> per-row reference loss`` (the gain probe's, one forward pass)."""
-        self.probe, self.ctx, self.losses, self.max_new_tokens = list(probe), ctx, losses, max_new_tokens
+    A row whose reference answer is the model's argmax at every one of its tokens under teacher forcing
+    (and ends in EOS within ``max_new_tokens``) is one the greedy answer reproduces exactly: its answer
+    is taken from the reference-loss forward pass and only the other rows are generated. Whenever the
+    loss is wanted (the probe rows; the batch's rows for a router that asks for their loss) this saves
+    the generation of every row the student already gets right; without the loss, generating every row
+    costs less than a forward pass over the whole rows first."""
+
+    def __init__(self, probe, ctx, forward, max_new_tokens: int, by_loss: bool, verdicts: RowVerdicts):
+        """``forward(examples) -> (per-row reference loss, per-row teacher-forced exact)`` (the gain
+        probe's :meth:`~neurosym.run.gain.GainProbe.row_forward`, one forward pass)."""
+        self.probe, self.ctx, self.forward, self.max_new_tokens = list(probe), ctx, forward, max_new_tokens
         self.by_loss, self.verdicts = by_loss, verdicts
         self._probe_cache: tuple = (None, None)  # (version, (rows, values))
+
+    def losses(self, examples) -> list[float]:
+        return self.forward(examples)[0] if examples else []
 
     def answers(self, examples) -> list[str]:
         ctx = self.ctx
         return answer_examples(ctx.model, ctx.tokenizer, ctx.renderer, examples, self.max_new_tokens,
                                ctx.cfg.train.batch_size * 4) if examples else []
 
+    def reproduced(self, ex) -> Optional[str]:
+        """The greedy answer to ``ex`` if the model reproduces its reference exactly (the reference's
+        decoded tokens), given that its argmax matched every reference token; None when that does not
+        settle it (no EOS, an answer longer than the generation budget, a truncated or multi-piece row)."""
+        renderer, tok = self.ctx.renderer, self.ctx.tokenizer
+        enc = renderer.encode(ex)
+        n = 0
+        while n < len(enc.labels) and enc.labels[len(enc.labels) - 1 - n] != IGNORE:
+            n += 1
+        if (enc.truncated or not n or n > self.max_new_tokens or tok.eos_token_id is None
+                or enc.input_ids[-1] != tok.eos_token_id or enc.input_ids[:-n] != list(renderer.generation_ids(ex))):
+            return None
+        return tok.decode(enc.input_ids[-n:], skip_special_tokens=True).strip()
+
+    def answers_and_losses(self, examples) -> tuple[list[str], list[float]]:
+        """Every row's greedy answer and reference loss: one forward pass, then a generation for the rows
+        it does not settle."""
+        if not examples:
+            return [], []
+        losses, exact = self.forward(examples)
+        answers = [self.reproduced(ex) if hit else None for ex, hit in zip(examples, exact)]
+        rest = [i for i, a in enumerate(answers) if a is None]
+        for i, a in zip(rest, self.answers([examples[i] for i in rest])):
+            answers[i] = a
+        return answers, losses
+
     def batch(self, batch, with_losses: bool = True) -> BatchStats:
         """The batch's rows, and their answers (kept for a symbolic update on them); ``with_losses=False``
         skips the reference-loss forward pass (rows' ``loss`` and the batch's mean loss are then None)."""
-        answers = self.answers(batch)
-        losses = self.losses(batch) if with_losses else [None] * len(batch)
+        answers, losses = self.answers_and_losses(batch) if with_losses else (self.answers(batch), [None] * len(batch))
         rows = row_stats(batch, answers, losses, self.ctx.reward, self.verdicts)
         known = [x for x in losses if x is not None]
         return BatchStats(mean_loss=sum(known) / len(known) if known else None, max_loss=max(known, default=None),
@@ -89,13 +126,13 @@ class Inspector:
         """Each row's value: -loss (``by_loss``), else its reward."""
         if self.by_loss or not self.ctx.reward.needs_generation:
             return [-x for x in self.losses(examples)]
-        answers = self.answers(examples) if answers is None else answers
+        answers = self.answers_and_losses(examples)[0] if answers is None else answers
         return [float(self.ctx.reward(a, ex.response)) for a, ex in zip(answers, examples)]
 
     def probe_rows(self, version) -> tuple[list[RowStats], list[float]]:
         """The probe rows' statistics and values under ``version`` (cached per version)."""
         if self._probe_cache[0] != version:
-            answers, losses = self.answers(self.probe), self.losses(self.probe)
+            answers, losses = self.answers_and_losses(self.probe)
             rows = row_stats(self.probe, answers, losses, self.ctx.reward, self.verdicts)
             values = [-x for x in losses] if (self.by_loss or not self.ctx.reward.needs_generation) \
                 else [float(self.ctx.reward(a, ex.response)) for a, ex in zip(answers, self.probe)]

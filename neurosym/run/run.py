@@ -123,7 +123,7 @@ class Run:
                            if self.validates_prompt else ())
         # a per-row router: each row's statistics before it decides, each part's gain per row kind
         self.verdicts = RowVerdicts()  # the teacher's last verdict on each row (correct | form | content)
-        self.inspector = (Inspector(probe_set, self.ctx, self.probe.row_losses, cfg.symbolic.max_new_tokens,
+        self.inspector = (Inspector(probe_set, self.ctx, self.probe.row_forward, cfg.symbolic.max_new_tokens,
                                     cfg.reward.gain_from == "loss", self.verdicts)
                           if self.router.per_row and self.measures_gain else None)
         self.meter = ComputeMeter(self.model)  # tokens through every forward pass, for the cost of each part
