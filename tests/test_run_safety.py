@@ -139,9 +139,9 @@ def test_divergence_stops_before_the_weights_and_keeps_the_last_good_checkpoint(
     real = lora.token_losses
     calls = {"n": 0}
 
-    def nan_at_step_3(model, batch):
+    def nan_at_step_3(model, batch, *args):
         calls["n"] += model.training  # training forwards only (one per step here), not evaluations
-        losses, mask = real(model, batch)
+        losses, mask = real(model, batch, *args)
         return (losses * float("nan"), mask) if calls["n"] == 3 and model.training else (losses, mask)
 
     monkeypatch.setattr(lora, "token_losses", nan_at_step_3)

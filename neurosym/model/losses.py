@@ -10,6 +10,7 @@ from neurosym.data.batching import forward_inputs
 from neurosym.data.render import IGNORE
 from neurosym.model.collective import spread, task
 from neurosym.model.generation import measuring
+from neurosym.model.shared_prefix import forward_logits, shared_length
 
 
 def encode_batches(examples, renderer, batch_size: int, pad_id: int, runtime, packing: bool = False,
@@ -19,19 +20,23 @@ def encode_batches(examples, renderer, batch_size: int, pad_id: int, runtime, pa
     return [runtime.to_device(b) for b in make_micro_batches(encodings, batch_size, pad_id, packing, max_length)]
 
 
-def token_losses(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+def token_losses(model, batch: dict, share_prefix: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token cross-entropy of the response tokens, and the mask of which tokens count (packed rows
-    pass position ids and no 2D mask: ``forward_inputs``)."""
-    losses, mask, _ = _token_losses(model, batch)
+    pass position ids and no 2D mask: ``forward_inputs``). ``share_prefix``: the rows' common leading
+    tokens are run once (:mod:`neurosym.model.shared_prefix`); the columns before the first row's own
+    token are then left out of both tensors (they hold no counted token)."""
+    losses, mask, _ = _token_losses(model, batch, share_prefix)
     return losses, mask
 
 
-def _token_losses(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _token_losses(model, batch: dict, share_prefix: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`token_losses` and, per row, whether the model's argmax is the label at every counted
     position (under teacher forcing: the greedy answer is the reference, up to floating-point ties)."""
-    logits = model(**forward_inputs(batch)).logits
-    logits = logits[:, :-1].float()
-    labels = batch["labels"][:, 1:]
+    k = shared_length(batch) if share_prefix else 0
+    if k:
+        logits, labels = forward_logits(model, batch, k)[:, :-1].float(), batch["labels"][:, k + 1:]
+    else:
+        logits, labels = model(**forward_inputs(batch)).logits[:, :-1].float(), batch["labels"][:, 1:]
     mask = labels != IGNORE
     losses = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.clamp(min=0).reshape(-1),
                              reduction="none").view_as(labels)
@@ -59,7 +64,7 @@ def _batch_losses(model, rows: list, params: dict) -> list:
         for row in rows:
             batch = {k: torch.tensor(v, dtype=torch.long, device=device) for k, v in row.items()}
             with _autocast(device, dtype):
-                losses, mask, exact = _token_losses(model, batch)
+                losses, mask, exact = _token_losses(model, batch, params.get("share_prefix", False))
             per_row = losses.sum(1)
             out.append({"sum": float(per_row.sum()), "tokens": int(mask.sum()),
                         "row_sums": per_row.tolist(), "row_tokens": mask.sum(1).tolist(),
@@ -75,10 +80,11 @@ def _autocast(device: torch.device, dtype: torch.dtype):
     return contextlib.nullcontext()
 
 
-def batch_losses(model, micro_batches: list[dict], autocast_dtype: torch.dtype | None = None) -> list[dict]:
+def batch_losses(model, micro_batches: list[dict], autocast_dtype: torch.dtype | None = None,
+                 share_prefix: bool = False) -> list[dict]:
     """Per micro-batch: ``sum`` and ``tokens`` of its response-token losses, and per row ``row_sums``,
     ``row_tokens`` and ``row_exact`` (the argmax is the label at every response token); a model trained by several processes computes them on all of them (a share of
     the micro-batches each: :mod:`neurosym.model.collective`)."""
     rows = [{k: v.tolist() for k, v in b.items() if isinstance(v, torch.Tensor)} for b in micro_batches]
     name = str(autocast_dtype).removeprefix("torch.") if autocast_dtype is not None else None
-    return spread(model, "batch_losses", rows, {"autocast": name})
+    return spread(model, "batch_losses", rows, {"autocast": name, "share_prefix": bool(share_prefix)})

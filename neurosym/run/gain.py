@@ -14,6 +14,7 @@ from typing import Optional
 from neurosym.data import Example, collate
 from neurosym.model.generation import answer_examples
 from neurosym.model.losses import batch_losses
+from neurosym.model.shared_prefix import shares_prefix
 
 
 @dataclass
@@ -62,6 +63,6 @@ class GainProbe:
         bs = ctx.cfg.train.batch_size * 4  # no gradient: a wider batch than training's fits
         batches = [collate([ctx.renderer.encode(ex) for ex in examples[i:i + bs]], ctx.tokenizer.pad_token_id)
                    for i in range(0, len(examples), bs)]
-        parts = batch_losses(ctx.model, batches, ctx.runtime.dtype)
+        parts = batch_losses(ctx.model, batches, ctx.runtime.dtype, shares_prefix(ctx.cfg, ctx.runtime, ctx.model))
         losses = [s / max(n, 1) for part in parts for s, n in zip(part["row_sums"], part["row_tokens"])]
         return losses, [bool(x) for part in parts for x in part["row_exact"]]

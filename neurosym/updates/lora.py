@@ -15,6 +15,7 @@ from neurosym.data.batching import example_losses as per_example_losses
 from neurosym.data.render import IGNORE
 from neurosym.errors import TrainingDiverged
 from neurosym.model.losses import encode_batches, token_losses
+from neurosym.model.shared_prefix import has_active_dropout, shares_prefix
 from neurosym.updates.base import Outcome, Update
 
 
@@ -26,9 +27,11 @@ class LoraStepResult:
     example_losses: list   # mean token loss of each example (router batch statistics)
 
 
-def lora_step(model, optimizer, micro_batches: list[dict], max_grad_norm, runtime) -> LoraStepResult:
+def lora_step(model, optimizer, micro_batches: list[dict], max_grad_norm, runtime,
+              share_prefix: bool = False) -> LoraStepResult:
     """``micro_batches`` are this process's shard of the step; the loss is normalised by the number of
-    target tokens of the whole step, over all processes, so N processes take the one-process step."""
+    target tokens of the whole step, over all processes, so N processes take the one-process step.
+    ``share_prefix``: each micro-batch's common leading tokens are run once (:mod:`neurosym.model.shared_prefix`)."""
     total_targets = int(runtime.sum(sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in micro_batches)))
     if total_targets == 0:
         raise ValueError("a batch with no response tokens (all truncated away?): raise data.max_length")
@@ -36,7 +39,7 @@ def lora_step(model, optimizer, micro_batches: list[dict], max_grad_norm, runtim
     for i, batch in enumerate(micro_batches):
         with runtime.accumulating(model, last=i == len(micro_batches) - 1):  # DDP: one all-reduce per step
             with runtime.autocast():
-                losses, mask = token_losses(model, batch)
+                losses, mask = token_losses(model, batch, share_prefix)
             runtime.backward(losses.sum() / total_targets)
         with torch.no_grad():
             loss_sum += float(losses.sum())
@@ -63,7 +66,8 @@ class LoraUpdate(Update):
         data, runtime = ctx.cfg.data, ctx.runtime
         micro = encode_batches(runtime.shard(batch), ctx.renderer, ctx.cfg.train.batch_size,
                                ctx.tokenizer.pad_token_id, runtime, data.packing, data.max_length)
-        res = lora_step(runtime.train_model(ctx.model), ctx.optimizer, micro, ctx.cfg.train.max_grad_norm, runtime)
+        res = lora_step(runtime.train_model(ctx.model), ctx.optimizer, micro, ctx.cfg.train.max_grad_norm, runtime,
+                        shares_prefix(ctx.cfg, runtime, ctx.model) and not has_active_dropout(ctx.model))
         fp16_skip = runtime.scaler is not None  # inf grads are the GradScaler's business, not divergence
         if not math.isfinite(res.loss) or (not math.isfinite(res.grad_norm) and not fp16_skip):
             last = ctx.last_checkpoint()
