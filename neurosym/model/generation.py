@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from neurosym.model.collective import spread, task
+from neurosym.model.shared_prefix import common_length, prefilled, shared_layout
 
 
 @contextmanager
@@ -84,7 +85,7 @@ def _sampling(temperature: float, top_p: float, top_k: int) -> dict:
 def generate_batched(model, tokenizer, prompts: Sequence[Sequence[int]], max_new_tokens: int,
                      batch_size: int = 16, *, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
                      seed: Optional[int] = None, eos_token_id=None,
-                     processors: Optional[ProcessorFactory] = None) -> list[Generated]:
+                     processors: Optional[ProcessorFactory] = None, share_prefix: bool = True) -> list[Generated]:
     """The continuation of each prompt (token ids), in order. Greedy when ``temperature`` is 0, else
     sampled (``top_p``, ``top_k`` 0 = off) from a torch RNG seeded with ``seed`` inside a fork (the
     caller's RNG is untouched). ``eos_token_id``: an id or a list of ids (default the tokenizer's).
@@ -94,11 +95,13 @@ def generate_batched(model, tokenizer, prompts: Sequence[Sequence[int]], max_new
 
     A model trained by several processes generates on all of them (:mod:`neurosym.model.collective`:
     a share of the prompts each, in lockstep); the text is decoded here. ``processors`` (Python
-    objects, `neurosym generate` only) and a sampling ``seed`` keep the generation in this process."""
+    objects, `neurosym generate` only) and a sampling ``seed`` keep the generation in this process.
+    ``share_prefix``: the prompts' common leading tokens are prefilled once per chunk
+    (:mod:`neurosym.model.shared_prefix`; the same answers, less compute)."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos = _eos_ids(tokenizer, eos_token_id)
     params = dict(max_new_tokens=int(max_new_tokens), batch_size=int(batch_size), pad=pad, eos=eos,
-                  sampling=_sampling(temperature, top_p, top_k), seed=seed)
+                  sampling=_sampling(temperature, top_p, top_k), seed=seed, share_prefix=bool(share_prefix))
     rows = [[int(t) for t in p] for p in prompts]
     if processors is not None or seed is not None:  # objects / one RNG stream: this process alone
         new = _generate_rows(model, rows, params, processors)
@@ -115,6 +118,9 @@ def _generate_rows(model, prompts: list, params: dict, processors: Optional[Proc
     encoder_decoder = bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
     ctx = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     lockstep = {"synced_gpus": True} if params.get("lockstep") else {}
+    # the prompts' common prefix prefilled once (not in lockstep: every process must make the same calls;
+    # not with logits processors, which read the chunk's layout)
+    share = params.get("share_prefix", True) and not encoder_decoder and not lockstep and processors is None
     out: list = []
     with measuring(model):
         if params.get("seed") is not None:
@@ -123,9 +129,12 @@ def _generate_rows(model, prompts: list, params: dict, processors: Optional[Proc
             chunk = [list(p) for p in prompts[i:i + params["batch_size"]]]
             if ctx and not encoder_decoder:
                 chunk = [p[-(ctx - max_new):] for p in chunk]  # keep the end of an over-long prompt
-            ids, mask = _pad_chunk(chunk, pad, left=not encoder_decoder)
+            k = common_length(chunk) if share else 0
+            ids, mask = shared_layout(chunk, k, pad) if k else _pad_chunk(chunk, pad, left=not encoder_decoder)
             ids, mask = ids.to(device), mask.to(device)
             extra = {"logits_processor": processors(i, ids, mask)} if processors is not None else {}
+            if k:
+                extra.update(prefilled(model, chunk[0][:k], len(chunk), device))
             gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new,
                                  **params["sampling"], pad_token_id=pad,
                                  eos_token_id=eos[0] if len(eos) == 1 else (eos or None), **lockstep, **extra)

@@ -8,7 +8,9 @@ floating-point rounding: tested), and the compute drops by (rows - 1) x the shar
 
 The shared length is found from the token ids alone (the longest run of leading positions where every
 row has the same id, no padding and no trained label), so it needs nothing from the tokenizer or the
-template. It is used only where it is known to be sound: a decoder-only model with a KV cache, padded
+template. Generation shares the prompts' common prefix the same way (prefilled once, the padding
+between the prefix and each prompt's own tokens; the answers are those of the full prefill, tested).
+It is used only where it is known to be sound: a decoder-only model with a KV cache, padded
 (not packed) rows, one process (a DDP or FSDP wrapper expects one forward per backward), no gradient
 checkpointing (which turns the cache off in training), and in a gradient step no active dropout (each
 row must draw its own dropout mask over the prompt: shared, the rows' noise would be one draw);
@@ -17,7 +19,7 @@ row must draw its own dropout mask over the prompt: shared, the rows' noise woul
 from __future__ import annotations
 
 import inspect
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -74,3 +76,44 @@ def forward_logits(model, batch: dict, k: int) -> torch.Tensor:
     positions = torch.arange(k, length, device=ids.device).unsqueeze(0).expand(rows, -1)
     return model(input_ids=ids[:, k:], attention_mask=mask, position_ids=positions, use_cache=True,
                  **{key: cache}).logits
+
+
+# ---- generation: the prompts' common prefix prefilled once -----------------------------------------
+
+def common_length(prompts: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens every prompt shares, each keeping at least one token of its own (its
+    last token's logits start its answer); 0 when fewer than two prompts or ``MIN_SHARED`` tokens."""
+    if len(prompts) < 2:
+        return 0
+    k, limit = 0, min(len(p) for p in prompts) - 1
+    first = prompts[0]
+    while k < limit and all(p[k] == first[k] for p in prompts):
+        k += 1
+    return k if k >= MIN_SHARED else 0
+
+
+def shared_layout(prompts: Sequence[Sequence[int]], k: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``input_ids`` and ``attention_mask`` for generating after a shared prefix of ``k`` tokens: the
+    prefix, then each prompt's own tokens left padded up to the widest (the padding sits between the
+    two and is masked; positions come from the mask, so every row's tokens keep their positions)."""
+    width = max(len(p) for p in prompts) - k
+    ids = torch.full((len(prompts), k + width), pad, dtype=torch.long)
+    mask = torch.zeros((len(prompts), k + width), dtype=torch.long)
+    for j, p in enumerate(prompts):
+        own = len(p) - k
+        ids[j, :k] = torch.tensor(p[:k], dtype=torch.long)
+        ids[j, k + width - own:] = torch.tensor(p[k:], dtype=torch.long)
+        mask[j, :k] = 1
+        mask[j, k + width - own:] = 1
+    return ids, mask
+
+
+def prefilled(model, prefix: Sequence[int], rows: int, device) -> dict:
+    """``generate``'s keyword argument holding the KV cache of ``prefix``, run once, repeated to ``rows``
+    rows (generate then runs only the tokens after it)."""
+    head = model(input_ids=torch.tensor([list(prefix)], dtype=torch.long, device=device), use_cache=True)
+    cache = getattr(head, "cache", None) or getattr(head, "past_key_values", None)
+    if cache is None or not hasattr(cache, "batch_repeat_interleave"):
+        return {}
+    cache.batch_repeat_interleave(rows)
+    return {_cache_keyword(model): cache}
