@@ -131,6 +131,12 @@ def test_generation_prefills_the_common_prefix_once_and_answers_as_the_full_pref
     assert len({len(p) for p in prompts}) > 3  # prompts of several lengths: the padding between differs
     k = common_length(prompts)
     assert k > len(W.hand_prompt())
+    # rows that start otherwise, among the others: their own system message, a prompt cut at its start
+    own = renderer.generation_ids(Example((("system", "Reply."), ("user", rows[0]["prompt"])), "x"))
+    cut = renderer.generation_ids(Example((("user", "Say it again. " * 12 + rows[1]["prompt"]),), "x"))
+    assert common_length([prompts[0], own]) == 0 and common_length([prompts[0], cut]) == 0
+    prompts[3:3], prompts[11:11] = [own], [cut, own]
+    rows[3:3], rows[11:11] = [rows[0]], [rows[1], rows[0]]
     meter = ComputeMeter(model)
     got = {}
     for share in (False, True):
@@ -141,4 +147,8 @@ def test_generation_prefills_the_common_prefix_once_and_answers_as_the_full_pref
     right = sum(g.text.strip() == r["response"] for g, r in zip(out, rows))
     assert right >= 10  # the student answers these: the answers compared are not all the same failure
     assert got[True][1]["forward_tokens"] < 0.6 * got[False][1]["forward_tokens"]
-    assert got[True][1]["generated_tokens"] == got[False][1]["generated_tokens"]
+    # (decoding runs per group of rows that start alike: each group stops when its own rows end)
+    assert sum(got[True][1].values()) < 0.7 * sum(got[False][1].values())
+    sampled = [[g.token_ids for g in generate_batched(model, tok, prompts, 8, batch_size=8, temperature=1.0, seed=3,
+                                                      share_prefix=share)] for share in (False, True)]
+    assert sampled[0] == sampled[1]  # sampling is left as it was: its draws depend on the rows drawn together

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from neurosym.model.collective import spread, task
-from neurosym.model.shared_prefix import common_length, prefilled, shared_layout
+from neurosym.model.shared_prefix import common_length, prefilled, prefix_groups, shared_layout
 
 
 @contextmanager
@@ -118,9 +118,11 @@ def _generate_rows(model, prompts: list, params: dict, processors: Optional[Proc
     encoder_decoder = bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
     ctx = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     lockstep = {"synced_gpus": True} if params.get("lockstep") else {}
-    # the prompts' common prefix prefilled once (not in lockstep: every process must make the same calls;
-    # not with logits processors, which read the chunk's layout)
-    share = params.get("share_prefix", True) and not encoder_decoder and not lockstep and processors is None
+    # greedy: the prompts' common prefix prefilled once per group of prompts that share one (not in
+    # lockstep: every process must make the same calls; not with logits processors, which read the
+    # chunk's layout; not when sampling, whose draws depend on the rows generated together)
+    share = (params.get("share_prefix", True) and not encoder_decoder and not lockstep and processors is None
+             and not params["sampling"].get("do_sample"))
     out: list = []
     with measuring(model):
         if params.get("seed") is not None:
@@ -129,17 +131,22 @@ def _generate_rows(model, prompts: list, params: dict, processors: Optional[Proc
             chunk = [list(p) for p in prompts[i:i + params["batch_size"]]]
             if ctx and not encoder_decoder:
                 chunk = [p[-(ctx - max_new):] for p in chunk]  # keep the end of an over-long prompt
-            k = common_length(chunk) if share else 0
-            ids, mask = shared_layout(chunk, k, pad) if k else _pad_chunk(chunk, pad, left=not encoder_decoder)
-            ids, mask = ids.to(device), mask.to(device)
-            extra = {"logits_processor": processors(i, ids, mask)} if processors is not None else {}
-            if k:
-                extra.update(prefilled(model, chunk[0][:k], len(chunk), device))
-            gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new,
-                                 **params["sampling"], pad_token_id=pad,
-                                 eos_token_id=eos[0] if len(eos) == 1 else (eos or None), **lockstep, **extra)
-            start = 1 if encoder_decoder else ids.shape[1]
-            out.extend(row[start:].tolist() for row in gen)
+            new: list = [None] * len(chunk)
+            for group in (prefix_groups(chunk) if share else [list(range(len(chunk)))]):
+                rows = [chunk[j] for j in group]
+                k = common_length(rows) if share else 0
+                ids, mask = shared_layout(rows, k, pad) if k else _pad_chunk(rows, pad, left=not encoder_decoder)
+                ids, mask = ids.to(device), mask.to(device)
+                extra = {"logits_processor": processors(i, ids, mask)} if processors is not None else {}
+                if k:
+                    extra.update(prefilled(model, rows[0][:k], len(rows), device))
+                gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new,
+                                     **params["sampling"], pad_token_id=pad,
+                                     eos_token_id=eos[0] if len(eos) == 1 else (eos or None), **lockstep, **extra)
+                start = 1 if encoder_decoder else ids.shape[1]
+                for j, row in zip(group, gen):
+                    new[j] = row[start:].tolist()
+            out.extend(new)
     return out
 
 

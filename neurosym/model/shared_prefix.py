@@ -8,8 +8,9 @@ floating-point rounding: tested), and the compute drops by (rows - 1) x the shar
 
 The shared length is found from the token ids alone (the longest run of leading positions where every
 row has the same id, no padding and no trained label), so it needs nothing from the tokenizer or the
-template. Generation shares the prompts' common prefix the same way (prefilled once, the padding
-between the prefix and each prompt's own tokens; the answers are those of the full prefill, tested).
+template. Greedy generation shares the prompts' common prefix the same way (prefilled once per group of prompts
+that start alike, the padding between the prefix and each prompt's own tokens; the answers are those of
+the full prefill, tested).
 It is used only where it is known to be sound: a decoder-only model with a KV cache, padded
 (not packed) rows, one process (a DDP or FSDP wrapper expects one forward per backward), no gradient
 checkpointing (which turns the cache off in training), and in a gradient step no active dropout (each
@@ -90,6 +91,17 @@ def common_length(prompts: Sequence[Sequence[int]]) -> int:
     while k < limit and all(p[k] == first[k] for p in prompts):
         k += 1
     return k if k >= MIN_SHARED else 0
+
+
+def prefix_groups(prompts: Sequence[Sequence[int]]) -> list[list[int]]:
+    """The prompts' indices grouped by their first ``MIN_SHARED`` tokens (in order of first appearance),
+    so that a prompt that starts differently (its own system message, a prompt cut at its start by
+    ``max_length``) costs its group's sharing, not the whole chunk's. Prompts too short to share form
+    one group of their own."""
+    groups: dict = {}
+    for j, p in enumerate(prompts):
+        groups.setdefault(tuple(p[:MIN_SHARED]) if len(p) > MIN_SHARED else None, []).append(j)
+    return list(groups.values())
 
 
 def shared_layout(prompts: Sequence[Sequence[int]], k: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
