@@ -100,3 +100,27 @@ def test_redact_hides_secret_values_but_keeps_env_names():
 def test_generated_test_config_is_valid(tmp_path, tiny_model_dir):
     cfg = load_config(write_config(tmp_path, tiny_model_dir))
     assert cfg.run_dir == tmp_path / "runs" / "job"
+
+
+def test_a_plugin_module_beside_or_above_the_config_imports_from_any_directory(tmp_path, tiny_model_dir, monkeypatch):
+    """teacher.callable / reward.function / router.function name modules like experiments.testbed.teacher:
+    the nearest folder from the config's own up that holds one goes into run.python_path (absolute, so
+    the resolved config resumes anywhere), and a job started from another directory imports it."""
+    from neurosym.reward import make_reward
+    from tests.support.jobs import write_config as job_config
+
+    project = tmp_path / "project"
+    (project / "plugins").mkdir(parents=True)
+    (project / "plugins" / "__init__.py").write_text("")
+    (project / "plugins" / "scores.py").write_text("def half(out, ref):\n    return 0.5\n")
+    (project / "configs").mkdir()
+    path = job_config(project / "configs", tiny_model_dir, reward={"kind": "function", "function": "plugins.scores:half"},
+                      run={"python_path": ["../extra"]})
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = load_config(path)
+    assert cfg.run.python_path == [str(project / "extra"), str(project)]  # relative to the config's folder
+    assert make_reward(cfg.reward, cfg.run.python_path)("a", "b") == 0.5
+    plain = load_config(job_config(tmp_path / "plain", tiny_model_dir))
+    assert plain.run.python_path == []  # nothing to find: nothing added

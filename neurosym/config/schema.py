@@ -33,6 +33,11 @@ class RunConfig(_Section):
     name: str = Field("run", description="Run name; the run directory is <output_dir>/<name>.")
     output_dir: str = Field("runs", description="Parent folder of run directories (relative to the cwd).")
     seed: int = Field(0, ge=0, le=2**32 - 1)
+    python_path: list[str] = Field(
+        default_factory=list, description="Folders searched first for the modules teacher.callable, reward.function "
+                                          "and router.function name (relative to the config file's folder). The "
+                                          "nearest folder from the config file's own up that holds such a module is "
+                                          "added when the config loads, so the job runs from any directory.")
     collective_timeout_s: int = Field(
         1800, gt=0, description="Several processes: how long one waits for the others (a teacher call or an "
                                 "evaluation on the main process included) before the run ends with a message.")
@@ -641,6 +646,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple = (), chec
     reward = raw.get("reward")
     if isinstance(reward, dict) and isinstance(reward.get("probe"), str):
         reward["probe"] = _resolve(reward["probe"], base)
+    _resolve_python_path(raw, base)
     model, tried = raw.get("model"), None
     if isinstance(model, dict) and isinstance(model.get("name_or_path"), str):
         model["name_or_path"], tried = resolve_model_path(model["name_or_path"], base)
@@ -694,6 +700,34 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 def looks_like_hub_id(value: str) -> bool:
     """``org/name`` or ``name`` as the hub spells a repository id (no ``./``, ``..``, ``~`` or absolute path)."""
     return bool(_HUB_ID.match(value)) and ".." not in value and not value.endswith(".")
+
+
+PLUGIN_KEYS = (("teacher", "callable"), ("reward", "function"), ("router", "function"))
+
+
+def _resolve_python_path(raw: dict, base: Path) -> None:
+    """``run.python_path`` made absolute (relative to the config file's folder), plus, for each module a
+    plugin key names, the nearest folder from ``base`` up that holds it (``pkg/mod.py`` or
+    ``pkg/mod/__init__.py``), so that the import does not depend on the current directory."""
+    run = raw.get("run")
+    if run is not None and not isinstance(run, dict):
+        return  # validation names the bad section
+    given = (run or {}).get("python_path", [])
+    if not isinstance(given, list) or not all(isinstance(p, str) for p in given):
+        return  # validation names the bad key
+    folders = [_resolve(p, base) for p in given]
+    for section, key in PLUGIN_KEYS:
+        spec = (raw.get(section) or {}).get(key) if isinstance(raw.get(section), dict) else None
+        if not isinstance(spec, str) or spec.count(":") != 1 or not spec.split(":")[0]:
+            continue
+        rel = Path(*spec.split(":")[0].split("."))
+        for folder in (base, *base.parents):
+            if (folder / rel).with_suffix(".py").is_file() or (folder / rel / "__init__.py").is_file():
+                if str(folder) not in folders:
+                    folders.append(str(folder))
+                break
+    if folders:
+        raw.setdefault("run", {})["python_path"] = folders
 
 
 def resolve_model_path(value: str, base: Path) -> tuple[str, Optional[str]]:

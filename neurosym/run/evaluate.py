@@ -86,7 +86,7 @@ def evaluate_checkpoint(cfg: Config, run_dir: Path, checkpoint: Optional[str] = 
     run_dir = Path(run_dir)
     ckpt = find_checkpoint(run_dir, checkpoint)
     sources = data_sources(cfg, data, fmt)
-    scorer = make_reward(reward_config(cfg, reward, pattern))
+    scorer = make_reward(reward_config(cfg, reward, pattern), cfg.run.python_path)
     target = None
     if out is not None:  # checked before the model loads: a refused --out costs nothing
         protect = protected_paths(cfg, run_dir) + [s.path for s in sources if Path(s.path).exists()]

@@ -69,13 +69,13 @@ class Run:
             print(f"warning: skipped {report.skipped} bad lines in {report.path} (first: {report.errors[0]})",
                   file=sys.stderr)
         self.routes = enabled_routes(cfg)
-        router_factory = (load_object(cfg.router.function, "router.function", ConfigError,
+        router_factory = (load_object(cfg.router.function, "router.function", ConfigError, cfg.run.python_path,
                                       example=" (a factory (router_cfg, seed, routes) -> classifiers.Router)")
                           if cfg.router.kind == "function" else None)
         for name in self.routes:
             if runtime is None or runtime.is_main or not UPDATES[name].main_only:  # the teacher: main process
                 UPDATES[name].preflight(cfg)
-        self.reward = make_reward(cfg.reward)
+        self.reward = make_reward(cfg.reward, cfg.run.python_path)
         seed_everything(cfg.run.seed)
         self.model, self.tokenizer, device, dtype = load_for_training(cfg, run_dir.models_cache)
         self.runtime = runtime or make_runtime(device, dtype)  # several processes: made before the model loads

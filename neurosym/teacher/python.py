@@ -58,8 +58,8 @@ class PythonTeacher(CachedTeacher):
     """
 
     def __init__(self, cfg: TeacherConfig, run_dir: str | Path, *, fn: Optional[Callable[..., Any]] = None,
-                 **kw: Any):
-        self.fn = fn if fn is not None else load_callable(cfg.callable)
+                 search_paths: tuple = (), **kw: Any):
+        self.fn = fn if fn is not None else load_callable(cfg.callable, search_paths)
         super().__init__(cfg, run_dir, **kw)
         self.name = getattr(self.fn, "__qualname__", type(self.fn).__name__)
         try:  # pass only the sampling params the callable accepts, unless it takes **kwargs

@@ -75,7 +75,7 @@ class SymbolicUpdate(Update):
             preflight(cfg.teacher)
         elif cfg.teacher.provider == "python":
             from neurosym.teacher.python import load_callable
-            load_callable(cfg.teacher.callable)
+            load_callable(cfg.teacher.callable, tuple(cfg.run.python_path))
 
     def __init__(self, ctx):
         super().__init__(ctx)
@@ -85,7 +85,8 @@ class SymbolicUpdate(Update):
 
         cfg = ctx.cfg
         self.cfg = cfg.symbolic
-        self.teacher = make_teacher(cfg.teacher, ctx.run_dir.path)
+        self.teacher = make_teacher(cfg.teacher, ctx.run_dir.path, **({"search_paths": tuple(cfg.run.python_path)}
+                                                                        if cfg.teacher.provider == "python" else {}))
         route_textgrad_log(ctx.run_dir.path)
         self.student = make_student_engine(ctx.model, ctx.tokenizer, max_length=cfg.data.max_length,
                                            max_new_tokens=cfg.symbolic.max_new_tokens)
