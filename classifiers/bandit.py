@@ -28,10 +28,11 @@ more than ``shift_z`` standard deviations above its discounted mean, or the shar
 route served rising by more than 0.25 over its share when the route closed (e.g. the target format
 changed and ``form`` rows are back).
 
-**Rows cost nothing while every other route is closed**: the batch's rows are inspected (a forward
-pass and a greedy answer each) only while a route besides the default is open, and every
-``ROW_CHECK_EVERY``-th decision while all are closed, enough to see a kind's share rise or the loss
-shift; the other batches go to the default route uninspected.
+**Rows cost nothing while no other route can take them**: the batch's rows are inspected (a greedy
+answer each) only while a route besides the default is open and rows it could take were seen lately
+(form rows, say, still in the recent batches), and at every ``ROW_CHECK_EVERY``-th decision otherwise,
+enough to see a kind's share rise or the loss shift; the other batches go to the default route
+uninspected.
 
 **Exploration floor**: with probability ``epsilon_min`` a kind's rows take a random available route.
 All randomness comes from one seeded generator; the state is plain JSON.
@@ -48,7 +49,8 @@ from classifiers.config import RouterConfig
 from monitors.signals import Signals
 
 SHARE_RISE = 0.25  # a kind's share of the batch rising this much over its share at closing is a shift
-ROW_CHECK_EVERY = 4  # while every other route is closed, rows are inspected at every 4th decision only
+ROW_CHECK_EVERY = 4  # while no other route can take the rows, they are inspected at every 4th decision only
+ROWS_SEEN = 1 / 16  # a kind's (EMA) share of the inspected batches below which its rows are as good as gone
 
 
 class BanditRouter(Router):
@@ -81,11 +83,23 @@ class BanditRouter(Router):
 
     @property
     def wants_rows(self) -> bool:
-        """Inspect the next batch's rows: while a route besides the default is open, and every
-        ``ROW_CHECK_EVERY``-th decision while all are closed (to watch for a shift)."""
-        others = [r for r in self.routes if r != self.default_route]
-        open_ = any(self.n_decisions >= self.closed.get(r, {}).get("until", 0) for r in others)
-        return open_ or self.n_decisions % ROW_CHECK_EVERY == 0
+        """Inspect the next batch's rows while they can change the route: a route besides the default is
+        open and rows it could take were seen lately (a kind's share of the inspected batches at least
+        ``ROWS_SEEN``, with that route untried on it or worth more than the default); else every
+        ``ROW_CHECK_EVERY``-th decision (to watch for a shift). Uninspected rows take the default route."""
+        if self.n_decisions % ROW_CHECK_EVERY == 0:
+            return True
+        others = [r for r in self.routes if r != self.default_route
+                  and self.n_decisions >= self.closed.get(r, {}).get("until", 0)]
+        return any(self.shares[k] >= ROWS_SEEN and (self.arms[f"{k}/{r}"][0] == 0.0 or self._pays(k, r))
+                   for k in ("form", "content") for r in others)
+
+    def _pays(self, kind: str, route: Route) -> bool:
+        """The posterior mean of ``route`` on ``kind`` per unit cost beats the default route's."""
+        def value(r):
+            n, s, _ = self.arms[f"{kind}/{r}"]
+            return (s / n if n else 0.0) / max(self._mean_cost(r), 1e-3)
+        return value(route) > value(self.default_route)
 
     wants_row_loss = False  # a row's kind comes from its answer; the loss shift reads the last step's loss
 
@@ -100,7 +114,10 @@ class BanditRouter(Router):
         return super().decide(signals, batch, unavailable)
 
     def _choose(self, signals: Signals, batch: BatchStats, index: int, available: tuple[Route, ...]) -> Decision:
-        kinds = batch.kinds() or ["unknown"] * max(len(batch.prompts), 1)
+        if not batch.rows:  # not inspected (wants_rows said no): nothing to route on
+            return Decision(self.default_route, predicted=self.values(available), index=index, router=self.kind,
+                            reason="rows not inspected: no row another route could take was seen lately")
+        kinds = batch.kinds()
         parts: dict[str, list[int]] = {r: [] for r in available[1:] + available[:1]}  # default route last
         why, explored = [], False
         for kind in dict.fromkeys(kinds):

@@ -155,6 +155,33 @@ def test_rows_are_inspected_only_while_another_route_is_open_and_every_4th_decis
     assert "symbolic" not in router.closed and d.parts.get("symbolic") and router.wants_rows
 
 
+def test_an_open_route_stops_inspecting_once_no_row_it_could_take_is_seen_and_resumes_when_one_is():
+    from classifiers.bandit import ROW_CHECK_EVERY
+
+    router = bandit()
+    d = router.decide(signals(), stats([FORM, FORM, CONTENT, RIGHT]))  # tries symbolic on form and content
+    router.learn_parts(d, {"symbolic": PartResult(gain_by_kind={"form": 1.0, "content": 0.0}, cost=2.0, rows=3),
+                           "lora": PartResult(gain_by_kind={"correct": 0.0}, cost=1.0, rows=1)})
+    d = router.decide(signals(), stats([FORM, CONTENT, RIGHT, RIGHT]))  # lora's turn on both
+    router.learn_parts(d, {"lora": PartResult(gain_by_kind={"form": 0.1, "content": 0.5, "correct": 0.0},
+                                              cost=1.0, rows=4)})
+    assert "symbolic" not in router.closed and router.wants_rows  # form rows were just seen
+    wanted = []
+    for _ in range(12):                                  # the prompt fixed the form: content and right rows only
+        wanted.append(router.wants_rows)
+        batch = stats([CONTENT, RIGHT, RIGHT, RIGHT]) if wanted[-1] else BatchStats(prompts=("a", "b", "c", "d"))
+        d = router.decide(signals(), batch)
+        assert "symbolic" not in d.partition(4)         # content rows stay on LoRA; uninspected ones too
+        if not wanted[-1]:
+            assert "not inspected" in d.reason and "symbolic" not in router.closed  # open, only not looking
+    assert wanted[:3] == [True, True, True] and not all(wanted[6:])
+    assert all(n % ROW_CHECK_EVERY == 0 for n, w in enumerate(wanted, start=2) if w and n > 8)
+    while not router.wants_rows:
+        router.decide(signals(), BatchStats(prompts=("a", "b", "c", "d")))
+    d = router.decide(signals(), stats([FORM, FORM, RIGHT, RIGHT]))  # form rows again, at an inspection
+    assert d.parts.get("symbolic") == [0, 1] and router.wants_rows
+
+
 def test_bandit_state_round_trips_through_json():
     router = bandit()
     for _ in range(5):
