@@ -83,8 +83,9 @@ def _autocast(device: torch.device, dtype: torch.dtype):
 def batch_losses(model, micro_batches: list[dict], autocast_dtype: torch.dtype | None = None,
                  share_prefix: bool = False) -> list[dict]:
     """Per micro-batch: ``sum`` and ``tokens`` of its response-token losses, and per row ``row_sums``,
-    ``row_tokens`` and ``row_exact`` (the argmax is the label at every response token); a model trained by several processes computes them on all of them (a share of
-    the micro-batches each: :mod:`neurosym.model.collective`)."""
+    ``row_tokens`` and ``row_exact`` (the argmax is the label at every response token); a model
+    trained by several processes computes them on all of them (a share of the micro-batches each:
+    :mod:`neurosym.model.collective`). ``share_prefix``: :mod:`neurosym.model.shared_prefix`."""
     rows = [{k: v.tolist() for k, v in b.items() if isinstance(v, torch.Tensor)} for b in micro_batches]
     name = str(autocast_dtype).removeprefix("torch.") if autocast_dtype is not None else None
     return spread(model, "batch_losses", rows, {"autocast": name, "share_prefix": bool(share_prefix)})

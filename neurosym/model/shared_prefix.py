@@ -8,9 +8,10 @@ floating-point rounding: tested), and the compute drops by (rows - 1) x the shar
 
 The shared length is found from the token ids alone (the longest run of leading positions where every
 row has the same id, no padding and no trained label), so it needs nothing from the tokenizer or the
-template. Greedy generation shares the prompts' common prefix the same way (prefilled once per group of prompts
-that start alike, the padding between the prefix and each prompt's own tokens; the answers are those of
-the full prefill, tested).
+template. Greedy generation shares the prompts' common prefix the same way (prefilled once per group
+of prompts that start alike, the padding between the prefix and each prompt's own tokens; the answers
+are those of the full prefill, tested).
+
 It is used only where it is known to be sound: a decoder-only model with a KV cache, padded
 (not packed) rows, one process (a DDP or FSDP wrapper expects one forward per backward), no gradient
 checkpointing (which turns the cache off in training), and in a gradient step no active dropout (each
@@ -63,14 +64,19 @@ def _cache_keyword(model) -> str:
     return "cache" if "cache" in inspect.signature(type(inner).forward).parameters else "past_key_values"
 
 
+def _cache_of(output) -> Optional[object]:
+    """The KV cache a forward returned (``cache``, or ``past_key_values`` in older transformers)."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else getattr(output, "past_key_values", None)
+
+
 def forward_logits(model, batch: dict, k: int) -> torch.Tensor:
     """Logits for positions ``k .. L-1`` of every row (as the full pass gives them), with the first
     ``k`` tokens run once for the whole micro-batch."""
     ids, mask = batch["input_ids"], batch["attention_mask"]
     rows, length = ids.shape
     key = _cache_keyword(model)
-    head = model(input_ids=ids[:1, :k], attention_mask=mask[:1, :k], use_cache=True)
-    cache: Optional[object] = getattr(head, "cache", None) or getattr(head, "past_key_values", None)
+    cache = _cache_of(model(input_ids=ids[:1, :k], attention_mask=mask[:1, :k], use_cache=True))
     if cache is None:
         raise RuntimeError("the model returned no KV cache; set train.shared_prefix: false")
     cache.batch_repeat_interleave(rows)
@@ -123,8 +129,7 @@ def shared_layout(prompts: Sequence[Sequence[int]], k: int, pad: int) -> tuple[t
 def prefilled(model, prefix: Sequence[int], rows: int, device) -> dict:
     """``generate``'s keyword argument holding the KV cache of ``prefix``, run once, repeated to ``rows``
     rows (generate then runs only the tokens after it)."""
-    head = model(input_ids=torch.tensor([list(prefix)], dtype=torch.long, device=device), use_cache=True)
-    cache = getattr(head, "cache", None) or getattr(head, "past_key_values", None)
+    cache = _cache_of(model(input_ids=torch.tensor([list(prefix)], dtype=torch.long, device=device), use_cache=True))
     if cache is None or not hasattr(cache, "batch_repeat_interleave"):
         return {}
     cache.batch_repeat_interleave(rows)
