@@ -159,5 +159,7 @@ def test_answer_batch_gives_the_per_row_answers(tiny, generations):
         one_by_one = [engine.answer(ex, prompt) for ex in rows]
         generations.clear()
         assert engine.answer_batch(rows, prompt) == one_by_one
-        assert generations == [len(rows)]
+        # one batched generation, or two when some rows start unlike the others (the largest group that
+        # starts alike shares its prefix: neurosym.model.shared_prefix)
+        assert sum(generations) == len(rows) and len(generations) <= 2
     assert engine.answer_batch([], "Be brief.") == []

@@ -374,8 +374,12 @@ class SymbolicConfig(_Section):
 
 
 class RemakeConfig(_Section):
-    mix_ratio: float = Field(0.25, ge=0, le=1, description="placement=add: refined examples added on top of each "
-                                                           "batch's task rows, as a share of the batch (0.25 of 8 rows: 2 more).")
+    mix_ratio: float = Field(0.0, ge=0, le=1, description="placement=add: refined examples added on top of each "
+                                                          "batch's task rows, as a share of the batch (0.25 of 8 rows: 2 "
+                                                          "more). 0: refined examples are stored with their provenance "
+                                                          "and exported (neurosym export), not trained on (issue 20: on "
+                                                          "the testbed 0.25 cost the hybrid 30% more compute for no "
+                                                          "accuracy a paired test could see).")
     placement: Literal["add", "replace_parent"] = Field(
         "add", description="Where refined examples go: 'add' puts them on top of the task rows (the batch grows); "
                            "'replace_parent' trains a drawn row in its newest rewritten form instead. Neither takes "

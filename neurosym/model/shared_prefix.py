@@ -8,9 +8,9 @@ floating-point rounding: tested), and the compute drops by (rows - 1) x the shar
 
 The shared length is found from the token ids alone (the longest run of leading positions where every
 row has the same id, no padding and no trained label), so it needs nothing from the tokenizer or the
-template. Greedy generation shares the prompts' common prefix the same way (prefilled once per group
-of prompts that start alike, the padding between the prefix and each prompt's own tokens; the answers
-are those of the full prefill, tested).
+template. Greedy generation shares the prompts' common prefix the same way (prefilled once for the
+largest group of prompts that start alike, the others generated beside it; the padding goes between
+the prefix and each prompt's own tokens; the answers are those of the full prefill, tested).
 
 It is used only where it is known to be sound: a decoder-only model with a KV cache, padded
 (not packed) rows, one process (a DDP or FSDP wrapper expects one forward per backward), no gradient
@@ -100,14 +100,19 @@ def common_length(prompts: Sequence[Sequence[int]]) -> int:
 
 
 def prefix_groups(prompts: Sequence[Sequence[int]]) -> list[list[int]]:
-    """The prompts' indices grouped by their first ``MIN_SHARED`` tokens (in order of first appearance),
-    so that a prompt that starts differently (its own system message, a prompt cut at its start by
-    ``max_length``) costs its group's sharing, not the whole chunk's. Prompts too short to share form
-    one group of their own."""
-    groups: dict = {}
+    """At most two groups of the prompts' indices, each generated in one call: the largest set of
+    prompts that start with the same ``MIN_SHARED`` tokens (its common prefix is shared), and the others
+    (generated as they are). So a prompt that starts differently (its own system message, a prompt cut
+    at its start by ``max_length``) costs the chunk one more call, not its sharing."""
+    by_start: dict = {}
     for j, p in enumerate(prompts):
-        groups.setdefault(tuple(p[:MIN_SHARED]) if len(p) > MIN_SHARED else None, []).append(j)
-    return list(groups.values())
+        if len(p) > MIN_SHARED:
+            by_start.setdefault(tuple(p[:MIN_SHARED]), []).append(j)
+    best = max(by_start.values(), key=len, default=[])
+    if len(best) < 2 or len(best) == len(prompts):
+        return [list(range(len(prompts)))]
+    rest = [j for j in range(len(prompts)) if j not in set(best)]
+    return [best, rest]
 
 
 def shared_layout(prompts: Sequence[Sequence[int]], k: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
