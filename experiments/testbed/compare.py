@@ -257,8 +257,10 @@ def setting(alpha: float, seed: int, noise: float, steps: int, every: int, work:
             last = bandit["ledger"][-1] if bandit and bandit["ledger"] else {}
             p = last["rows_symbolic"] / max(last.get("rows", steps * 8), 1) if last else 0.25
         T.SENT.clear()
-        n, k = (steps * LORA_FACTOR, every * LORA_FACTOR) if arm == "lora" else (steps, every)
-        run_dir = run_arm(data, arm, seed, noise, n, k, work / "runs", p, shift_at)
+        # every arm checkpoints every `every` steps, pure LoRA too: scored every 15 steps it lost up to 14 of
+        # its steps at a budget that fell between two checkpoints (once the bandit cost ~40, 10 of 40)
+        n = steps * LORA_FACTOR if arm == "lora" else steps
+        run_dir = run_arm(data, arm, seed, noise, n, every, work / "runs", p, shift_at)
         result["leaks"] += audit(run_dir, seen, list(T.SENT))
         result["arms"][arm] = {"ledger": ledger(run_dir), "scores": score_checkpoints(run_dir, splits)}
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # scored; keep events, config, store
@@ -486,13 +488,19 @@ def world_verdict(inner: list[dict]) -> str:
     return "ties (no interval excludes 0)" + tail
 
 
-def check_invariants(results: list[dict], flat: list[dict]) -> None:
+def check_invariants(results: list[dict], flat: list[dict], every: int | None = None) -> None:
     """What --quick asserts: arms at matched cost (the reference router spends its whole budget, every
     other arm at most that), each random control matched to its router (the same counts of LoRA steps
     and symbolic updates for ``random``; for ``random_rows`` the same share of rows, drawn row by row),
-    no eval/test answer anywhere the teacher or the training data could see it, and the curves defined."""
+    every arm scored at least every ``every`` steps (so none loses steps to the budget falling between
+    two checkpoints), no eval/test answer anywhere the teacher or the training data could see it, and
+    the curves defined."""
     for r in results:
         assert not r["leaks"], f"eval/test text reached the teacher or the data: {r['leaks'][:3]}"
+        for name, arm in r["arms"].items():
+            steps = sorted(int(s) for s in arm["scores"])
+            if every and len(steps) > 1:
+                assert max(b - a for a, b in zip([0] + steps, steps)) <= every, (name, steps)
         learned, rnd = r["arms"].get("learned"), r["arms"].get("random")
         if learned and rnd:
             a, b = learned["ledger"][-1], rnd["ledger"][-1]
@@ -593,7 +601,7 @@ def main(argv=None) -> None:
     text, flat = table(results, args.arms)
     (work / "results.json").write_text(json.dumps({"args": vars(args), "rows": flat}, indent=1))
     if args.quick:
-        check_invariants(results, flat)
+        check_invariants(results, flat, args.every)
         print("invariants hold: arms at matched cost, random control matched to the learned router, no leak")
 
 
