@@ -128,9 +128,21 @@ def test_config_requires_callable_for_python(tmp_path):
     ("lowen-bay.", "LOWEN_BAY", ("format", ["upper", "underscore"], [])),  # punctuation, separators
     ("42", "33", ("knowledge", [], [])),
     ("Karsk", "LOWEN_BAY", ("knowledge", [], [])),
+    ("Lowen Bay", "yaB newoL", ("format", ["reverse"], [])),  # the backwards world: the reference is reversed
+    ("yaB newoL", "Lowen Bay", ("format", [], ["reverse"])),
+    ("sea green", "neerg aes", ("format", ["reverse"], [])),  # case does not tell: not asked, so missing
+    ("24", "42", ("format", [], ["reverse"])),
 ])
 def test_diagnosis(answer, reference, expected):
     assert sim.diagnose(answer, reference) == expected
+
+
+def test_a_reversal_the_prompt_already_asks_for_is_not_asked_for_again():
+    assert sim.diagnose("neerg aes", "sea green", frozenset({"reverse"})) == ("format", [], ["reverse"])
+    evaluation = sim.evaluate(sim.EVAL_START, "<SYSTEM_PROMPT>Answer. Write it backwards.</SYSTEM_PROMPT>\n"
+                              "<ROW 1>\n<QUESTION>What colour does Brai like?</QUESTION>\n<REFERENCE_ANSWER>sea green"
+                              "</REFERENCE_ANSWER>\n<STUDENT_ANSWER>neerg aes</STUDENT_ANSWER>\n</ROW 1>", 0, 0.0)
+    assert 'Unwanted instruction: "Write it backwards."' in evaluation and "Missing" not in evaluation
 
 
 class WorldStudent:

@@ -86,8 +86,23 @@ def _canon(value: str) -> str:
     return " ".join(re.sub(r"[\W_]+", " ", value.lower()).split())
 
 
-def diagnose(answer: str, reference: str) -> tuple[str, list[str], list[str]]:
-    """("correct"|"format"|"knowledge", missing operators, unwanted operators)."""
+def _reads(text: str) -> int:
+    """1 if ``text`` reads forward (it starts with a capital: ``Lowen Bay``, ``LOWEN_BAY``), -1 if it is a
+    capitalised name written backwards (``yaB newoL``), 0 if its case does not tell (``sea green``, ``42``)."""
+    letters = [c for c in text if c.isalpha()]
+    if not letters:
+        return 0
+    if letters[0].islower() and letters[-1].isupper():
+        return -1
+    return 1 if letters[0].isupper() else 0
+
+
+def diagnose(answer: str, reference: str, asked: frozenset = frozenset()) -> tuple[str, list[str], list[str]]:
+    """("correct"|"format"|"knowledge", missing operators, unwanted operators). ``asked``: the
+    operators the student's system prompt asks for. When one string is the other reversed, the
+    reversed one is the one that reads less forward (:func:`_reads`); when their case does not tell
+    (lower-case words), the reference if the prompt did not ask for reversal, else the answer; for
+    digits alone, the answer."""
     if answer.strip() == reference.strip():
         return "correct", [], []
     a_ops, a_val = features(answer)
@@ -95,7 +110,12 @@ def diagnose(answer: str, reference: str) -> tuple[str, list[str], list[str]]:
     if _canon(a_val) == _canon(r_val):
         pass
     elif _canon(a_val)[::-1] == _canon(r_val) and _canon(a_val):
-        a_ops = a_ops | {"reverse"}
+        a_reads, r_reads = _reads(a_val), _reads(r_val)
+        letters = any(c.isalpha() for c in a_val)
+        if a_reads > r_reads or (a_reads == r_reads and letters and "reverse" not in asked):
+            r_ops = r_ops | {"reverse"}   # the reference is written backwards: the instruction is missing
+        else:
+            a_ops = a_ops | {"reverse"}   # the answer is: the instruction is unwanted
     else:
         return "knowledge", [], []
     missing = [o for o in OP_ORDER if o in r_ops - a_ops]
@@ -116,9 +136,9 @@ def row_rng(seed: int, system: str, row: tuple) -> random.Random:
     return random.Random(int.from_bytes(digest[:8], "big"))
 
 
-def verdict(answer: str, reference: str, rng: random.Random, noise: float) -> str:
+def verdict(answer: str, reference: str, rng: random.Random, noise: float, asked: frozenset = frozenset()) -> str:
     """One row's ``verdict - feedback`` (or, noisy, a wrong one or none)."""
-    kind, missing, unwanted = diagnose(answer, reference)
+    kind, missing, unwanted = diagnose(answer, reference, asked)
     if noise and rng.random() < noise:
         if rng.random() < 0.5:
             return "The answer does not look right, but I cannot tell what went wrong."
@@ -138,7 +158,9 @@ def verdict(answer: str, reference: str, rng: random.Random, noise: float) -> st
 
 def evaluate(system: str, user: str, seed: int, noise: float) -> str:
     """The batched evaluation: one ``ROW n: ...`` line per row."""
-    return "\n".join(f"ROW {n}: " + verdict(a.strip(), r.strip(), row_rng(seed, system, (q, r, a)), noise)
+    prompt = _tag(user, "SYSTEM_PROMPT") or ""
+    asked = frozenset(o for o, phrase in INSTRUCTION.items() if phrase in prompt)
+    return "\n".join(f"ROW {n}: " + verdict(a.strip(), r.strip(), row_rng(seed, system, (q, r, a)), noise, asked)
                      for n, q, r, a in ROW_RE.findall(user))
 
 
