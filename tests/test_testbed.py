@@ -157,7 +157,7 @@ def test_compare_quick_holds_its_invariants(tmp_path, capsys):
     assert "invariants hold" in out
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     arms = {r["arm"] for r in rows}
-    assert {"none", "hand_prompt", "lora", "prompt", "bandit", "random_rows", "learned", "random"} <= arms
+    assert {"none", "hand_prompt", "lora", "hand_lora", "prompt", "bandit", "random_rows", "learned", "random"} <= arms
     ref = [r for r in rows if r["arm"] == "bandit"]  # the reference router spends exactly the budget
     assert all(r["cost"] == r["budget"] for r in ref) and {r["c"] for r in ref} == {1, 10}
     assert all(r["cost"] <= r["budget"] + 1e-9 for r in rows)

@@ -1,4 +1,4 @@
-"""The testbed's three more worlds (experiments/testbed/worlds.py, worlds.md): each a function of its
+"""The testbed's four more worlds (experiments/testbed/worlds.py, worlds.md): each a function of its
 seed, its splits disjoint where the design says so, its hidden kinds as described, its hand prompt
 right on every format row (for an ideal reader, under the simulated teacher's checker), and compare.py's
 plumbing for them (the shift world's phase B, the oracle's second edit)."""
@@ -29,7 +29,7 @@ def names_in(text: str) -> set[str]:
     return set(re.findall(r"[A-Z][a-z]+", text)) & set(ENTITIES)
 
 
-@pytest.mark.parametrize("name", ["rules", "transfer", "shift"])
+@pytest.mark.parametrize("name", ["rules", "transfer", "shift", "backwards"])
 def test_each_world_is_a_function_of_alpha_and_seed(name):
     assert X.splits(name, 0.5, seed=1) == X.splits(name, 0.5, seed=1)
     assert X.splits(name, 0.5, seed=1)["train"] != X.splits(name, 0.5, seed=2)["train"]
@@ -60,7 +60,7 @@ def test_hidden_kinds_are_as_described(name, alpha):
     assert all(r["meta"]["kind"] == "retention" and r["meta"]["entity"] in KNOWN for r in s["retention"])
 
 
-@pytest.mark.parametrize("name", ["rules", "transfer", "shift"])
+@pytest.mark.parametrize("name", ["rules", "transfer", "shift", "backwards"])
 @pytest.mark.parametrize("alpha", ALPHAS)
 def test_splits_keep_the_conventions_of_task_splits(name, alpha):
     s = X.splits(name, alpha, seed=4)
@@ -82,6 +82,23 @@ def test_transfer_tests_entities_no_train_row_mentions(alpha):
     knowledge = [r for r in s["test"] if r["meta"]["kind"] == "knowledge"]
     assert {r["meta"]["fact"] for r in knowledge} == {r["meta"]["fact"] for r in s["train"]
                                                       if r["meta"]["kind"] == "knowledge"}
+
+
+@pytest.mark.parametrize("alpha", ALPHAS)
+def test_backwards_is_transfer_with_every_answer_written_backwards(alpha):
+    """Same rows, questions and hidden kinds as ``transfer`` for the same seed; only the answers differ,
+    each reversed (a new entity's number too); the hand prompt asks for exactly that."""
+    back, fwd = X.splits("backwards", alpha, seed=3), X.splits("transfer", alpha, seed=3)
+    assert back.keys() == fwd.keys()
+    for split in back:
+        if split == "retention":  # known entities' plain numbers, outside the task: as in transfer
+            assert back[split] == fwd[split]
+            continue
+        assert [(r["prompt"], r["meta"]) for r in back[split]] == [(r["prompt"], r["meta"]) for r in fwd[split]]
+        for b, f in zip(back[split], fwd[split]):
+            value = ENTITIES[b["meta"]["entity"]].value(b["meta"]["attribute"])
+            assert b["response"] == value[::-1] and f["response"] != b["response"] or value == value[::-1]
+    assert X.hand_prompt("backwards") == "Answer. Write it backwards."
 
 
 def test_transfer_without_format_rows_tests_no_held_out_format():
@@ -129,7 +146,7 @@ def test_shift_phases_differ_only_in_the_format_rows_answers():
                 assert r["response"] == W.apply_ops(ENTITIES[m["entity"]].value(m["attribute"]), m["attribute"], ops_b)
 
 
-@pytest.mark.parametrize("name", ["rules", "transfer", "shift"])
+@pytest.mark.parametrize("name", ["rules", "transfer", "shift", "backwards"])
 @pytest.mark.parametrize("seed", range(3))
 def test_hand_prompt_is_right_on_every_format_row_for_an_ideal_reader(name, seed):
     """Under the simulated teacher's checker: the answer an ideal reader of the hand prompt gives is

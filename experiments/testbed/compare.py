@@ -2,8 +2,10 @@
 config -> ``neurosym.train.train(cfg)`` path.
 
 Arms: ``none`` (the student as is), ``hand_prompt`` (the hand-written correct system prompt, no
-training: the upper bound for format errors), ``lora`` (always_lora), ``prompt`` (always_symbolic),
-``alternate``, ``plateau``, ``learned`` (reward_classifier, per batch), ``random`` (a random router given
+training: the upper bound for format errors), ``lora`` (always_lora), ``hand_lora`` (always_lora under
+the hand-written prompt from step 0: the ceiling control, what a perfect prompt edit could add to LoRA
+for free; not in the shift world), ``prompt`` (always_symbolic), ``alternate``, ``plateau``,
+``learned`` (reward_classifier, per batch), ``random`` (a random router given
 exactly the learned router's counts of LoRA steps and symbolic updates), ``bandit`` (per-row routing,
 classifiers/bandit.py), ``random_rows`` (each row drawn at random with the bandit's share of symbolic
 rows: the control that tells routing from merely having both tools), ``oracle`` (reads the hidden error
@@ -53,14 +55,15 @@ from experiments.testbed import world as W  # noqa: E402
 from experiments.testbed import worlds as X  # noqa: E402
 
 COSTS = (1, 10)
-ROUTERS = {"lora": {"kind": "always_lora"}, "prompt": {"kind": "always_symbolic"},
+ROUTERS = {"lora": {"kind": "always_lora"}, "hand_lora": {"kind": "always_lora"},
+           "prompt": {"kind": "always_symbolic"},
            "alternate": {"kind": "alternate", "every": 4}, "plateau": {"kind": "plateau"},
            "learned": {"kind": "reward_classifier", "warmup": 4, "epsilon": 0.2, "cost_weight": 0.0}, "random": {"kind": "random"},
            "bandit": {"kind": "bandit"}, "random_rows": {"kind": "random_rows"},
            "oracle": {"kind": "function", "function": "experiments.testbed.oracle:make_oracle"},
            "oracle_rows": {"kind": "function", "function": "experiments.testbed.oracle_rows:make_oracle_rows"}}
-ARMS = ("none", "hand_prompt", "lora", "prompt", "alternate", "plateau", "learned", "random", "oracle", "bandit",
-        "random_rows", "oracle_rows")
+ARMS = ("none", "hand_prompt", "lora", "hand_lora", "prompt", "alternate", "plateau", "learned", "random", "oracle",
+        "bandit", "random_rows", "oracle_rows")
 
 
 # ---- one run -------------------------------------------------------------------------------------
@@ -78,7 +81,7 @@ def bundled_config() -> dict:
 
 
 def job_config(data: dict[str, Path], arm: str, seed: int, noise: float, steps: int, every: int,
-               out: Path, p_random: float = 0.5) -> dict:
+               out: Path, p_random: float = 0.5, system_prompt: str | None = None) -> dict:
     cfg = bundled_config()
     cfg["model"]["name_or_path"] = MODEL
     cfg["run"] = {"name": arm, "output_dir": str(out), "seed": seed}
@@ -88,6 +91,8 @@ def job_config(data: dict[str, Path], arm: str, seed: int, noise: float, steps: 
     cfg["tracking"] = {"mode": "disabled"}
     cfg["teacher"].update(callable="experiments.testbed.teacher:recorded", model=f"simulated?noise={noise}&seed={seed}")
     cfg["router"].update(ROUTERS[arm])
+    if system_prompt is not None:  # hand_lora: the task's prompt is the hand-written one from step 0
+        cfg["data"]["system_prompt"] = system_prompt
     if arm in ("random", "random_rows"):
         cfg["router"]["random_p"] = p_random
     if arm == "oracle_rows":  # the issue's per-example prototype: refined rows not mixed in
@@ -106,7 +111,8 @@ def matched_p(seed: int, steps: int, n_symbolic: int) -> float:
     return float((u[n_symbolic - 1] + u[n_symbolic]) / 2)
 
 
-def run_arm(data, arm, seed, noise, steps, every, out, p_random=0.5, shift_at: int | None = None) -> Path:
+def run_arm(data, arm, seed, noise, steps, every, out, p_random=0.5, shift_at: int | None = None,
+            system_prompt: str | None = None) -> Path:
     """One arm's run. ``shift_at`` (the shift world): steps 1..shift_at on ``data["train"]``, then the
     same run resumed on ``data["train_b"]`` (same length, so the sampler continues) to ``steps``."""
     from neurosym.config.schema import load_config
@@ -114,7 +120,8 @@ def run_arm(data, arm, seed, noise, steps, every, out, p_random=0.5, shift_at: i
 
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{arm}.yaml"
-    cfg = job_config(data, arm, seed, noise, steps if shift_at is None else shift_at, every, out, p_random)
+    cfg = job_config(data, arm, seed, noise, steps if shift_at is None else shift_at, every, out, p_random,
+                     system_prompt)
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     O.SHIFT_AT = shift_at  # only the oracle reads the world's schedule
     train(load_config(path), quiet=True)
@@ -212,7 +219,7 @@ def audit(run_dir: Path, splits: dict[str, list[dict]], sent: list) -> list[str]
 
 
 # ---- one setting (alpha, seed, noise): every arm ----------------------------------------------------
-TEACHER_FREE = ("none", "hand_prompt", "lora")  # arms the teacher's noise cannot change
+TEACHER_FREE = ("none", "hand_prompt", "lora", "hand_lora")  # arms the teacher's noise cannot change
 
 
 def setting(alpha: float, seed: int, noise: float, steps: int, every: int, work: Path, arms,
@@ -243,9 +250,9 @@ def setting(alpha: float, seed: int, noise: float, steps: int, every: int, work:
                                                       base, tok, splits["retention"], W.BASE_PROMPT)),
                                                   "prompt": prompt}},
                                    "eval_s": time.perf_counter() - t0}
-    order = [a for a in ("learned", "bandit", "lora", "prompt", "alternate", "plateau", "random", "random_rows",
-                         "oracle", "oracle_rows")
-             if a in arms and a not in result["arms"]]
+    order = [a for a in ("learned", "bandit", "lora", "hand_lora", "prompt", "alternate", "plateau", "random",
+                         "random_rows", "oracle", "oracle_rows")
+             if a in arms and a not in result["arms"] and not (a == "hand_lora" and shift_at)]
     for arm in order:
         p = 0.5
         if arm == "random":
@@ -259,8 +266,9 @@ def setting(alpha: float, seed: int, noise: float, steps: int, every: int, work:
         T.SENT.clear()
         # every arm checkpoints every `every` steps, pure LoRA too: scored every 15 steps it lost up to 14 of
         # its steps at a budget that fell between two checkpoints (once the bandit cost ~40, 10 of 40)
-        n = steps * LORA_FACTOR if arm == "lora" else steps
-        run_dir = run_arm(data, arm, seed, noise, n, every, work / "runs", p, shift_at)
+        n = steps * LORA_FACTOR if arm in ("lora", "hand_lora") else steps
+        hand = X.hand_prompt(world, seed) if arm == "hand_lora" else None
+        run_dir = run_arm(data, arm, seed, noise, n, every, work / "runs", p, shift_at, hand)
         result["leaks"] += audit(run_dir, seen, list(T.SENT))
         result["arms"][arm] = {"ledger": ledger(run_dir), "scores": score_checkpoints(run_dir, splits)}
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # scored; keep events, config, store
@@ -394,7 +402,7 @@ def curve(r: dict, arm: str, c: float, budget: float) -> dict:
         if y is not None and x0 >= x:
             y0 = y
     area += max(budget - x0, 0.0) * y0
-    real = [a for a in r["arms"] if a not in ("oracle", "hand_prompt")]
+    real = [a for a in r["arms"] if a not in ("oracle", "hand_prompt", "hand_lora")]
     best = max(y for a in real for x, y in points(r, a, c) if x <= budget + 1e-9)
     to90 = next((x for x, y in pts if y >= 0.9 * best and x <= budget + 1e-9), None)
     return {"auc": area / budget, "to90": to90}
@@ -493,7 +501,7 @@ def check_invariants(results: list[dict], flat: list[dict], every: int | None = 
     other arm at most that), each random control matched to its router (the same counts of LoRA steps
     and symbolic updates for ``random``; for ``random_rows`` the same share of rows, drawn row by row),
     every arm scored at least every ``every`` steps (so none loses steps to the budget falling between
-    two checkpoints), no eval/test answer anywhere the teacher or the training data could see it, and
+    two checkpoints), the ceiling control under the hand prompt, no eval/test answer anywhere the teacher or the training data could see it, and
     the curves defined."""
     for r in results:
         assert not r["leaks"], f"eval/test text reached the teacher or the data: {r['leaks'][:3]}"
@@ -501,6 +509,9 @@ def check_invariants(results: list[dict], flat: list[dict], every: int | None = 
             steps = sorted(int(s) for s in arm["scores"])
             if every and len(steps) > 1:
                 assert max(b - a for a, b in zip([0] + steps, steps)) <= every, (name, steps)
+        hand = r["arms"].get("hand_lora")  # the ceiling control trains and is scored under the hand prompt
+        if hand:
+            assert {s["prompt"] for s in hand["scores"].values()} == {X.hand_prompt(world_of(r), r["seed"])}, hand
         learned, rnd = r["arms"].get("learned"), r["arms"].get("random")
         if learned and rnd:
             a, b = learned["ledger"][-1], rnd["ledger"][-1]
@@ -572,7 +583,7 @@ def main(argv=None) -> None:
     MODEL, LORA_FACTOR = args.model, args.lora_factor
     if args.quick:
         args.alphas, args.seeds, args.noise, args.steps, args.every, LORA_FACTOR = [0.5], [0], [0.0], 6, 2, 1
-        args.arms = ["none", "hand_prompt", "lora", "prompt", "bandit", "random_rows", "learned", "random"]
+        args.arms = ["none", "hand_prompt", "lora", "hand_lora", "prompt", "bandit", "random_rows", "learned", "random"]
     REFERENCE = args.reference or ("bandit" if "bandit" in args.arms else "learned")
     if args.table_from:
         results = [read_setting(line) for line in Path(args.table_from).read_text().splitlines() if line.strip()]

@@ -221,8 +221,8 @@ def main(argv=None) -> None:
     ap.add_argument("--alpha", type=float, default=0.5)
     ap.add_argument("--seed", type=int, default=0, help="task seed (which facts, order)")
     ap.add_argument("--world-seed", type=int, default=0)
-    ap.add_argument("--world", default="default", choices=("default", "rules", "transfer", "shift"),
-                    help="which task (worlds.md): default (this module's task_splits), rules, transfer, shift")
+    ap.add_argument("--world", default="default", choices=("default", "rules", "transfer", "shift", "backwards"),
+                    help="which task (worlds.md): default (this module's task_splits), rules, transfer, shift, backwards")
     args = ap.parse_args(argv)
     if args.world == "default":
         written = write_task(Path(args.out), args.alpha, args.seed, args.world_seed)

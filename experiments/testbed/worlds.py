@@ -1,5 +1,5 @@
-"""Three more deployment tasks in the testbed world (issue 20, item 5): ``rules``, ``transfer`` and
-``shift``, beside the bundled one (``default``: :func:`world.task_splits`). What each must show is in
+"""Four more deployment tasks in the testbed world (issue 20, item 5): ``rules``, ``transfer``,
+``shift`` and ``backwards``, beside the bundled one (``default``: :func:`world.task_splits`). What each must show is in
 ``worlds.md``, written before any number.
 
 Every task is a pure function of ``(alpha, seed)`` over the SAME world (``world.make_world(0)``: the
@@ -35,7 +35,7 @@ except ImportError:  # pragma: no cover - script use
     import world as W  # type: ignore
 
 WORLD_SEED = 0  # the world the student was pretrained in (pretrain.SPEC["world_seed"])
-NAMES = ("default", "rules", "transfer", "shift")
+NAMES = ("default", "rules", "transfer", "shift", "backwards")
 
 
 def _fact_row(e: W.Entity, attribute: str, phrasing: int, response: str, kind: str, fact: int) -> dict:
@@ -142,8 +142,10 @@ def _draw_facts(rng: random.Random, world: W.World, pool: list, alpha: float, n_
     return facts
 
 
-def transfer_splits(world: W.World, alpha: float, seed: int = 0) -> dict[str, list[dict]]:
-    """One train row per fact (phrasing 0 or 1); the known entities fall in three disjoint pools:
+def transfer_splits(world: W.World, alpha: float, seed: int = 0, ops: tuple[str, ...] = W.TARGET_OPS
+                    ) -> dict[str, list[dict]]:
+    """One train row per fact (phrasing 0 or 1), every answer in the format ``ops``; the known
+    entities fall in three disjoint pools:
     12 held out (their cities and colours, target format, are the test's ``format`` rows, with
     ``meta.heldout``), 24 for the train's format facts, 12 for retention. Test: the knowledge facts in
     the test phrasing and 16 held-out rows (none when no train row shows the format: alpha 1)."""
@@ -153,7 +155,7 @@ def transfer_splits(world: W.World, alpha: float, seed: int = 0) -> dict[str, li
     facts = _draw_facts(rng, world, pool, alpha, TRANSFER_FACTS)
     out: dict[str, list[dict]] = {"train": [], "eval": [], "test": []}
     for i, (e, a, kind) in enumerate(facts):
-        answer = W.apply_ops(e.value(a), a, W.TARGET_OPS)
+        answer = W.apply_ops(e.value(a), a, ops)
         out["train"].append(_fact_row(e, a, rng.choice(W.SPLIT_PHRASINGS["train"]), answer, kind, i))
         out["eval"].append(_fact_row(e, a, 2, answer, kind, i))
         if kind == "knowledge":
@@ -161,13 +163,22 @@ def transfer_splits(world: W.World, alpha: float, seed: int = 0) -> dict[str, li
     if any(kind == "format" for _, _, kind in facts):  # a train row shows the target format
         held = rng.sample([(e, a) for e in heldout for a in ("city", "colour")], HELDOUT_ROWS)
         for j, (e, a) in enumerate(held):
-            row = _fact_row(e, a, 3, W.apply_ops(e.value(a), a, W.TARGET_OPS), "format", TRANSFER_FACTS + j)
+            row = _fact_row(e, a, 3, W.apply_ops(e.value(a), a, ops), "format", TRANSFER_FACTS + j)
             row["meta"]["heldout"] = True
             out["test"].append(row)
     rng.shuffle(out["test"])
     out["probe"] = _probe(out["train"])
     out["retention"] = _retention(kept)
     return out
+
+
+# ---- backwards -----------------------------------------------------------------------------------
+BACKWARDS_OPS = ("reverse",)  # not the identity on digits: a new entity's number is learnt reversed
+
+
+def backwards_splits(world: W.World, alpha: float, seed: int = 0) -> dict[str, list[dict]]:
+    """``transfer`` with every answer written backwards (worlds.md, section 4)."""
+    return transfer_splits(world, alpha, seed, ops=BACKWARDS_OPS)
 
 
 # ---- shift ---------------------------------------------------------------------------------------
@@ -212,7 +223,8 @@ def shift_splits(world: W.World, alpha: float, seed: int = 0, n_facts: int = 32)
 
 # ---- the registry ----------------------------------------------------------------------------------
 SPLITS: dict[str, Callable[..., dict[str, list[dict]]]] = {
-    "default": W.task_splits, "rules": rules_splits, "transfer": transfer_splits, "shift": shift_splits}
+    "default": W.task_splits, "rules": rules_splits, "transfer": transfer_splits, "shift": shift_splits,
+    "backwards": backwards_splits}
 
 
 def splits(name: str, alpha: float, seed: int = 0, world_seed: int = WORLD_SEED) -> dict[str, list[dict]]:
@@ -229,6 +241,8 @@ def hand_prompt(name: str, seed: int = 0) -> str:
         return rules_prompt(seed)
     if name == "shift":
         return W.system_prompt(shift_ops(seed)[1])
+    if name == "backwards":
+        return W.system_prompt(BACKWARDS_OPS)
     return W.hand_prompt()
 
 
