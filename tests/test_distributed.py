@@ -390,6 +390,9 @@ def test_the_jobs_exit_status_names_a_killed_process_and_keeps_the_main_verdict_
     # an abort is a crash, not a kill: the main process's verdict, or the crash's own status without one
     assert job_status({0: F(exitcode=1, timestamp=3), 1: F(exitcode=-6, timestamp=3)}, None, 1) == (1, None)
     assert job_status({1: F(exitcode=-6, timestamp=3)}, None, None) == (134, None)
+    # an abort on process 1, then torchrun's SIGTERM to process 0: the abort, not "killed by SIGTERM"
+    assert job_status({1: F(exitcode=-6, timestamp=3), 0: F(exitcode=-15, timestamp=3)}, None, None) == (134, None)
+    assert job_status({1: F(exitcode=-6, timestamp=3), 0: F(exitcode=-15, timestamp=4)}, None, None) == (134, None)
     assert job_status({0: F(exitcode=1, timestamp=3)}, None, None) == (1, None)
     assert job_status(None, signal.SIGTERM, 130) == (130, None)                  # stopped and saved
     assert job_status(None, signal.SIGTERM, None) == (143, None)

@@ -122,9 +122,13 @@ def killed_process(failures: dict) -> tuple[int, int] | None:
     ``failures``: torchrun's ``{rank: ProcessFailure}`` (``exitcode`` < 0: killed by ``-exitcode``).
     Failures seen at once share a timestamp (whole seconds); among those, one killed by SIGTERM comes
     last: that is how torchrun stops the other processes once one has failed. A crash signal
-    (SIGABRT, SIGSEGV, ...) is the process's own failure, not a kill: it is not counted here."""
+    (SIGABRT, SIGSEGV, ...) is the process's own failure, not a kill: it is not counted here, nor is
+    a SIGTERM seen with or after one (torchrun stopping the others after the crash)."""
+    crashed = [f.timestamp for f in failures.values() if f.exitcode < 0 and -f.exitcode in _CRASH_SIGNALS]
     killed = sorted((f.timestamp, -f.exitcode == signal.SIGTERM, rank, -f.exitcode)
-                    for rank, f in failures.items() if f.exitcode < 0 and -f.exitcode not in _CRASH_SIGNALS)
+                    for rank, f in failures.items() if f.exitcode < 0 and -f.exitcode not in _CRASH_SIGNALS
+                    # a SIGTERM at or after a crash is torchrun stopping the others, not a kill
+                    and not (-f.exitcode == signal.SIGTERM and crashed and f.timestamp >= min(crashed)))
     return (killed[0][2], killed[0][3]) if killed else None
 
 
@@ -148,7 +152,7 @@ def job_status(failures: dict | None, stopped_by: int | None, main_code: int | N
                 f"{128 + signum} (128+{signum}). This is no error in the input: the machine or a scheduler ended "
                 f"the process{' (SIGKILL: often out of memory)' if signum == signal.SIGKILL else ''}. Checkpoints "
                 "are only ever written whole: continue with `neurosym resume RUN_DIR` (on any number of processes).")
-        first = min(failures.items(), key=lambda kv: (kv[1].timestamp, kv[0]))[1]
+        first = min(failures.items(), key=lambda kv: (kv[1].timestamp, kv[1].exitcode == -signal.SIGTERM, kv[0]))[1]
         # the main process's own verdict (2 for a user error, 130 stopped, 1 a failed exchange) first
         return (main_code or _status(first.exitcode)), None
     return 0, None
