@@ -199,3 +199,16 @@ def test_the_testbed_student_is_found_from_any_working_directory(tmp_path, monke
     from neurosym.model import testbed
     monkeypatch.chdir(tmp_path)
     assert (Path(testbed.resolve_testbed("testbed://student")) / "config.json").is_file()
+
+
+def test_the_verdict_names_a_win_that_other_settings_do_not_carry():
+    from experiments.testbed.compare import world_verdict
+
+    def d(alpha, diffs):
+        return {"alpha": alpha, "noise": 0.0, "vs_best": diffs, "vs_control": [0.0] * len(diffs)}
+    win, flat, dip = [0.15, 0.2, 0.18, 0.22, 0.16], [0.0, 0.1, -0.1, 0.05, -0.05], [-0.2, 0.1, -0.1, 0.05, 0.0]
+    assert world_verdict([d(0.25, win), d(0.5, flat)]).startswith("pays (>= the best single tool at every α")
+    said = world_verdict([d(0.25, win), d(0.5, dip)])
+    assert said.startswith("ties (interval above 0 at [(0.25, 0.0)], mean below 0 at [(0.5, 0.0)]"), said
+    assert world_verdict([d(0.25, flat), d(0.5, dip)]).startswith("ties (no interval excludes 0)")
+    assert world_verdict([d(0.25, win), d(0.5, [-0.3, -0.2, -0.25, -0.3, -0.2])]).startswith("does not pay")

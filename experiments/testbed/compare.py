@@ -493,6 +493,10 @@ def world_verdict(inner: list[dict]) -> str:
     if all(m >= 0 for m in means.values()) and any(v > 0 for v in lo.values()):
         return "pays (>= the best single tool at every α, interval above 0 at " \
                f"{sorted(k for k, v in lo.items() if v > 0)})" + tail
+    above = sorted(k for k, v in lo.items() if v > 0)
+    if above:  # a win somewhere, a mean below 0 elsewhere: not "pays", and not "no interval excludes 0"
+        below = sorted(k for k, m in means.items() if m < 0)
+        return f"ties (interval above 0 at {above}, mean below 0 at {below}, no interval below 0)" + tail
     return "ties (no interval excludes 0)" + tail
 
 
@@ -501,8 +505,8 @@ def check_invariants(results: list[dict], flat: list[dict], every: int | None = 
     other arm at most that), each random control matched to its router (the same counts of LoRA steps
     and symbolic updates for ``random``; for ``random_rows`` the same share of rows, drawn row by row),
     every arm scored at least every ``every`` steps (so none loses steps to the budget falling between
-    two checkpoints), the ceiling control under the hand prompt, no eval/test answer anywhere the teacher or the training data could see it, and
-    the curves defined."""
+    two checkpoints), the ceiling control under the hand prompt, no eval/test answer anywhere the
+    teacher or the training data could see it, and the curves defined."""
     for r in results:
         assert not r["leaks"], f"eval/test text reached the teacher or the data: {r['leaks'][:3]}"
         for name, arm in r["arms"].items():
