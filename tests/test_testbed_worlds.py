@@ -222,3 +222,15 @@ def test_compare_runs_the_shift_world_in_two_phases(tmp_path):
     assert steps == list(range(1, 4 * C.LORA_FACTOR + 1))
     assert Path(C.yaml.safe_load((run / "config.yaml").read_text())["data"]["train"]).name == "train_b.jsonl"
     assert r["world"] == "shift" and not r["leaks"] and set(r["arms"]) == {"none", "lora"}
+
+
+def test_the_ceiling_control_is_refused_on_the_shift_world(tmp_path, capsys):
+    """hand_lora trains under one hand prompt from step 0; shift's target changes mid-run, so there is
+    none: asked for by name it is an error that says so, in the default arms it is left out."""
+    from experiments.testbed import compare as C
+
+    with pytest.raises(ValueError, match="shift world has no one hand prompt"):
+        C.setting(0.5, 0, 0.0, 4, 2, tmp_path, ["none", "hand_lora"], world="shift")
+    with pytest.raises(SystemExit):
+        C.main(["--world", "shift", "--arms", "lora", "hand_lora", "--work", str(tmp_path)])
+    assert "leave hand_lora out" in capsys.readouterr().err

@@ -1,6 +1,6 @@
 """Four more deployment tasks in the testbed world (issue 20, item 5): ``rules``, ``transfer``,
-``shift`` and ``backwards``, beside the bundled one (``default``: :func:`world.task_splits`). What each must show is in
-``worlds.md``, written before any number.
+``shift`` and ``backwards``, beside the bundled one (``default``: :func:`world.task_splits`). What each
+must show is in ``worlds.md``, written before any number.
 
 Every task is a pure function of ``(alpha, seed)`` over the SAME world (``world.make_world(0)``: the
 entities the pretrained ``testbed://student`` knows), so the student is never retrained. The
